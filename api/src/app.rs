@@ -1,0 +1,288 @@
+//! Wiring: the router, its middleware, start-up and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{delete, get, post};
+use axum::Router;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use twofold_domain::totp::TotpParameters;
+use twofold_domain::{Email, Role, TwoFactorPolicy, Username};
+use twofold_projections::{Db, Projector};
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::ServeArgs;
+use crate::database;
+use crate::error::ApiError;
+use crate::routes::{login, me, ops, users};
+use crate::security::{self, SecretVault};
+use crate::state::{AppState, Settings};
+use crate::store::{EventMetadata, EventStore};
+
+const BODY_LIMIT: usize = 64 * 1024;
+/// How often a process picks up what other processes wrote.
+const POLL_EVERY: Duration = Duration::from_millis(250);
+
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/login", post(login::login))
+        .route(
+            "/login/challenges/{challenge_id}/verify",
+            post(login::verify),
+        )
+        .route("/logout", post(login::logout))
+        .route("/me", get(me::me))
+        .route("/me/two-factor", delete(me::disable_two_factor))
+        .route("/me/two-factor/totp", post(me::start_totp_enrollment))
+        .route(
+            "/me/two-factor/totp/confirm",
+            post(me::confirm_totp_enrollment),
+        )
+        .route(
+            "/me/remembered-devices",
+            get(me::remembered_devices).delete(me::revoke_remembered_devices),
+        )
+        .route("/users", post(users::create_user).get(users::list_users))
+        .route(
+            "/users/{id}",
+            get(users::get_user).patch(users::update_user),
+        )
+        .route(
+            "/users/{id}/impersonation",
+            post(users::start_impersonation),
+        )
+        .route("/users/{id}/two-factor", delete(users::reset_two_factor))
+        .route(
+            "/users/{id}/remembered-devices",
+            get(users::user_remembered_devices).delete(users::revoke_user_remembered_devices),
+        )
+        .route("/impersonation", delete(users::end_impersonation));
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(record_metrics))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(TraceLayer::new_for_http())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such endpoint")
+}
+
+async fn method_not_allowed() -> Response {
+    use axum::response::IntoResponse;
+    (
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        axum::Json(serde_json::json!({
+            "error": "invalid_request",
+            "message": "this method is not allowed here",
+        })),
+    )
+        .into_response()
+}
+
+async fn record_metrics(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |path| path.as_str().to_string());
+    let method = request.method().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("twofold_http_requests_total", "route" => route.clone(), "method" => method, "status" => status)
+        .increment(1);
+    metrics::histogram!("twofold_http_request_seconds", "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// One Prometheus recorder per process, shared by every app it starts.
+fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            drop(metrics::set_global_recorder(recorder));
+            handle
+        })
+        .clone()
+}
+
+/// Everything `serve` needs, resolved from flags.
+pub struct ServeConfig {
+    pub database_url: String,
+    pub listen: SocketAddr,
+    pub master_key_file: std::path::PathBuf,
+    pub settings: Settings,
+    pub bootstrap_admin: Option<String>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl ServeConfig {
+    pub fn from_args(args: ServeArgs) -> anyhow::Result<Self> {
+        let url = args.database.database_url;
+        let master_key_file = match args.master_key_file {
+            Some(path) => path,
+            None => {
+                let file = database::sqlite_file(&url)
+                    .filter(|_| url.starts_with("sqlite:"))
+                    .context("--master-key-file is required with PostgreSQL")?;
+                let mut name = file.file_name().unwrap_or_default().to_os_string();
+                name.push(".master-key");
+                file.with_file_name(name)
+            }
+        };
+        Ok(ServeConfig {
+            database_url: url,
+            listen: args.listen,
+            master_key_file,
+            settings: Settings {
+                policy: TwoFactorPolicy {
+                    mandatory_from: args.mandatory_from,
+                },
+                session_lifetime: chrono::Duration::hours(i64::from(args.session_hours)),
+                session_idle: chrono::Duration::minutes(i64::from(args.session_idle_minutes)),
+                remember_device: chrono::Duration::hours(i64::from(args.remember_device_hours)),
+                totp: TotpParameters::default(),
+                totp_issuer: args.totp_issuer,
+                login_rate_per_ip: args.login_rate_per_ip,
+            },
+            bootstrap_admin: args.bootstrap_admin,
+            clock: Arc::new(SystemClock),
+        })
+    }
+}
+
+/// A started server: where it listens and how to stop it.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    shutdown: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// Stops accepting, finishes in-flight requests, then returns.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.send_replace(true);
+        self.server.await??;
+        Ok(())
+    }
+
+    pub async fn wait(self, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+        stop.await;
+        self.stop().await
+    }
+}
+
+pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
+    let db = database::connect(&config.database_url).await?;
+    database::migrate(&db).await.context("migrations failed")?;
+    let key = security::load_or_create_master_key(&config.master_key_file)?;
+    security::prepare().await;
+    let projector = Projector::new(db.clone()).await?;
+    let state = AppState::new(
+        EventStore::new(db.clone()),
+        Arc::clone(&projector),
+        SecretVault::new(key, db.clone()),
+        config.clock,
+        config.settings,
+        metrics_handle(),
+    );
+    if let Some(spec) = &config.bootstrap_admin {
+        bootstrap_admin(&state, &db, spec).await?;
+    }
+    let (shutdown, stopped) = watch::channel(false);
+    projector.spawn_poller(POLL_EVERY, stopped.clone());
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let mut stop = stopped;
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                drop(stop.wait_for(|stopped| *stopped).await);
+            })
+            .await
+    });
+    Ok(Running {
+        addr,
+        state,
+        shutdown,
+        server,
+    })
+}
+
+/// `TWOFOLD_BOOTSTRAP_ADMIN=username:password`: the first super admin.
+async fn bootstrap_admin(state: &AppState, db: &Db, spec: &str) -> anyhow::Result<()> {
+    if db.users_with_role(Role::SuperAdmin.as_str()).await? > 0 {
+        return Ok(());
+    }
+    let (username, password) = spec
+        .split_once(':')
+        .context("TWOFOLD_BOOTSTRAP_ADMIN must be username:password")?;
+    let username = Username::parse(username).context("bootstrap admin: bad username")?;
+    let metadata = EventMetadata {
+        occurred_at: Some(state.now()),
+        ..EventMetadata::default()
+    };
+    let registered = crate::routes::users::register(
+        state,
+        &metadata,
+        username.clone(),
+        password.to_string(),
+        None::<Email>,
+        Role::SuperAdmin,
+    )
+    .await;
+    match registered {
+        Ok(_) => {
+            tracing::info!(%username, "created the bootstrap super admin");
+            Ok(())
+        }
+        Err(ApiError::Conflict(_)) => Ok(()),
+        Err(error) => Err(anyhow::anyhow!("bootstrap admin: {error}")),
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        drop(tokio::signal::ctrl_c().await);
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {},
+        _ = terminate => {},
+    }
+}

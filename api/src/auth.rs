@@ -1,0 +1,115 @@
+//! Who is calling: bearer sessions and what they may do.
+
+use axum::extract::FromRequestParts;
+use axum::http::header;
+use axum::http::request::Parts;
+use twofold_domain::{Role, TokenHash};
+use twofold_projections::SessionRecord;
+
+use crate::error::ApiError;
+use crate::extract::RequestOrigin;
+use crate::state::AppState;
+use crate::store::EventMetadata;
+
+/// A live session. It may be restricted to enrolling a second factor; use
+/// `FullSession` for everything else.
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub record: SessionRecord,
+    pub role: Role,
+    /// The user must have 2FA, has none yet, and nobody is acting for them.
+    pub enrollment_only: bool,
+}
+
+impl Session {
+    pub fn metadata(&self, origin: &RequestOrigin, state: &AppState) -> EventMetadata {
+        EventMetadata {
+            actor_id: Some(self.record.impersonator_id.unwrap_or(self.record.user_id)),
+            impersonator_id: self.record.impersonator_id,
+            ip: origin.ip.map(|ip| ip.to_string()),
+            user_agent: origin.user_agent.clone(),
+            request_id: origin.request_id.clone(),
+            occurred_at: Some(state.now()),
+        }
+    }
+
+    pub fn require(&self, allowed: impl Fn(Role) -> bool) -> Result<(), ApiError> {
+        if allowed(self.role) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden("your role may not do this"))
+        }
+    }
+
+    pub fn is_impersonation(&self) -> bool {
+        self.record.impersonator_id.is_some()
+    }
+}
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// Touch a session's last-seen time at most this often.
+const TOUCH_EVERY: chrono::Duration = chrono::Duration::seconds(60);
+
+impl FromRequestParts<AppState> for Session {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts).ok_or(ApiError::Unauthenticated)?;
+        let hash = TokenHash::of(token);
+        let db = state.projector.db();
+        let record = match db.session_by_token_hash(hash.as_str()).await? {
+            Some(record) => record,
+            None => {
+                // Started by another process a moment ago? Catch up once.
+                state.projector.catch_up().await?;
+                db.session_by_token_hash(hash.as_str())
+                    .await?
+                    .ok_or(ApiError::Unauthenticated)?
+            }
+        };
+        let now = state.now();
+        if now >= record.expires_at || now - record.last_seen_at > state.settings.session_idle {
+            return Err(ApiError::Unauthenticated);
+        }
+        if now - record.last_seen_at > TOUCH_EVERY {
+            db.touch_session(record.session_id, now).await?;
+        }
+        let role: Role = record
+            .role
+            .parse()
+            .map_err(|_| ApiError::Internal(format!("unknown role {}", record.role)))?;
+        let must_have_two_factor = record.enforced || state.settings.policy.mandatory_at(now);
+        let enrollment_only = record.impersonator_id.is_none()
+            && record.two_factor_status != "enabled"
+            && must_have_two_factor;
+        Ok(Session {
+            record,
+            role,
+            enrollment_only,
+        })
+    }
+}
+
+/// A session that may use the whole API (not held on enrollment).
+#[derive(Clone, Debug)]
+pub struct FullSession(pub Session);
+
+impl FromRequestParts<AppState> for FullSession {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let session = Session::from_request_parts(parts, state).await?;
+        if session.enrollment_only {
+            return Err(ApiError::EnrollmentRequired);
+        }
+        Ok(FullSession(session))
+    }
+}

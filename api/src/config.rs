@@ -1,0 +1,100 @@
+//! The `twofold` command line: every flag also read from its environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "twofold",
+    version,
+    about = "Sign-in and two-factor authentication service"
+)]
+pub struct Cli {
+    /// Log lines for people (`text`) or for machines (`json`).
+    #[arg(long, env = "TWOFOLD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP service.
+    Serve(ServeArgs),
+    /// Apply the database migrations and exit.
+    Migrate(DatabaseArgs),
+    /// Manage the read models.
+    Projections {
+        #[command(subcommand)]
+        action: ProjectionsAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectionsAction {
+    /// Empty every read model and apply the whole event history again.
+    Rebuild(DatabaseArgs),
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct DatabaseArgs {
+    /// `sqlite://path` (created on first start) or `postgres://...`.
+    #[arg(
+        long,
+        env = "TWOFOLD_DATABASE_URL",
+        default_value = "sqlite://twofold.db"
+    )]
+    pub database_url: String,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[arg(long, env = "TWOFOLD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Write each outgoing email as an .eml file here (the default when no SMTP server is set).
+    #[arg(long, env = "TWOFOLD_MAIL_DIR")]
+    pub mail_dir: Option<PathBuf>,
+    /// Send email through this SMTP server instead (smtp://host:port).
+    #[arg(long, env = "TWOFOLD_SMTP_URL")]
+    pub smtp_url: Option<String>,
+    /// RFC 3339 instant from which every user must have 2FA.
+    #[arg(long, env = "TWOFOLD_MANDATORY_FROM")]
+    pub mandatory_from: Option<DateTime<Utc>>,
+    #[arg(long, env = "TWOFOLD_REMEMBER_DEVICE_HOURS", default_value_t = 23)]
+    pub remember_device_hours: u32,
+    /// Sign-in attempts a minute from one address.
+    #[arg(long, env = "TWOFOLD_LOGIN_RATE_PER_IP", default_value_t = 300)]
+    pub login_rate_per_ip: u32,
+    /// Key that encrypts TOTP secrets at rest; created (mode 0600) when missing.
+    /// Default: next to the SQLite file; required with PostgreSQL.
+    #[arg(long, env = "TWOFOLD_MASTER_KEY_FILE")]
+    pub master_key_file: Option<PathBuf>,
+    /// Absolute lifetime of a session.
+    #[arg(long, env = "TWOFOLD_SESSION_HOURS", default_value_t = 12)]
+    pub session_hours: u32,
+    /// A session unused this long ends.
+    #[arg(long, env = "TWOFOLD_SESSION_IDLE_MINUTES", default_value_t = 60)]
+    pub session_idle_minutes: u32,
+    /// Issuer shown by authenticator apps.
+    #[arg(long, env = "TWOFOLD_TOTP_ISSUER", default_value = "twofold")]
+    pub totp_issuer: String,
+    /// `username:password` of a super admin to create when the store has none.
+    #[arg(
+        long,
+        env = "TWOFOLD_BOOTSTRAP_ADMIN",
+        hide_env_values = true,
+        hide = true
+    )]
+    pub bootstrap_admin: Option<String>,
+}

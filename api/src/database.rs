@@ -1,0 +1,53 @@
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use twofold_projections::Db;
+
+/// Opens the store named by the URL: SQLite (created when missing, WAL,
+/// synchronous=FULL so an acknowledged write survives power loss) or PostgreSQL.
+pub async fn connect(url: &str) -> anyhow::Result<Db> {
+    if url.starts_with("sqlite:") {
+        let options = SqliteConnectOptions::from_str(url)
+            .with_context(|| format!("bad SQLite URL {url}"))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await
+            .with_context(|| format!("cannot open {url}"))?;
+        Ok(Db::Sqlite(pool))
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(3))
+            .connect(url)
+            .await
+            .context("cannot connect to PostgreSQL")?;
+        Ok(Db::Postgres(pool))
+    } else {
+        anyhow::bail!("--database-url must start with sqlite:// or postgres://")
+    }
+}
+
+pub async fn migrate(db: &Db) -> anyhow::Result<()> {
+    match db {
+        Db::Sqlite(pool) => sqlx::migrate!("../migrations/sqlite").run(pool).await?,
+        Db::Postgres(pool) => sqlx::migrate!("../migrations/postgres").run(pool).await?,
+    }
+    Ok(())
+}
+
+/// The SQLite file behind a URL, for keeping the master key beside it.
+pub fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    SqliteConnectOptions::from_str(url)
+        .ok()
+        .map(|options| options.get_filename().to_path_buf())
+}

@@ -1,0 +1,194 @@
+//! The one place where errors become HTTP answers: `{"error", "message"}`.
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use twofold_domain::UserError;
+use twofold_projections::ProjectionError;
+
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("the request body is larger than 64 KiB")]
+    PayloadTooLarge,
+    #[error("sign in first")]
+    Unauthenticated,
+    #[error("wrong username or password")]
+    InvalidCredentials,
+    #[error("the code is not valid")]
+    InvalidCode { attempts_remaining: u32 },
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("activate two-factor authentication first")]
+    EnrollmentRequired,
+    #[error("{0}")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("email is not available for this user")]
+    EmailUnavailable,
+    #[error("two-factor authentication is enforced by an administrator")]
+    TwoFactorEnforced,
+    #[error("the sign-in challenge has expired; sign in again")]
+    ChallengeExpired,
+    #[error("too many wrong codes; sign in again")]
+    ChallengeLocked,
+    #[error("the account is temporarily locked")]
+    AccountLocked { retry_after: Option<i64> },
+    #[error("too many requests")]
+    RateLimited { retry_after: i64 },
+    #[error("the service is temporarily unavailable")]
+    Unavailable { retry_after: i64 },
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str) {
+        use ApiError::*;
+        match self {
+            InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+            PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request"),
+            Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
+            InvalidCode { .. } => (StatusCode::UNAUTHORIZED, "invalid_code"),
+            Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            EnrollmentRequired => (StatusCode::FORBIDDEN, "two_factor_enrollment_required"),
+            NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            EmailUnavailable => (StatusCode::CONFLICT, "email_unavailable"),
+            TwoFactorEnforced => (StatusCode::CONFLICT, "two_factor_enforced"),
+            ChallengeExpired => (StatusCode::GONE, "challenge_expired"),
+            ChallengeLocked => (StatusCode::LOCKED, "challenge_locked"),
+            AccountLocked { .. } => (StatusCode::LOCKED, "account_locked"),
+            RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+
+    pub fn locked_until(until: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Self {
+        ApiError::AccountLocked {
+            retry_after: until.map(|until| (until - now).num_seconds().max(1)),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.parts();
+        let message = match &self {
+            ApiError::Internal(cause) => {
+                tracing::error!(%cause, "request failed");
+                "internal error".to_string()
+            }
+            other => other.to_string(),
+        };
+        let mut body = json!({ "error": code, "message": message });
+        if let ApiError::InvalidCode { attempts_remaining } = &self {
+            body["attempts_remaining"] = json!(attempts_remaining);
+        }
+        let retry_after = match &self {
+            ApiError::AccountLocked { retry_after } => *retry_after,
+            ApiError::RateLimited { retry_after } | ApiError::Unavailable { retry_after } => {
+                Some(*retry_after)
+            }
+            _ => None,
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        if let Some(seconds) = retry_after {
+            if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+        }
+        response
+    }
+}
+
+impl From<UserError> for ApiError {
+    fn from(error: UserError) -> Self {
+        use UserError::*;
+        match error {
+            AlreadyRegistered => ApiError::Conflict(error.to_string()),
+            NotRegistered => ApiError::NotFound("no such user"),
+            InvalidUsername | InvalidEmail | InvalidRole | ReasonRequired | MethodUnavailable => {
+                ApiError::InvalidRequest(error.to_string())
+            }
+            AccountLocked { until } => ApiError::AccountLocked {
+                retry_after: until
+                    .map(|until| (until - crate::clock::system_now()).num_seconds().max(1)),
+            },
+            ChallengeNotFound => ApiError::NotFound("no such sign-in challenge"),
+            ChallengeExpired => ApiError::ChallengeExpired,
+            ChallengeLocked => ApiError::ChallengeLocked,
+            TwoFactorAlreadyEnabled | TwoFactorNotEnabled | NoPendingEnrollment => {
+                ApiError::Conflict(error.to_string())
+            }
+            TwoFactorEnforced => ApiError::TwoFactorEnforced,
+            ImpersonationForbidden => ApiError::Forbidden("you may not log in as this user"),
+            SessionNotFound => ApiError::NotFound("no such session"),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Rejected(error) => error.into(),
+            StoreError::UsernameTaken => ApiError::Conflict("the username is taken".into()),
+            StoreError::Contended => {
+                ApiError::Conflict("the user changed meanwhile; try again".into())
+            }
+            StoreError::Unavailable(cause) => {
+                tracing::warn!(%cause, "event store unavailable");
+                ApiError::Unavailable { retry_after: 1 }
+            }
+            StoreError::Failed(cause) => ApiError::Internal(cause),
+        }
+    }
+}
+
+impl From<ProjectionError> for ApiError {
+    fn from(error: ProjectionError) -> Self {
+        if error.is_unavailable() {
+            tracing::warn!(%error, "read models unavailable");
+            ApiError::Unavailable { retry_after: 1 }
+        } else {
+            ApiError::Internal(error.to_string())
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection {
+            JsonRejection::JsonDataError(error) => ApiError::Unprocessable(error.body_text()),
+            JsonRejection::BytesRejection(error)
+                if error.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+            {
+                ApiError::PayloadTooLarge
+            }
+            other => ApiError::InvalidRequest(other.body_text()),
+        }
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        ApiError::InvalidRequest(rejection.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        ApiError::InvalidRequest(rejection.body_text())
+    }
+}

@@ -1,0 +1,96 @@
+//! twofold's HTTP API and command line: axum handlers over the domain, the
+//! event store and the read models.
+
+mod app;
+mod auth;
+mod clock;
+pub mod config;
+mod database;
+mod error;
+mod extract;
+mod qr;
+mod respond;
+mod routes;
+mod security;
+mod state;
+mod store;
+mod telemetry;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+pub use app::{start, Running, ServeConfig};
+pub use clock::Clock;
+pub use state::Settings;
+
+use config::{Cli, Command, ProjectionsAction};
+
+/// The `twofold` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("twofold: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("twofold: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(args) => {
+            let config = ServeConfig::from_args(args)?;
+            let running = start(config).await?;
+            tracing::info!(
+                "twofold listens on http://{} — create the first super admin with TWOFOLD_BOOTSTRAP_ADMIN=username:password",
+                running.addr
+            );
+            running.wait(app::shutdown_signal()).await?;
+            tracing::info!("stopped");
+            Ok(())
+        }
+        Command::Migrate(args) => {
+            let db = database::connect(&args.database_url).await?;
+            database::migrate(&db).await?;
+            tracing::info!("migrations applied");
+            Ok(())
+        }
+        Command::Projections {
+            action: ProjectionsAction::Rebuild(args),
+        } => {
+            let db = database::connect(&args.database_url).await?;
+            database::migrate(&db).await?;
+            let projector = twofold_projections::Projector::new(db).await?;
+            let progress = progress_bar("rebuilding read models");
+            let applied = projector
+                .rebuild(|count| progress.set_position(count))
+                .await?;
+            progress.finish_and_clear();
+            println!("rebuilt read models from {applied} events");
+            Ok(())
+        }
+    }
+}
+
+/// A spinner with a count on a terminal; nothing when piped.
+fn progress_bar(message: &'static str) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg}: {pos} events ({per_sec})")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.set_message(message);
+    bar
+}

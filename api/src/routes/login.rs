@@ -1,0 +1,240 @@
+//! Sign-in: password, then (when due) a second factor; and sign-out.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use twofold_domain::{
+    NewDevice, NewSession, SecondFactorMethod, TokenHash, UserCommand, UserEvent, Username,
+};
+use uuid::Uuid;
+
+use crate::auth::Session;
+use crate::error::ApiError;
+use crate::extract::{Json, Path, RequestOrigin};
+use crate::respond::Written;
+use crate::security;
+use crate::state::AppState;
+use crate::store::EventMetadata;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    username: String,
+    password: String,
+    device_token: Option<String>,
+}
+
+fn origin_metadata(origin: &RequestOrigin, actor: Uuid, state: &AppState) -> EventMetadata {
+    EventMetadata {
+        actor_id: Some(actor),
+        impersonator_id: None,
+        ip: origin.ip.map(|ip| ip.to_string()),
+        user_agent: origin.user_agent.clone(),
+        request_id: origin.request_id.clone(),
+        occurred_at: Some(state.now()),
+    }
+}
+
+/// A fresh session token; only its hash goes into the event.
+fn new_session(state: &AppState, lifetime: chrono::Duration) -> (String, NewSession) {
+    let token = security::new_token();
+    let session = NewSession {
+        session_id: Uuid::new_v4(),
+        token_hash: TokenHash::of(&token),
+        expires_at: state.now() + lifetime,
+    };
+    (token, session)
+}
+
+pub async fn login(
+    State(state): State<AppState>,
+    origin: RequestOrigin,
+    Json(request): Json<LoginRequest>,
+) -> Result<Written<Json<Value>>, ApiError> {
+    state.admit_login(origin.ip)?;
+    let user_id = match Username::parse(&request.username) {
+        Ok(username) => state.store.find_username(&username).await?,
+        Err(_) => None,
+    };
+    let Some(user_id) = user_id else {
+        security::verify_password(None, request.password).await;
+        return Err(ApiError::InvalidCredentials);
+    };
+    let loaded = state.store.load(user_id).await?;
+    let now = state.now();
+    if let Some(until) = loaded.user.password_locked_until(now) {
+        return Err(ApiError::locked_until(Some(until), now));
+    }
+    let stored_hash = loaded.user.profile().map(|p| p.password_hash.clone());
+    let password_matches = security::verify_password(stored_hash, request.password).await;
+    let email_offered = false;
+    let (token, session) = new_session(&state, state.settings.session_lifetime);
+    let challenge_id = Uuid::new_v4();
+    let device_token = request.device_token.as_deref().map(TokenHash::of);
+    let metadata = origin_metadata(&origin, user_id, &state);
+    let committed = state
+        .store
+        .execute(loaded, &metadata, |_| UserCommand::SignIn {
+            password_matches,
+            device_token: device_token.clone(),
+            email_offered,
+            session: session.clone(),
+            challenge_id,
+            policy: state.settings.policy,
+            at: now,
+        })
+        .await?;
+    state.settle(committed.last_position).await?;
+    let body = committed.find(|event| match event {
+        UserEvent::PasswordRejected { .. } => Some(Err(ApiError::InvalidCredentials)),
+        UserEvent::SessionStarted {
+            enrollment_required,
+            expires_at,
+            ..
+        } => Some(Ok(json!({
+            "status": if *enrollment_required { "enrollment_required" } else { "authenticated" },
+            "session_token": token,
+            "expires_at": expires_at,
+        }))),
+        UserEvent::ChallengeIssued {
+            challenge_id,
+            methods,
+            expires_at,
+        } => Some(Ok(json!({
+            "status": "two_factor_required",
+            "challenge_id": challenge_id,
+            "methods": methods,
+            "expires_at": expires_at,
+        }))),
+        _ => None,
+    });
+    match body {
+        Some(Ok(body)) => Ok(Written::new(
+            StatusCode::OK,
+            committed.last_position,
+            Json(body),
+        )),
+        Some(Err(error)) => Err(error),
+        None => Err(ApiError::Internal("sign-in decided nothing".into())),
+    }
+}
+
+fn remember_by_default() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    method: SecondFactorMethod,
+    code: String,
+    #[serde(default = "remember_by_default")]
+    remember_device: bool,
+}
+
+#[derive(Serialize)]
+pub struct Authenticated {
+    status: &'static str,
+    session_token: String,
+    expires_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device_expires_at: Option<DateTime<Utc>>,
+}
+
+pub async fn verify(
+    State(state): State<AppState>,
+    origin: RequestOrigin,
+    Path(challenge_id): Path<Uuid>,
+    Json(request): Json<VerifyRequest>,
+) -> Result<Written<Json<Authenticated>>, ApiError> {
+    let user_id = state
+        .projector
+        .db()
+        .challenge_owner(challenge_id)
+        .await?
+        .ok_or(ApiError::NotFound("no such sign-in challenge"))?;
+    let loaded = state.store.load(user_id).await?;
+    let totp_secret = match (request.method, loaded.user.active_totp()) {
+        (SecondFactorMethod::Totp, Some(totp)) => {
+            Some(state.vault.fetch(user_id, totp.enrollment_id).await?)
+        }
+        _ => None,
+    };
+    let now = state.now();
+    let (token, session) = new_session(&state, state.settings.session_lifetime);
+    let device_token = request.remember_device.then(security::new_token);
+    let device = device_token.as_ref().map(|token| NewDevice {
+        device_id: Uuid::new_v4(),
+        token_hash: TokenHash::of(token),
+        expires_at: now + state.settings.remember_device,
+        user_agent: origin.user_agent.clone(),
+    });
+    let metadata = origin_metadata(&origin, user_id, &state);
+    let committed = state
+        .store
+        .execute(loaded, &metadata, |_| UserCommand::VerifySecondFactor {
+            challenge_id,
+            method: request.method,
+            code: request.code.clone(),
+            totp_secret: totp_secret.clone(),
+            session: session.clone(),
+            remember_device: device.clone(),
+            at: now,
+        })
+        .await?;
+    state.settle(committed.last_position).await?;
+    let rejected = committed.find(|event| match event {
+        UserEvent::SecondFactorRejected {
+            attempts_remaining, ..
+        } => Some(*attempts_remaining),
+        _ => None,
+    });
+    if let Some(attempts_remaining) = rejected {
+        return Err(ApiError::InvalidCode { attempts_remaining });
+    }
+    let remembered = committed.find(|event| match event {
+        UserEvent::DeviceRemembered { expires_at, .. } => Some(*expires_at),
+        _ => None,
+    });
+    Ok(Written::new(
+        StatusCode::OK,
+        committed.last_position,
+        Json(Authenticated {
+            status: "authenticated",
+            session_token: token,
+            expires_at: session.expires_at,
+            device_token: remembered.and(device_token),
+            device_expires_at: remembered,
+        }),
+    ))
+}
+
+pub async fn logout(
+    State(state): State<AppState>,
+    origin: RequestOrigin,
+    session: Session,
+) -> Result<Written<()>, ApiError> {
+    let loaded = state.store.load(session.record.user_id).await?;
+    let session_id = session.record.session_id;
+    let command = |_: &_| {
+        if session.is_impersonation() {
+            UserCommand::EndImpersonation { session_id }
+        } else {
+            UserCommand::SignOut { session_id }
+        }
+    };
+    let committed = state
+        .store
+        .execute(loaded, &session.metadata(&origin, &state), command)
+        .await?;
+    state.settle(committed.last_position).await?;
+    Ok(Written::new(
+        StatusCode::NO_CONTENT,
+        committed.last_position,
+        (),
+    ))
+}

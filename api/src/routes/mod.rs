@@ -1,0 +1,4 @@
+pub mod login;
+pub mod me;
+pub mod ops;
+pub mod users;

@@ -1,0 +1,131 @@
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use metrics_exporter_prometheus::PrometheusHandle;
+use twofold_domain::totp::TotpParameters;
+use twofold_domain::TwoFactorPolicy;
+use twofold_projections::{EventPosition, Projector};
+
+use crate::clock::Clock;
+use crate::error::ApiError;
+use crate::security::SecretVault;
+use crate::store::EventStore;
+
+/// Deployment choices that shape the rules.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub policy: TwoFactorPolicy,
+    pub session_lifetime: chrono::Duration,
+    pub session_idle: chrono::Duration,
+    pub remember_device: chrono::Duration,
+    pub totp: TotpParameters,
+    pub totp_issuer: String,
+    pub login_rate_per_ip: u32,
+}
+
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub store: EventStore,
+    pub projector: Arc<Projector>,
+    pub vault: SecretVault,
+    pub clock: Arc<dyn Clock>,
+    pub settings: Settings,
+    pub metrics: PrometheusHandle,
+    login_limiter: LoginLimiter,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+/// How long a write's answer waits for the read models (read-your-writes).
+pub const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl AppState {
+    pub fn new(
+        store: EventStore,
+        projector: Arc<Projector>,
+        vault: SecretVault,
+        clock: Arc<dyn Clock>,
+        settings: Settings,
+        metrics: PrometheusHandle,
+    ) -> Self {
+        let login_limiter = LoginLimiter::new(settings.login_rate_per_ip);
+        AppState(Arc::new(Inner {
+            store,
+            projector,
+            vault,
+            clock,
+            settings,
+            metrics,
+            login_limiter,
+        }))
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// Returns once the read models hold `position`, so the caller's next
+    /// read sees its own write.
+    pub async fn settle(&self, position: Option<EventPosition>) -> Result<(), ApiError> {
+        if let Some(position) = position {
+            self.projector
+                .wait_for(position, READ_YOUR_WRITES_TIMEOUT)
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub fn admit_login(&self, ip: Option<IpAddr>) -> Result<(), ApiError> {
+        match ip {
+            Some(ip) => self.login_limiter.admit(ip, self.now()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Sign-in attempts per address per minute, in fixed one-minute windows.
+struct LoginLimiter {
+    per_minute: u32,
+    windows: Mutex<HashMap<IpAddr, (i64, u32)>>,
+}
+
+impl LoginLimiter {
+    fn new(per_minute: u32) -> Self {
+        Self {
+            per_minute,
+            windows: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn admit(&self, ip: IpAddr, now: DateTime<Utc>) -> Result<(), ApiError> {
+        let minute = now.timestamp().div_euclid(60);
+        let mut windows = self
+            .windows
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if windows.len() > 100_000 {
+            windows.retain(|_, (window, _)| *window == minute);
+        }
+        let entry = windows.entry(ip).or_insert((minute, 0));
+        if entry.0 != minute {
+            *entry = (minute, 0);
+        }
+        if entry.1 >= self.per_minute {
+            let retry_after = 60 - now.timestamp().rem_euclid(60);
+            return Err(ApiError::RateLimited { retry_after });
+        }
+        entry.1 += 1;
+        Ok(())
+    }
+}

@@ -1,0 +1,373 @@
+//! The event store: cqrs-es repositories for reading and appending, with our
+//! own executor around them (load, decide, append with optimistic
+//! concurrency, retry on conflict, return the committed events and their
+//! global positions) and our own snapshots.
+
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::persist::{PersistedEventRepository, PersistenceError, SerializedEvent};
+use cqrs_es::{Aggregate, DomainEvent, EventEnvelope};
+use postgres_es::PostgresEventRepository;
+use serde::Serialize;
+use sqlite_es::SqliteEventRepository;
+use twofold_domain::{User, UserCommand, UserError, UserEvent, Username};
+use twofold_projections::{on_pool, Db, EventPosition};
+use uuid::Uuid;
+
+/// A command's aggregate is reloaded and retried this many times when
+/// another writer appended first.
+const MAX_ATTEMPTS: usize = 8;
+/// Snapshot once this many events have been added since the last one.
+const SNAPSHOT_EVERY: usize = 32;
+/// Bumped whenever `User`'s stored shape changes; older snapshots are ignored.
+const SNAPSHOT_SCHEMA: i64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Rejected(#[from] UserError),
+    #[error("the username is taken")]
+    UsernameTaken,
+    #[error("too many concurrent changes to this user")]
+    Contended,
+    #[error("the event store is unavailable: {0}")]
+    Unavailable(String),
+    #[error("the event store failed: {0}")]
+    Failed(String),
+}
+
+impl From<PersistenceError> for StoreError {
+    fn from(error: PersistenceError) -> Self {
+        match error {
+            PersistenceError::OptimisticLockError => StoreError::Contended,
+            PersistenceError::ConnectionError(error) => StoreError::Unavailable(error.to_string()),
+            PersistenceError::UnknownError(error) => match error.downcast::<sqlx::Error>() {
+                Ok(error) => StoreError::from(*error),
+                Err(error) => StoreError::Failed(error.to_string()),
+            },
+            other => StoreError::Failed(other.to_string()),
+        }
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        if is_unavailable(&error) {
+            StoreError::Unavailable(error.to_string())
+        } else {
+            StoreError::Failed(error.to_string())
+        }
+    }
+}
+
+impl From<serde_json::Error> for StoreError {
+    fn from(error: serde_json::Error) -> Self {
+        StoreError::Failed(error.to_string())
+    }
+}
+
+/// Connection trouble and lock time-outs are worth a 503 and a retry later.
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => {
+            // SQLITE_BUSY / SQLITE_LOCKED and their extended codes; PostgreSQL
+            // admin shutdown, cannot connect now, read-only transaction.
+            let code = db.code().unwrap_or_default();
+            matches!(
+                code.as_ref(),
+                "5" | "6" | "261" | "517" | "57P01" | "57P03" | "25006"
+            ) || code.starts_with("08")
+        }
+        _ => false,
+    }
+}
+
+/// Who caused an event and from where; stored as each event's metadata.
+/// Absent values are left out: cqrs-es reads metadata as a string map.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct EventMetadata {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub impersonator_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub occurred_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// An aggregate as loaded, with the sequence number of its last event.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    pub id: Uuid,
+    pub user: User,
+    pub sequence: usize,
+    snapshot_sequence: usize,
+}
+
+#[derive(Debug)]
+pub struct Committed {
+    pub user: User,
+    pub events: Vec<UserEvent>,
+    /// Global position of the last event appended; `None` when the command
+    /// decided nothing needed recording.
+    pub last_position: Option<EventPosition>,
+}
+
+impl Committed {
+    pub fn find<T>(&self, pick: impl Fn(&UserEvent) -> Option<T>) -> Option<T> {
+        self.events.iter().find_map(pick)
+    }
+}
+
+enum Repository {
+    Sqlite(SqliteEventRepository),
+    Postgres(PostgresEventRepository),
+}
+
+pub struct EventStore {
+    repository: Repository,
+    db: Db,
+}
+
+impl EventStore {
+    pub fn new(db: Db) -> Self {
+        let repository = match &db {
+            Db::Sqlite(pool) => Repository::Sqlite(SqliteEventRepository::new(pool.clone())),
+            Db::Postgres(pool) => Repository::Postgres(PostgresEventRepository::new(pool.clone())),
+        };
+        Self { repository, db }
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    pub async fn load(&self, id: Uuid) -> Result<Loaded, StoreError> {
+        let aggregate_id = id.to_string();
+        let snapshot: Option<(i64, serde_json::Value)> = on_pool!(&self.db, pool => {
+            sqlx::query_as(
+                "SELECT sequence, payload FROM aggregate_snapshots
+                  WHERE aggregate_type = $1 AND aggregate_id = $2 AND schema_version = $3",
+            )
+            .bind(User::TYPE)
+            .bind(&aggregate_id)
+            .bind(SNAPSHOT_SCHEMA)
+            .fetch_optional(pool)
+            .await?
+        });
+        let (mut user, snapshot_sequence) = match snapshot {
+            Some((sequence, payload)) => (
+                serde_json::from_value::<User>(payload)?,
+                usize::try_from(sequence).unwrap_or(0),
+            ),
+            None => (User::default(), 0),
+        };
+        let tail = match &self.repository {
+            Repository::Sqlite(repo) => {
+                repo.get_last_events::<User>(&aggregate_id, snapshot_sequence)
+                    .await?
+            }
+            Repository::Postgres(repo) => {
+                repo.get_last_events::<User>(&aggregate_id, snapshot_sequence)
+                    .await?
+            }
+        };
+        let mut sequence = snapshot_sequence;
+        for serialized in tail {
+            sequence = serialized.sequence;
+            let envelope = EventEnvelope::<User>::try_from(serialized)?;
+            user.apply(envelope.payload);
+        }
+        Ok(Loaded {
+            id,
+            user,
+            sequence,
+            snapshot_sequence,
+        })
+    }
+
+    /// Runs a command against the user, retrying on a concurrent append.
+    /// `command` is asked again for each attempt, with the state it will meet.
+    pub async fn execute(
+        &self,
+        mut loaded: Loaded,
+        metadata: &EventMetadata,
+        mut command: impl FnMut(&User) -> UserCommand,
+    ) -> Result<Committed, StoreError> {
+        for _ in 0..MAX_ATTEMPTS {
+            let mut user = loaded.user.clone();
+            let sink = EventSink::<User>::default();
+            user.handle(command(&loaded.user), &(), &sink).await?;
+            let events = sink.collect().await;
+            if events.is_empty() {
+                return Ok(Committed {
+                    user,
+                    events,
+                    last_position: None,
+                });
+            }
+            match self.append(&loaded, &events, metadata).await {
+                Ok(last_position) => {
+                    self.snapshot_if_due(&loaded, &user, events.len()).await;
+                    return Ok(Committed {
+                        user,
+                        events,
+                        last_position: Some(last_position),
+                    });
+                }
+                Err(conflict) if is_conflict(&conflict) => {
+                    if let Some(UserEvent::UserRegistered { username, .. }) = events.first() {
+                        if self.find_username(username).await?.is_some() {
+                            return Err(StoreError::UsernameTaken);
+                        }
+                    }
+                    loaded = self.load(loaded.id).await?;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(StoreError::Contended)
+    }
+
+    async fn append(
+        &self,
+        loaded: &Loaded,
+        events: &[UserEvent],
+        metadata: &EventMetadata,
+    ) -> Result<EventPosition, PersistenceError> {
+        let aggregate_id = loaded.id.to_string();
+        let metadata = serde_json::to_value(metadata)?;
+        let serialized: Vec<SerializedEvent> = events
+            .iter()
+            .enumerate()
+            .map(|(offset, event)| {
+                Ok(SerializedEvent::new(
+                    aggregate_id.clone(),
+                    loaded.sequence + offset + 1,
+                    User::TYPE.to_string(),
+                    event.event_type(),
+                    event.event_version(),
+                    serde_json::to_value(event)?,
+                    metadata.clone(),
+                ))
+            })
+            .collect::<Result<_, serde_json::Error>>()?;
+        match &self.repository {
+            Repository::Sqlite(repo) => repo.persist::<User>(&serialized, None).await?,
+            Repository::Postgres(repo) => repo.persist::<User>(&serialized, None).await?,
+        }
+        let last_sequence = i64::try_from(loaded.sequence + events.len()).unwrap_or(i64::MAX);
+        let position = match &self.db {
+            Db::Sqlite(pool) => sqlx::query_scalar::<_, i64>(
+                "SELECT position FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3",
+            )
+            .bind(User::TYPE)
+            .bind(&aggregate_id)
+            .bind(last_sequence)
+            .fetch_one(pool)
+            .await
+            .map(|position| EventPosition {
+                transaction_id: position,
+                position,
+            }),
+            Db::Postgres(pool) => sqlx::query_as::<_, (i64, i64)>(
+                "SELECT transaction_id, position FROM events
+                  WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3",
+            )
+            .bind(User::TYPE)
+            .bind(&aggregate_id)
+            .bind(last_sequence)
+            .fetch_one(pool)
+            .await
+            .map(|(transaction_id, position)| EventPosition {
+                transaction_id,
+                position,
+            }),
+        };
+        position.map_err(|error| PersistenceError::UnknownError(Box::new(error)))
+    }
+
+    /// Snapshots are an optimisation: a failure to write one is logged, never
+    /// surfaced, and a stale one is only ever followed by its tail.
+    async fn snapshot_if_due(&self, loaded: &Loaded, user: &User, appended: usize) {
+        let sequence = loaded.sequence + appended;
+        if sequence - loaded.snapshot_sequence < SNAPSHOT_EVERY {
+            return;
+        }
+        let result: Result<(), StoreError> = async {
+            let payload = serde_json::to_value(user)?;
+            let sequence = i64::try_from(sequence).unwrap_or(i64::MAX);
+            on_pool!(&self.db, pool => {
+                sqlx::query(
+                    "INSERT INTO aggregate_snapshots (aggregate_type, aggregate_id, sequence, schema_version, payload)
+                     VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
+                        SET sequence = excluded.sequence, schema_version = excluded.schema_version,
+                            payload = excluded.payload
+                      WHERE aggregate_snapshots.sequence < excluded.sequence",
+                )
+                .bind(User::TYPE)
+                .bind(loaded.id.to_string())
+                .bind(sequence)
+                .bind(SNAPSHOT_SCHEMA)
+                .bind(payload)
+                .execute(pool)
+                .await?;
+            });
+            Ok(())
+        }
+        .await;
+        if let Err(error) = result {
+            tracing::warn!(%error, user_id = %loaded.id, "snapshot not written");
+        }
+    }
+
+    /// The user registered under this name, straight from the events table
+    /// (through the index that keeps names unique), so a name is found the
+    /// moment it is committed, by every process.
+    pub async fn find_username(&self, username: &Username) -> Result<Option<Uuid>, StoreError> {
+        let id: Option<String> = match &self.db {
+            Db::Sqlite(pool) => {
+                sqlx::query_scalar(
+                    "SELECT aggregate_id FROM events
+                      WHERE event_type = 'UserRegistered'
+                        AND json_extract(payload, '$.UserRegistered.username') = $1",
+                )
+                .bind(username.as_str())
+                .fetch_optional(pool)
+                .await?
+            }
+            Db::Postgres(pool) => {
+                sqlx::query_scalar(
+                    "SELECT aggregate_id FROM events
+                      WHERE event_type = 'UserRegistered'
+                        AND (payload -> 'UserRegistered' ->> 'username') = $1",
+                )
+                .bind(username.as_str())
+                .fetch_optional(pool)
+                .await?
+            }
+        };
+        Ok(id.and_then(|id| Uuid::parse_str(&id).ok()))
+    }
+}
+
+fn is_conflict(error: &PersistenceError) -> bool {
+    match error {
+        PersistenceError::OptimisticLockError => true,
+        PersistenceError::UnknownError(error) => error
+            .downcast_ref::<sqlx::Error>()
+            .and_then(|error| error.as_database_error())
+            .is_some_and(|db| db.is_unique_violation()),
+        _ => false,
+    }
+}

@@ -1,0 +1,41 @@
+use chrono::{DateTime, Utc};
+
+/// Why the user aggregate refused a command. Refusals that matter to security
+/// (wrong password, wrong code) are not errors: they are recorded as events.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UserError {
+    #[error("the user already exists")]
+    AlreadyRegistered,
+    #[error("no such user")]
+    NotRegistered,
+    #[error("usernames are 1 to 64 characters: letters, digits, '.', '_', '-', '@'")]
+    InvalidUsername,
+    #[error("the email address is not valid")]
+    InvalidEmail,
+    #[error("unknown role")]
+    InvalidRole,
+    #[error("the account is temporarily locked")]
+    AccountLocked { until: Option<DateTime<Utc>> },
+    #[error("no such sign-in challenge")]
+    ChallengeNotFound,
+    #[error("the sign-in challenge has expired")]
+    ChallengeExpired,
+    #[error("too many wrong codes for this sign-in challenge")]
+    ChallengeLocked,
+    #[error("this method is not available for this sign-in")]
+    MethodUnavailable,
+    #[error("two-factor authentication is already enabled")]
+    TwoFactorAlreadyEnabled,
+    #[error("two-factor authentication is not enabled")]
+    TwoFactorNotEnabled,
+    #[error("there is no pending authenticator enrollment")]
+    NoPendingEnrollment,
+    #[error("two-factor authentication is enforced by an administrator")]
+    TwoFactorEnforced,
+    #[error("this administrator may not log in as this user")]
+    ImpersonationForbidden,
+    #[error("no such session")]
+    SessionNotFound,
+    #[error("a reason is required")]
+    ReasonRequired,
+}

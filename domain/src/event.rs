@@ -1,0 +1,164 @@
+//! The user aggregate's events: past tense, facts only. A type name never
+//! changes once stored; a new shape gets a new name or an upcaster.
+
+use chrono::{DateTime, Utc};
+use cqrs_es::DomainEvent;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::totp::TotpParameters;
+use crate::values::{
+    AuthenticatedBy, Email, PasswordHash, Role, SecondFactorMethod, TokenHash, Username,
+};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum UserEvent {
+    UserRegistered {
+        user_id: Uuid,
+        username: Username,
+        email: Option<Email>,
+        role: Role,
+        password_hash: PasswordHash,
+        registered_at: DateTime<Utc>,
+    },
+    EmailChanged {
+        email: Option<Email>,
+    },
+    RoleChanged {
+        role: Role,
+    },
+    PasswordChanged {
+        password_hash: PasswordHash,
+    },
+    PasswordRejected {
+        consecutive_failures: u32,
+        locked_until: Option<DateTime<Utc>>,
+    },
+    ChallengeIssued {
+        challenge_id: Uuid,
+        methods: Vec<SecondFactorMethod>,
+        expires_at: DateTime<Utc>,
+    },
+    SecondFactorAccepted {
+        challenge_id: Uuid,
+        method: SecondFactorMethod,
+        /// The TOTP time step used; no code at or below it is accepted again.
+        totp_step: Option<u64>,
+        /// Which recovery code was spent (its position, never the code).
+        recovery_code_index: Option<usize>,
+    },
+    SecondFactorRejected {
+        challenge_id: Uuid,
+        method: SecondFactorMethod,
+        attempts_remaining: u32,
+        consecutive_failures: u32,
+        locked_until: Option<DateTime<Utc>>,
+    },
+    /// A TOTP code that had already been accepted was offered again.
+    TotpCodeReplayed {
+        challenge_id: Uuid,
+        step: u64,
+    },
+    SecondFactorSuspended {
+        method: SecondFactorMethod,
+        consecutive_failures: u32,
+    },
+    SessionStarted {
+        session_id: Uuid,
+        token_hash: TokenHash,
+        authenticated_by: AuthenticatedBy,
+        started_at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+        /// The user must enroll before the session may do anything else.
+        enrollment_required: bool,
+        impersonator_id: Option<Uuid>,
+        device_id: Option<Uuid>,
+    },
+    SessionEnded {
+        session_id: Uuid,
+    },
+    TotpEnrollmentStarted {
+        enrollment_id: Uuid,
+        parameters: TotpParameters,
+    },
+    TotpEnrollmentCodeRejected {
+        enrollment_id: Uuid,
+        attempts_remaining: u32,
+    },
+    TotpEnrollmentConfirmed {
+        enrollment_id: Uuid,
+        accepted_step: u64,
+        recovery_code_hashes: Vec<TokenHash>,
+        enabled_at: DateTime<Utc>,
+    },
+    TwoFactorDisabled,
+    TwoFactorReset {
+        reason: String,
+    },
+    DeviceRemembered {
+        device_id: Uuid,
+        token_hash: TokenHash,
+        remembered_at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+        user_agent: Option<String>,
+    },
+    RememberedDevicesRevoked,
+    TwoFactorEnforced {
+        reason: Option<String>,
+    },
+    TwoFactorEnforcementLifted {
+        reason: Option<String>,
+    },
+    ImpersonationStarted {
+        impersonation_id: Uuid,
+        impersonator_id: Uuid,
+        session_id: Uuid,
+        reason: String,
+        ticket: Option<String>,
+        expires_at: DateTime<Utc>,
+    },
+    ImpersonationEnded {
+        impersonation_id: Uuid,
+        session_id: Uuid,
+    },
+}
+
+impl UserEvent {
+    pub fn name(&self) -> &'static str {
+        match self {
+            UserEvent::UserRegistered { .. } => "UserRegistered",
+            UserEvent::EmailChanged { .. } => "EmailChanged",
+            UserEvent::RoleChanged { .. } => "RoleChanged",
+            UserEvent::PasswordChanged { .. } => "PasswordChanged",
+            UserEvent::PasswordRejected { .. } => "PasswordRejected",
+            UserEvent::ChallengeIssued { .. } => "ChallengeIssued",
+            UserEvent::SecondFactorAccepted { .. } => "SecondFactorAccepted",
+            UserEvent::SecondFactorRejected { .. } => "SecondFactorRejected",
+            UserEvent::TotpCodeReplayed { .. } => "TotpCodeReplayed",
+            UserEvent::SecondFactorSuspended { .. } => "SecondFactorSuspended",
+            UserEvent::SessionStarted { .. } => "SessionStarted",
+            UserEvent::SessionEnded { .. } => "SessionEnded",
+            UserEvent::TotpEnrollmentStarted { .. } => "TotpEnrollmentStarted",
+            UserEvent::TotpEnrollmentCodeRejected { .. } => "TotpEnrollmentCodeRejected",
+            UserEvent::TotpEnrollmentConfirmed { .. } => "TotpEnrollmentConfirmed",
+            UserEvent::TwoFactorDisabled => "TwoFactorDisabled",
+            UserEvent::TwoFactorReset { .. } => "TwoFactorReset",
+            UserEvent::DeviceRemembered { .. } => "DeviceRemembered",
+            UserEvent::RememberedDevicesRevoked => "RememberedDevicesRevoked",
+            UserEvent::TwoFactorEnforced { .. } => "TwoFactorEnforced",
+            UserEvent::TwoFactorEnforcementLifted { .. } => "TwoFactorEnforcementLifted",
+            UserEvent::ImpersonationStarted { .. } => "ImpersonationStarted",
+            UserEvent::ImpersonationEnded { .. } => "ImpersonationEnded",
+        }
+    }
+}
+
+impl DomainEvent for UserEvent {
+    fn event_type(&self) -> String {
+        self.name().to_string()
+    }
+
+    fn event_version(&self) -> String {
+        "1".to_string()
+    }
+}

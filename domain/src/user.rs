@@ -1,0 +1,799 @@
+//! The user aggregate: one account's sign-in and 2FA history.
+
+use chrono::{DateTime, Utc};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::Aggregate;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+use crate::command::{NewDevice, NewSession, UserCommand};
+use crate::error::UserError;
+use crate::event::UserEvent;
+use crate::policy::{self, TwoFactorPolicy};
+use crate::totp::{normalize_code, TotpParameters, TotpSecret};
+use crate::values::{
+    AuthenticatedBy, Email, PasswordHash, Role, SecondFactorMethod, TokenHash, TwoFactorStatus,
+    Username,
+};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Profile {
+    pub id: Uuid,
+    pub username: Username,
+    pub email: Option<Email>,
+    pub role: Role,
+    pub password_hash: PasswordHash,
+    pub registered_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ActiveTotp {
+    pub enrollment_id: Uuid,
+    pub parameters: TotpParameters,
+    pub enabled_at: DateTime<Utc>,
+    /// Highest time step ever accepted for this enrollment: replay guard.
+    pub last_accepted_step: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PendingTotp {
+    pub enrollment_id: Uuid,
+    pub parameters: TotpParameters,
+    pub attempts_remaining: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Challenge {
+    id: Uuid,
+    methods: Vec<SecondFactorMethod>,
+    expires_at: DateTime<Utc>,
+    attempts_remaining: u32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct FactorBudget {
+    consecutive_failures: u32,
+    locked_until: Option<DateTime<Utc>>,
+    suspended: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RememberedDevice {
+    pub id: Uuid,
+    token_hash: TokenHash,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub user_agent: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Impersonation {
+    id: Uuid,
+    session_id: Uuid,
+    expires_at: DateTime<Utc>,
+}
+
+/// State is only what the rules need; everything else lives in read models.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct User {
+    profile: Option<Profile>,
+    password_failures: u32,
+    password_locked_until: Option<DateTime<Utc>>,
+    enforced: bool,
+    totp: Option<ActiveTotp>,
+    pending_totp: Option<PendingTotp>,
+    /// Index-stable: a spent code leaves `None` behind.
+    recovery_codes: Vec<Option<TokenHash>>,
+    budgets: BTreeMap<SecondFactorMethod, FactorBudget>,
+    challenges: Vec<Challenge>,
+    devices: Vec<RememberedDevice>,
+    impersonations: Vec<Impersonation>,
+}
+
+impl User {
+    pub fn profile(&self) -> Option<&Profile> {
+        self.profile.as_ref()
+    }
+
+    pub fn is_enforced(&self) -> bool {
+        self.enforced
+    }
+
+    pub fn active_totp(&self) -> Option<&ActiveTotp> {
+        self.totp.as_ref()
+    }
+
+    pub fn pending_totp(&self) -> Option<&PendingTotp> {
+        self.pending_totp.as_ref()
+    }
+
+    pub fn two_factor_status(&self) -> TwoFactorStatus {
+        match (&self.totp, &self.pending_totp) {
+            (Some(_), _) => TwoFactorStatus::Enabled,
+            (None, Some(_)) => TwoFactorStatus::Pending,
+            (None, None) => TwoFactorStatus::Disabled,
+        }
+    }
+
+    pub fn must_have_two_factor(&self, policy: &TwoFactorPolicy, at: DateTime<Utc>) -> bool {
+        self.enforced || policy.mandatory_at(at)
+    }
+
+    pub fn recovery_codes_remaining(&self) -> usize {
+        self.recovery_codes.iter().flatten().count()
+    }
+
+    /// While locked, a right password gets the same answer as a wrong one.
+    pub fn password_locked_until(&self, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.password_locked_until.filter(|until| *until > at)
+    }
+
+    pub fn remembered_devices(&self, at: DateTime<Utc>) -> impl Iterator<Item = &RememberedDevice> {
+        self.devices
+            .iter()
+            .filter(move |device| device.expires_at > at)
+    }
+
+    /// The methods a new challenge offers now: the enrolled factors that are
+    /// neither suspended nor backing off.
+    fn challenge_methods(&self, email_offered: bool, at: DateTime<Utc>) -> Vec<SecondFactorMethod> {
+        let mut methods = Vec::new();
+        if self.totp.is_some() {
+            methods.push(SecondFactorMethod::Totp);
+            if email_offered {
+                methods.push(SecondFactorMethod::Email);
+            }
+            if self.recovery_codes_remaining() > 0 {
+                methods.push(SecondFactorMethod::RecoveryCode);
+            }
+        }
+        methods.retain(|method| self.factor_lock(*method, at).is_none());
+        methods
+    }
+
+    /// `Some(None)`: suspended until an administrator acts; `Some(Some(t))`: backing off until t.
+    fn factor_lock(
+        &self,
+        method: SecondFactorMethod,
+        at: DateTime<Utc>,
+    ) -> Option<Option<DateTime<Utc>>> {
+        let budget = self.budgets.get(&method)?;
+        if budget.suspended {
+            return Some(None);
+        }
+        budget.locked_until.filter(|until| *until > at).map(Some)
+    }
+
+    fn registered(&self) -> Result<&Profile, UserError> {
+        self.profile.as_ref().ok_or(UserError::NotRegistered)
+    }
+
+    fn session_started(
+        session: NewSession,
+        authenticated_by: AuthenticatedBy,
+        at: DateTime<Utc>,
+    ) -> UserEvent {
+        UserEvent::SessionStarted {
+            session_id: session.session_id,
+            token_hash: session.token_hash,
+            authenticated_by,
+            started_at: at,
+            expires_at: session.expires_at,
+            enrollment_required: false,
+            impersonator_id: None,
+            device_id: None,
+        }
+    }
+
+    /// The rules: given this state, what happens when `command` is asked.
+    pub fn decide(&self, command: UserCommand) -> Result<Vec<UserEvent>, UserError> {
+        use UserCommand::*;
+        if self.profile.is_none() && !matches!(command, RegisterUser { .. }) {
+            return Err(UserError::NotRegistered);
+        }
+        match command {
+            RegisterUser {
+                user_id,
+                username,
+                email,
+                role,
+                password_hash,
+                at,
+            } => {
+                if self.profile.is_some() {
+                    return Err(UserError::AlreadyRegistered);
+                }
+                Ok(vec![UserEvent::UserRegistered {
+                    user_id,
+                    username,
+                    email,
+                    role,
+                    password_hash,
+                    registered_at: at,
+                }])
+            }
+            ChangeEmail { email } => {
+                let unchanged = self.registered()?.email == email;
+                Ok(if unchanged {
+                    vec![]
+                } else {
+                    vec![UserEvent::EmailChanged { email }]
+                })
+            }
+            ChangeRole { role } => {
+                let unchanged = self.registered()?.role == role;
+                Ok(if unchanged {
+                    vec![]
+                } else {
+                    vec![UserEvent::RoleChanged { role }]
+                })
+            }
+            ChangePassword { password_hash } => {
+                Ok(vec![UserEvent::PasswordChanged { password_hash }])
+            }
+            SignIn {
+                password_matches,
+                device_token,
+                email_offered,
+                session,
+                challenge_id,
+                policy,
+                at,
+            } => self.sign_in(
+                password_matches,
+                device_token,
+                email_offered,
+                session,
+                challenge_id,
+                policy,
+                at,
+            ),
+            VerifySecondFactor {
+                challenge_id,
+                method,
+                code,
+                totp_secret,
+                session,
+                remember_device,
+                at,
+            } => self.verify_second_factor(
+                challenge_id,
+                method,
+                &code,
+                totp_secret.as_ref(),
+                session,
+                remember_device,
+                at,
+            ),
+            SignOut { session_id } => Ok(vec![UserEvent::SessionEnded { session_id }]),
+            StartTotpEnrollment {
+                enrollment_id,
+                parameters,
+            } => {
+                if self.totp.is_some() {
+                    return Err(UserError::TwoFactorAlreadyEnabled);
+                }
+                Ok(vec![UserEvent::TotpEnrollmentStarted {
+                    enrollment_id,
+                    parameters,
+                }])
+            }
+            ConfirmTotpEnrollment {
+                code,
+                secret,
+                recovery_code_hashes,
+                at,
+            } => self.confirm_totp_enrollment(&code, &secret, recovery_code_hashes, at),
+            DisableTwoFactor => {
+                if self.enforced {
+                    return Err(UserError::TwoFactorEnforced);
+                }
+                let nothing_to_disable =
+                    self.totp.is_none() && self.pending_totp.is_none() && self.devices.is_empty();
+                Ok(if nothing_to_disable {
+                    vec![]
+                } else {
+                    vec![UserEvent::TwoFactorDisabled]
+                })
+            }
+            ResetTwoFactor { reason } => {
+                let reason = required_reason(reason)?;
+                Ok(vec![UserEvent::TwoFactorReset { reason }])
+            }
+            RevokeRememberedDevices => Ok(if self.devices.is_empty() {
+                vec![]
+            } else {
+                vec![UserEvent::RememberedDevicesRevoked]
+            }),
+            EnforceTwoFactor { reason } => Ok(if self.enforced {
+                vec![]
+            } else {
+                vec![UserEvent::TwoFactorEnforced { reason }]
+            }),
+            LiftTwoFactorEnforcement { reason } => Ok(if self.enforced {
+                vec![UserEvent::TwoFactorEnforcementLifted { reason }]
+            } else {
+                vec![]
+            }),
+            StartImpersonation {
+                impersonation_id,
+                impersonator_id,
+                impersonator_role,
+                reason,
+                ticket,
+                session,
+                at,
+            } => {
+                let target = self.registered()?;
+                if impersonator_id == target.id || !impersonator_role.may_impersonate(target.role) {
+                    return Err(UserError::ImpersonationForbidden);
+                }
+                let reason = required_reason(reason)?;
+                let expires_at = session
+                    .expires_at
+                    .min(at + policy::impersonation_lifetime());
+                Ok(vec![
+                    UserEvent::ImpersonationStarted {
+                        impersonation_id,
+                        impersonator_id,
+                        session_id: session.session_id,
+                        reason,
+                        ticket: ticket.filter(|t| !t.trim().is_empty()),
+                        expires_at,
+                    },
+                    UserEvent::SessionStarted {
+                        session_id: session.session_id,
+                        token_hash: session.token_hash,
+                        authenticated_by: AuthenticatedBy::Impersonation,
+                        started_at: at,
+                        expires_at,
+                        enrollment_required: false,
+                        impersonator_id: Some(impersonator_id),
+                        device_id: None,
+                    },
+                ])
+            }
+            EndImpersonation { session_id } => {
+                let impersonation = self
+                    .impersonations
+                    .iter()
+                    .find(|i| i.session_id == session_id)
+                    .ok_or(UserError::SessionNotFound)?;
+                Ok(vec![UserEvent::ImpersonationEnded {
+                    impersonation_id: impersonation.id,
+                    session_id,
+                }])
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn sign_in(
+        &self,
+        password_matches: bool,
+        device_token: Option<TokenHash>,
+        email_offered: bool,
+        session: NewSession,
+        challenge_id: Uuid,
+        policy: TwoFactorPolicy,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<UserEvent>, UserError> {
+        if let Some(until) = self.password_locked_until(at) {
+            return Err(UserError::AccountLocked { until: Some(until) });
+        }
+        if !password_matches {
+            let consecutive_failures = self.password_failures.saturating_add(1);
+            return Ok(vec![UserEvent::PasswordRejected {
+                consecutive_failures,
+                locked_until: policy::password_lock(consecutive_failures, at),
+            }]);
+        }
+        if self.totp.is_none() {
+            let mut started = Self::session_started(session, AuthenticatedBy::Password, at);
+            if let UserEvent::SessionStarted {
+                enrollment_required,
+                ..
+            } = &mut started
+            {
+                *enrollment_required = self.must_have_two_factor(&policy, at);
+            }
+            return Ok(vec![started]);
+        }
+        let remembered = device_token.and_then(|token| {
+            self.remembered_devices(at)
+                .find(|device| device.token_hash == token)
+        });
+        if let Some(device) = remembered {
+            let mut started = Self::session_started(session, AuthenticatedBy::RememberedDevice, at);
+            if let UserEvent::SessionStarted { device_id, .. } = &mut started {
+                *device_id = Some(device.id);
+            }
+            return Ok(vec![started]);
+        }
+        let methods = self.challenge_methods(email_offered, at);
+        if methods.is_empty() {
+            let until = [SecondFactorMethod::Totp, SecondFactorMethod::RecoveryCode]
+                .into_iter()
+                .filter_map(|method| self.factor_lock(method, at).flatten())
+                .min();
+            return Err(UserError::AccountLocked { until });
+        }
+        Ok(vec![UserEvent::ChallengeIssued {
+            challenge_id,
+            methods,
+            expires_at: at + policy::challenge_lifetime(),
+        }])
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn verify_second_factor(
+        &self,
+        challenge_id: Uuid,
+        method: SecondFactorMethod,
+        code: &str,
+        totp_secret: Option<&TotpSecret>,
+        session: NewSession,
+        remember_device: Option<NewDevice>,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<UserEvent>, UserError> {
+        let challenge = self
+            .challenges
+            .iter()
+            .find(|c| c.id == challenge_id)
+            .ok_or(UserError::ChallengeNotFound)?;
+        if at >= challenge.expires_at {
+            return Err(UserError::ChallengeExpired);
+        }
+        if challenge.attempts_remaining == 0 {
+            return Err(UserError::ChallengeLocked);
+        }
+        if !challenge.methods.contains(&method) {
+            return Err(UserError::MethodUnavailable);
+        }
+        if let Some(until) = self.factor_lock(method, at) {
+            return Err(UserError::AccountLocked { until });
+        }
+        let mut events = Vec::new();
+        let accepted = match method {
+            SecondFactorMethod::Totp => {
+                let totp = self.totp.as_ref().ok_or(UserError::MethodUnavailable)?;
+                let secret = totp_secret.ok_or(UserError::MethodUnavailable)?;
+                let step = normalize_code(code, totp.parameters.digits)
+                    .ok()
+                    .and_then(|code| {
+                        totp.parameters
+                            .matching_step(secret, &code, unix_seconds(at))
+                    });
+                match step {
+                    Some(step) if step > totp.last_accepted_step => Some((Some(step), None)),
+                    Some(step) => {
+                        events.push(UserEvent::TotpCodeReplayed { challenge_id, step });
+                        None
+                    }
+                    None => None,
+                }
+            }
+            SecondFactorMethod::RecoveryCode => {
+                let hash = TokenHash::of(&normalize_recovery_code(code));
+                self.recovery_codes
+                    .iter()
+                    .position(|stored| stored.as_ref() == Some(&hash))
+                    .map(|index| (None, Some(index)))
+            }
+            SecondFactorMethod::Email => return Err(UserError::MethodUnavailable),
+        };
+        match accepted {
+            Some((totp_step, recovery_code_index)) => {
+                events.push(UserEvent::SecondFactorAccepted {
+                    challenge_id,
+                    method,
+                    totp_step,
+                    recovery_code_index,
+                });
+                events.push(Self::session_started(session, method.into(), at));
+                if let Some(device) = remember_device {
+                    events.push(UserEvent::DeviceRemembered {
+                        device_id: device.device_id,
+                        token_hash: device.token_hash,
+                        remembered_at: at,
+                        expires_at: device.expires_at,
+                        user_agent: device.user_agent,
+                    });
+                }
+            }
+            None => {
+                let consecutive_failures = self
+                    .budgets
+                    .get(&method)
+                    .map_or(0, |b| b.consecutive_failures)
+                    .saturating_add(1);
+                events.push(UserEvent::SecondFactorRejected {
+                    challenge_id,
+                    method,
+                    attempts_remaining: challenge.attempts_remaining - 1,
+                    consecutive_failures,
+                    locked_until: policy::second_factor_lock(consecutive_failures, at),
+                });
+                if consecutive_failures == policy::SECOND_FACTOR_FAILURES_BEFORE_SUSPENSION {
+                    events.push(UserEvent::SecondFactorSuspended {
+                        method,
+                        consecutive_failures,
+                    });
+                }
+            }
+        }
+        Ok(events)
+    }
+
+    fn confirm_totp_enrollment(
+        &self,
+        code: &str,
+        secret: &TotpSecret,
+        recovery_code_hashes: Vec<TokenHash>,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<UserEvent>, UserError> {
+        let pending = self
+            .pending_totp
+            .as_ref()
+            .ok_or(UserError::NoPendingEnrollment)?;
+        let step = normalize_code(code, pending.parameters.digits)
+            .ok()
+            .and_then(|code| {
+                pending
+                    .parameters
+                    .matching_step(secret, &code, unix_seconds(at))
+            });
+        Ok(vec![match step {
+            Some(accepted_step) => UserEvent::TotpEnrollmentConfirmed {
+                enrollment_id: pending.enrollment_id,
+                accepted_step,
+                recovery_code_hashes,
+                enabled_at: at,
+            },
+            None => UserEvent::TotpEnrollmentCodeRejected {
+                enrollment_id: pending.enrollment_id,
+                attempts_remaining: pending.attempts_remaining.saturating_sub(1),
+            },
+        }])
+    }
+
+    /// Assigns what an event says; never decides anything.
+    fn apply_event(&mut self, event: UserEvent) {
+        use UserEvent::*;
+        match event {
+            UserRegistered {
+                user_id,
+                username,
+                email,
+                role,
+                password_hash,
+                registered_at,
+            } => {
+                self.profile = Some(Profile {
+                    id: user_id,
+                    username,
+                    email,
+                    role,
+                    password_hash,
+                    registered_at,
+                })
+            }
+            EmailChanged { email } => {
+                if let Some(profile) = &mut self.profile {
+                    profile.email = email;
+                }
+            }
+            RoleChanged { role } => {
+                if let Some(profile) = &mut self.profile {
+                    profile.role = role;
+                }
+            }
+            PasswordChanged { password_hash } => {
+                if let Some(profile) = &mut self.profile {
+                    profile.password_hash = password_hash;
+                }
+                self.password_failures = 0;
+                self.password_locked_until = None;
+                self.devices.clear();
+            }
+            PasswordRejected {
+                consecutive_failures,
+                locked_until,
+            } => {
+                self.password_failures = consecutive_failures;
+                self.password_locked_until = locked_until;
+            }
+            ChallengeIssued {
+                challenge_id,
+                methods,
+                expires_at,
+            } => {
+                self.reset_password_failures();
+                let issued_at = expires_at - policy::challenge_lifetime();
+                self.challenges.retain(|c| c.expires_at > issued_at);
+                self.challenges.push(Challenge {
+                    id: challenge_id,
+                    methods,
+                    expires_at,
+                    attempts_remaining: policy::CHALLENGE_ATTEMPTS,
+                });
+            }
+            SecondFactorAccepted {
+                challenge_id,
+                method,
+                totp_step,
+                recovery_code_index,
+            } => {
+                self.challenges.retain(|c| c.id != challenge_id);
+                self.budgets.remove(&method);
+                if let (Some(step), Some(totp)) = (totp_step, &mut self.totp) {
+                    totp.last_accepted_step = totp.last_accepted_step.max(step);
+                }
+                if let Some(code) = recovery_code_index.and_then(|i| self.recovery_codes.get_mut(i))
+                {
+                    *code = None;
+                }
+            }
+            SecondFactorRejected {
+                challenge_id,
+                method,
+                attempts_remaining,
+                consecutive_failures,
+                locked_until,
+            } => {
+                if let Some(challenge) = self.challenges.iter_mut().find(|c| c.id == challenge_id) {
+                    challenge.attempts_remaining = attempts_remaining;
+                }
+                let budget = self.budgets.entry(method).or_default();
+                budget.consecutive_failures = consecutive_failures;
+                budget.locked_until = locked_until;
+            }
+            TotpCodeReplayed { .. } => {}
+            SecondFactorSuspended { method, .. } => {
+                self.budgets.entry(method).or_default().suspended = true;
+            }
+            SessionStarted {
+                started_at,
+                device_id,
+                ..
+            } => {
+                self.reset_password_failures();
+                if let Some(device) =
+                    device_id.and_then(|id| self.devices.iter_mut().find(|d| d.id == id))
+                {
+                    device.last_used_at = Some(started_at);
+                }
+                self.impersonations.retain(|i| i.expires_at > started_at);
+            }
+            SessionEnded { .. } => {}
+            TotpEnrollmentStarted {
+                enrollment_id,
+                parameters,
+            } => {
+                self.pending_totp = Some(PendingTotp {
+                    enrollment_id,
+                    parameters,
+                    attempts_remaining: policy::ENROLLMENT_CONFIRM_ATTEMPTS,
+                });
+            }
+            TotpEnrollmentCodeRejected {
+                attempts_remaining, ..
+            } => {
+                if attempts_remaining == 0 {
+                    self.pending_totp = None;
+                } else if let Some(pending) = &mut self.pending_totp {
+                    pending.attempts_remaining = attempts_remaining;
+                }
+            }
+            TotpEnrollmentConfirmed {
+                enrollment_id,
+                accepted_step,
+                recovery_code_hashes,
+                enabled_at,
+            } => {
+                if let Some(pending) = self.pending_totp.take() {
+                    self.totp = Some(ActiveTotp {
+                        enrollment_id,
+                        parameters: pending.parameters,
+                        enabled_at,
+                        last_accepted_step: accepted_step,
+                    });
+                }
+                self.recovery_codes = recovery_code_hashes.into_iter().map(Some).collect();
+                self.budgets.clear();
+            }
+            TwoFactorDisabled | TwoFactorReset { .. } => {
+                self.totp = None;
+                self.pending_totp = None;
+                self.recovery_codes.clear();
+                self.budgets.clear();
+                self.challenges.clear();
+                self.devices.clear();
+            }
+            DeviceRemembered {
+                device_id,
+                token_hash,
+                remembered_at,
+                expires_at,
+                user_agent,
+            } => {
+                self.devices.retain(|d| d.expires_at > remembered_at);
+                self.devices.push(RememberedDevice {
+                    id: device_id,
+                    token_hash,
+                    created_at: remembered_at,
+                    expires_at,
+                    last_used_at: None,
+                    user_agent,
+                });
+            }
+            RememberedDevicesRevoked => self.devices.clear(),
+            TwoFactorEnforced { .. } => self.enforced = true,
+            TwoFactorEnforcementLifted { .. } => self.enforced = false,
+            ImpersonationStarted {
+                impersonation_id,
+                session_id,
+                expires_at,
+                ..
+            } => self.impersonations.push(Impersonation {
+                id: impersonation_id,
+                session_id,
+                expires_at,
+            }),
+            ImpersonationEnded {
+                impersonation_id, ..
+            } => self.impersonations.retain(|i| i.id != impersonation_id),
+        }
+    }
+
+    fn reset_password_failures(&mut self) {
+        self.password_failures = 0;
+        self.password_locked_until = None;
+    }
+}
+
+fn required_reason(reason: String) -> Result<String, UserError> {
+    let reason = reason.trim();
+    if reason.is_empty() {
+        return Err(UserError::ReasonRequired);
+    }
+    Ok(reason.to_string())
+}
+
+fn unix_seconds(at: DateTime<Utc>) -> u64 {
+    u64::try_from(at.timestamp()).unwrap_or(0)
+}
+
+/// Recovery codes are shown grouped (`abcd-efgh-ijkl`); accept them however typed.
+pub fn normalize_recovery_code(code: &str) -> String {
+    code.chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
+}
+
+impl Aggregate for User {
+    const TYPE: &'static str = "user";
+    type Command = UserCommand;
+    type Event = UserEvent;
+    type Error = UserError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        _services: &Self::Services,
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        for event in self.decide(command)? {
+            sink.write(event, self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        self.apply_event(event);
+    }
+}

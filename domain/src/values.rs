@@ -1,0 +1,300 @@
+//! Small value types shared by commands, events and read models.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::UserError;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    User,
+    Auditor,
+    Admin,
+    SuperAdmin,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [Role::User, Role::Auditor, Role::Admin, Role::SuperAdmin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Auditor => "auditor",
+            Role::Admin => "admin",
+            Role::SuperAdmin => "super_admin",
+        }
+    }
+
+    /// Admins and super admins run the back office.
+    pub fn is_administrator(self) -> bool {
+        matches!(self, Role::Admin | Role::SuperAdmin)
+    }
+
+    /// Auditors read reports and the audit trail, as administrators do.
+    pub fn can_read_reports(self) -> bool {
+        matches!(self, Role::Auditor | Role::Admin | Role::SuperAdmin)
+    }
+
+    /// "Login as": an admin may act as plain users, a super admin also as admins
+    /// and auditors; nobody may act as a super admin.
+    pub fn may_impersonate(self, target: Role) -> bool {
+        match (self, target) {
+            (_, Role::SuperAdmin) => false,
+            (Role::SuperAdmin, _) => true,
+            (Role::Admin, Role::User) => true,
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = UserError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Role::ALL
+            .into_iter()
+            .find(|role| role.as_str() == s)
+            .ok_or(UserError::InvalidRole)
+    }
+}
+
+/// A username as stored: trimmed and lower-cased, so that "Alice" and "alice"
+/// are one account (as Keycloak does).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Username(String);
+
+impl Username {
+    pub const MAX_LEN: usize = 64;
+
+    pub fn parse(input: &str) -> Result<Self, UserError> {
+        let name = input.trim().to_ascii_lowercase();
+        let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@');
+        if name.is_empty() || name.len() > Self::MAX_LEN || !name.chars().all(allowed) {
+            return Err(UserError::InvalidUsername);
+        }
+        Ok(Self(name))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Username {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An email address as typed (trimmed). Whether two users share it is decided
+/// on `key()`, which ignores case.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Email(String);
+
+impl Email {
+    pub const MAX_LEN: usize = 254;
+
+    pub fn parse(input: &str) -> Result<Self, UserError> {
+        let email = input.trim();
+        let valid = email.len() <= Self::MAX_LEN
+            && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+            && matches!(email.split_once('@'), Some((local, domain))
+                if !local.is_empty() && !domain.is_empty() && !domain.contains('@'));
+        if !valid {
+            return Err(UserError::InvalidEmail);
+        }
+        Ok(Self(email.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The comparison key for "shared with another user".
+    pub fn key(&self) -> String {
+        self.0.to_lowercase()
+    }
+
+    /// `j***@example.com`: enough for the user to recognise the address.
+    pub fn masked(&self) -> String {
+        match self.0.split_once('@') {
+            Some((local, domain)) => {
+                let first: String = local.chars().take(1).collect();
+                format!("{first}***@{domain}")
+            }
+            None => "***".to_string(),
+        }
+    }
+}
+
+impl fmt::Display for Email {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A PHC-format password hash (argon2id). Never shown in `Debug`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct PasswordHash(String);
+
+impl PasswordHash {
+    pub fn new(phc: String) -> Self {
+        Self(phc)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for PasswordHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PasswordHash(<redacted>)")
+    }
+}
+
+/// SHA-256 of a high-entropy token or code, hex encoded. Tokens are random
+/// (>= 128 bits) so a fast hash is enough; what is stored can't be replayed.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TokenHash(String);
+
+impl TokenHash {
+    pub fn of(token: &str) -> Self {
+        Self(hex::encode(Sha256::digest(token.as_bytes())))
+    }
+
+    /// Hash of a short code, bound to its context (user, challenge) so that a
+    /// stored hash of a 6-digit code can't be looked up in a table of 10^6.
+    pub fn of_code(context: &str, code: &str) -> Self {
+        Self::of(&format!("{context}:{code}"))
+    }
+
+    pub fn from_hex(hex: String) -> Self {
+        Self(hex)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for TokenHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenHash(<redacted>)")
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecondFactorMethod {
+    Totp,
+    Email,
+    RecoveryCode,
+}
+
+impl SecondFactorMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecondFactorMethod::Totp => "totp",
+            SecondFactorMethod::Email => "email",
+            SecondFactorMethod::RecoveryCode => "recovery_code",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TwoFactorStatus {
+    Disabled,
+    Pending,
+    Enabled,
+}
+
+impl TwoFactorStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TwoFactorStatus::Disabled => "disabled",
+            TwoFactorStatus::Pending => "pending",
+            TwoFactorStatus::Enabled => "enabled",
+        }
+    }
+}
+
+/// How a session was authenticated, as recorded in `SessionStarted`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthenticatedBy {
+    Password,
+    Totp,
+    Email,
+    RecoveryCode,
+    RememberedDevice,
+    Impersonation,
+}
+
+impl From<SecondFactorMethod> for AuthenticatedBy {
+    fn from(method: SecondFactorMethod) -> Self {
+        match method {
+            SecondFactorMethod::Totp => AuthenticatedBy::Totp,
+            SecondFactorMethod::Email => AuthenticatedBy::Email,
+            SecondFactorMethod::RecoveryCode => AuthenticatedBy::RecoveryCode,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn usernames_are_case_insensitive_and_restricted() {
+        assert_eq!(Username::parse("  Alice ").unwrap().as_str(), "alice");
+        assert!(Username::parse("").is_err());
+        assert!(Username::parse("a b").is_err());
+        assert!(Username::parse("x'; drop table").is_err());
+        assert!(Username::parse(&"a".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn emails_are_masked_and_compared_without_case() {
+        let email = Email::parse(" Jane@Example.com ").unwrap();
+        assert_eq!(email.masked(), "J***@Example.com");
+        assert_eq!(email.key(), "jane@example.com");
+        assert!(Email::parse("no-at-sign").is_err());
+        assert!(Email::parse("a@b@c").is_err());
+        assert!(Email::parse("a @b").is_err());
+    }
+
+    #[test]
+    fn who_may_log_in_as_whom() {
+        assert!(Role::Admin.may_impersonate(Role::User));
+        assert!(!Role::Admin.may_impersonate(Role::Admin));
+        assert!(!Role::Admin.may_impersonate(Role::Auditor));
+        assert!(Role::SuperAdmin.may_impersonate(Role::Admin));
+        assert!(Role::SuperAdmin.may_impersonate(Role::Auditor));
+        assert!(!Role::SuperAdmin.may_impersonate(Role::SuperAdmin));
+        assert!(!Role::User.may_impersonate(Role::User));
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug() {
+        let hash = TokenHash::of("token");
+        assert_eq!(format!("{hash:?}"), "TokenHash(<redacted>)");
+        let password = PasswordHash::new("$argon2id$v=19$...".into());
+        assert!(!format!("{password:?}").contains("argon2"));
+    }
+}

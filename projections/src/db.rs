@@ -1,0 +1,50 @@
+use sqlx::{PgPool, SqlitePool};
+
+/// The store behind the read models: the same schema on both backends.
+#[derive(Clone, Debug)]
+pub enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    #[error("the database did not answer: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("stored event {position} can't be read: {source}")]
+    Corrupt {
+        position: i64,
+        source: serde_json::Error,
+    },
+    #[error("the read models did not catch up in time")]
+    Lagging,
+}
+
+impl ProjectionError {
+    /// True when the store is unreachable rather than the data being wrong.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            ProjectionError::Database(error) => matches!(
+                error,
+                sqlx::Error::Io(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::Tls(_)
+            ),
+            ProjectionError::Lagging => true,
+            ProjectionError::Corrupt { .. } => false,
+        }
+    }
+}
+
+/// Runs the same code against whichever pool `db` holds; the block is
+/// type-checked once per backend, so one query text serves both.
+#[macro_export]
+macro_rules! on_pool {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            $crate::Db::Sqlite($pool) => $body,
+            $crate::Db::Postgres($pool) => $body,
+        }
+    };
+}

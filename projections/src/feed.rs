@@ -1,0 +1,63 @@
+use serde_json::Value;
+use sqlx::Row;
+
+use crate::db::ProjectionError;
+
+/// Where an event stands in the global order. On PostgreSQL identity values
+/// are taken before commit, so the order is (transaction id, position) and
+/// only transactions older than every running one are read; on SQLite
+/// writers are serialised and the transaction id is the position itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EventPosition {
+    pub transaction_id: i64,
+    pub position: i64,
+}
+
+#[derive(Clone, Debug)]
+pub struct StoredEvent {
+    pub at: EventPosition,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    pub payload: Value,
+    pub metadata: Value,
+}
+
+pub(crate) const SQLITE_FEED: &str = "
+SELECT position AS transaction_id, position, aggregate_id, sequence, event_type, payload, metadata
+  FROM events
+ WHERE aggregate_type = 'user' AND position > $2
+ ORDER BY position
+ LIMIT $3";
+
+/// `$1`/`$2`: the checkpoint; `$3`: batch size. Transactions still running
+/// (or younger than the oldest running one) are left for the next round, so
+/// an event whose transaction commits late is never skipped.
+pub(crate) const POSTGRES_FEED: &str = "
+SELECT transaction_id, position, aggregate_id, sequence, event_type, payload, metadata
+  FROM events
+ WHERE aggregate_type = 'user'
+   AND (transaction_id, position) > ($1, $2)
+   AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+ ORDER BY transaction_id, position
+ LIMIT $3";
+
+pub(crate) fn decode<R: Row>(row: &R) -> Result<StoredEvent, ProjectionError>
+where
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Value: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+{
+    Ok(StoredEvent {
+        at: EventPosition {
+            transaction_id: row.try_get("transaction_id")?,
+            position: row.try_get("position")?,
+        },
+        aggregate_id: row.try_get("aggregate_id")?,
+        sequence: row.try_get("sequence")?,
+        event_type: row.try_get("event_type")?,
+        payload: row.try_get("payload")?,
+        metadata: row.try_get("metadata")?,
+    })
+}

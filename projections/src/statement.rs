@@ -1,0 +1,70 @@
+use chrono::{DateTime, Utc};
+
+/// A read-model write as plain data, so that one projection serves both
+/// backends and can be tested without a database.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Statement {
+    pub sql: &'static str,
+    pub args: Vec<Arg>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Arg {
+    Text(Option<String>),
+    Bool(bool),
+    Time(Option<DateTime<Utc>>),
+}
+
+impl From<String> for Arg {
+    fn from(value: String) -> Self {
+        Arg::Text(Some(value))
+    }
+}
+
+impl From<Option<String>> for Arg {
+    fn from(value: Option<String>) -> Self {
+        Arg::Text(value)
+    }
+}
+
+impl From<&str> for Arg {
+    fn from(value: &str) -> Self {
+        Arg::Text(Some(value.to_string()))
+    }
+}
+
+impl From<bool> for Arg {
+    fn from(value: bool) -> Self {
+        Arg::Bool(value)
+    }
+}
+
+impl From<DateTime<Utc>> for Arg {
+    fn from(value: DateTime<Utc>) -> Self {
+        Arg::Time(Some(value))
+    }
+}
+
+impl From<Option<DateTime<Utc>>> for Arg {
+    fn from(value: Option<DateTime<Utc>>) -> Self {
+        Arg::Time(value)
+    }
+}
+
+/// Executes statements on a transaction of either backend.
+macro_rules! execute_all {
+    ($tx:expr, $statements:expr) => {{
+        for statement in $statements {
+            let mut query = sqlx::query(statement.sql);
+            for arg in statement.args {
+                query = match arg {
+                    $crate::statement::Arg::Text(value) => query.bind(value),
+                    $crate::statement::Arg::Bool(value) => query.bind(value),
+                    $crate::statement::Arg::Time(value) => query.bind(value),
+                };
+            }
+            query.execute(&mut *$tx).await?;
+        }
+    }};
+}
+pub(crate) use execute_all;
