@@ -174,7 +174,6 @@ impl ServeConfig {
 /// A started server: where it listens and how to stop it.
 pub struct Running {
     pub addr: SocketAddr,
-    pub state: AppState,
     shutdown: watch::Sender<bool>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -216,7 +215,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
-    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     let mut stop = stopped;
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -227,7 +226,6 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     });
     Ok(Running {
         addr,
-        state,
         shutdown,
         server,
     })

@@ -15,7 +15,10 @@ use uuid::Uuid;
 
 /// A command's aggregate is reloaded and retried this many times when
 /// another writer appended first.
-const MAX_ATTEMPTS: usize = 8;
+const MAX_ATTEMPTS: u32 = 16;
+/// Commands on one user in one process queue on one of these locks, so they
+/// rarely collide; the events' primary key still decides across processes.
+const LOCK_STRIPES: usize = 256;
 /// Snapshot once this many events have been added since the last one.
 const SNAPSHOT_EVERY: usize = 32;
 /// Bumped whenever `User`'s stored shape changes; older snapshots are ignored.
@@ -136,6 +139,7 @@ enum Repository {
 pub struct EventStore {
     repository: Repository,
     db: Db,
+    stripes: Vec<tokio::sync::Mutex<()>>,
 }
 
 impl EventStore {
@@ -144,7 +148,14 @@ impl EventStore {
             Db::Sqlite(pool) => Repository::Sqlite(SqliteEventRepository::new(pool.clone())),
             Db::Postgres(pool) => Repository::Postgres(PostgresEventRepository::new(pool.clone())),
         };
-        Self { repository, db }
+        let stripes = (0..LOCK_STRIPES)
+            .map(|_| tokio::sync::Mutex::new(()))
+            .collect();
+        Self {
+            repository,
+            db,
+            stripes,
+        }
     }
 
     pub fn db(&self) -> &Db {
@@ -203,7 +214,9 @@ impl EventStore {
         metadata: &EventMetadata,
         mut command: impl FnMut(&User) -> UserCommand,
     ) -> Result<Committed, StoreError> {
-        for _ in 0..MAX_ATTEMPTS {
+        let stripe = (loaded.id.as_u128() % LOCK_STRIPES as u128) as usize;
+        let _queued = self.stripes[stripe].lock().await;
+        for attempt in 0..MAX_ATTEMPTS {
             let mut user = loaded.user.clone();
             let sink = EventSink::<User>::default();
             user.handle(command(&loaded.user), &(), &sink).await?;
@@ -230,6 +243,7 @@ impl EventStore {
                             return Err(StoreError::UsernameTaken);
                         }
                     }
+                    backoff(attempt).await;
                     loaded = self.load(loaded.id).await?;
                 }
                 Err(error) => return Err(error.into()),
@@ -359,6 +373,15 @@ impl EventStore {
         };
         Ok(id.and_then(|id| Uuid::parse_str(&id).ok()))
     }
+}
+
+/// Another process won the race: wait a little, more each time, with jitter
+/// so that the losers don't collide again in lockstep.
+async fn backoff(attempt: u32) {
+    use rand::Rng;
+    let ceiling_ms = 2u64.saturating_pow(attempt.min(6));
+    let pause = rand::thread_rng().gen_range(0..=ceiling_ms);
+    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
 }
 
 fn is_conflict(error: &PersistenceError) -> bool {

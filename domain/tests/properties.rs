@@ -78,8 +78,10 @@ fn fold(events: &[UserEvent]) -> User {
 enum Code {
     /// What the authenticator shows `k` periods from now.
     Step(i8),
-    /// A code typed earlier (accepted or not), picked by index.
+    /// A code typed earlier (accepted or not), counting back from the latest.
     Reused(usize),
+    /// The code most recently accepted (at sign-in or confirmation).
+    LastAccepted,
     Garbage(&'static str),
 }
 
@@ -124,7 +126,8 @@ fn code() -> impl Strategy<Value = Code> {
     prop_oneof![
         4 => Just(Code::Step(0)),
         3 => (-3_i8..=3).prop_map(Code::Step),
-        3 => any::<usize>().prop_map(Code::Reused),
+        3 => (0_usize..4).prop_map(Code::Reused),
+        2 => Just(Code::LastAccepted),
         1 => prop::sample::select(vec!["", "12345", "abcdef", "1234567890", "000000", "12 34-56"])
             .prop_map(Code::Garbage),
     ]
@@ -135,19 +138,25 @@ fn code() -> impl Strategy<Value = Code> {
 /// occasionally a little backwards (a server clock is not monotone).
 fn delay() -> impl Strategy<Value = i64> {
     prop_oneof![
-        8 => 0_i64..=45,
-        2 => 45_i64..=4_000,
+        10 => 0_i64..=20,
+        3 => 20_i64..=90,
+        1 => 90_i64..=4_000,
         1 => -40_i64..=0,
     ]
 }
 
+/// Mostly the latest challenge, sometimes an older one, rarely an unknown one.
+fn challenge_pick() -> impl Strategy<Value = usize> {
+    prop_oneof![6 => Just(0_usize), 3 => 1_usize..4, 1 => 4_usize..64]
+}
+
 fn any_op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        6 => (prop::bool::weighted(0.75), prop::option::of(0_u8..3), any::<bool>())
+        10 => (prop::bool::weighted(0.8), prop::option::of(0_u8..3), any::<bool>())
             .prop_map(|(right, device, email)| Op::SignIn { right, device, email }),
-        8 => (0_usize..8, code(), prop::option::weighted(0.3, 0_u8..3))
+        12 => (challenge_pick(), code(), prop::option::weighted(0.3, 0_u8..3))
             .prop_map(|(challenge, code, remember)| Op::VerifyTotp { challenge, code, remember }),
-        2 => (0_usize..8, 0_usize..=RECOVERY_CODES.len())
+        2 => (challenge_pick(), 0_usize..=RECOVERY_CODES.len())
             .prop_map(|(challenge, code)| Op::VerifyRecovery { challenge, code }),
         2 => any::<u8>().prop_map(|parameters| Op::StartEnrollment { parameters }),
         3 => code().prop_map(|code| Op::ConfirmEnrollment { code }),
@@ -168,7 +177,7 @@ fn password_op() -> impl Strategy<Value = Op> {
     prop_oneof![
         10 => (prop::bool::weighted(0.2), prop::option::of(0_u8..3), any::<bool>())
             .prop_map(|(right, device, email)| Op::SignIn { right, device, email }),
-        3 => (0_usize..4, code(), Just(None))
+        3 => (challenge_pick(), code(), Just(None))
             .prop_map(|(challenge, code, remember)| Op::VerifyTotp { challenge, code, remember }),
         1 => any::<u8>().prop_map(|parameters| Op::StartEnrollment { parameters }),
         2 => code().prop_map(|code| Op::ConfirmEnrollment { code }),
@@ -178,8 +187,56 @@ fn password_op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn script(op: impl Strategy<Value = Op>, max_len: usize) -> impl Strategy<Value = Vec<(i64, Op)>> {
-    prop::collection::vec((delay(), op), 1..max_len)
+/// A run of commands; most runs begin with an authenticator already
+/// enrolled (through the same commands), so that sign-ins meet TOTP.
+#[derive(Clone, Debug)]
+struct Script {
+    enrolled_with: Option<u8>,
+    /// TOTP failures already on record (the stream's earlier history), so
+    /// that runs reach the 100-failure suspension.
+    prior_failures: Option<u32>,
+    steps: Vec<(i64, Op)>,
+}
+
+/// Someone with the password guessing codes: mostly wrong, now and then right.
+fn guessing_op() -> impl Strategy<Value = Op> {
+    let guess = prop_oneof![
+        6 => prop_oneof![Just(Code::Step(-3)), Just(Code::Step(3))],
+        3 => prop::sample::select(vec!["000000", "123456", "99999999", "abcdef"]).prop_map(Code::Garbage),
+        2 => Just(Code::LastAccepted),
+        1 => Just(Code::Step(0)),
+    ];
+    prop_oneof![
+        4 => any::<bool>().prop_map(|email| Op::SignIn { right: true, device: None, email }),
+        14 => (challenge_pick(), guess)
+            .prop_map(|(challenge, code)| Op::VerifyTotp { challenge, code, remember: None }),
+        1 => (challenge_pick(), Just(RECOVERY_CODES.len()))
+            .prop_map(|(challenge, code)| Op::VerifyRecovery { challenge, code }),
+        1 => (challenge_pick(), 0_usize..RECOVERY_CODES.len())
+            .prop_map(|(challenge, code)| Op::VerifyRecovery { challenge, code }),
+    ]
+}
+
+fn script(op: impl Strategy<Value = Op>, max_len: usize) -> impl Strategy<Value = Script> {
+    (
+        prop::option::weighted(0.7, any::<u8>()),
+        prop::collection::vec((delay(), op), 1..max_len),
+    )
+        .prop_map(|(enrolled_with, steps)| Script {
+            enrolled_with,
+            prior_failures: None,
+            steps,
+        })
+}
+
+fn guessing_script() -> impl Strategy<Value = Script> {
+    (script(guessing_op(), 300), prop::option::of(85_u32..100)).prop_map(
+        |(script, prior_failures)| Script {
+            enrolled_with: Some(script.enrolled_with.unwrap_or(0)),
+            prior_failures,
+            ..script
+        },
+    )
 }
 
 // ---------------------------------------------------------------- observers
@@ -205,6 +262,26 @@ struct Tally {
     password_locks: usize,
     refused_while_locked: usize,
     factor_locks: usize,
+    factor_backoffs: usize,
+    suspensions: usize,
+    enrollments_confirmed: usize,
+    challenges_issued: usize,
+    refusals: usize,
+}
+
+impl Tally {
+    fn add(&mut self, other: Tally) {
+        self.totp_accepted += other.totp_accepted;
+        self.replays += other.replays;
+        self.password_locks += other.password_locks;
+        self.refused_while_locked += other.refused_while_locked;
+        self.factor_locks += other.factor_locks;
+        self.factor_backoffs += other.factor_backoffs;
+        self.suspensions += other.suspensions;
+        self.enrollments_confirmed += other.enrollments_confirmed;
+        self.challenges_issued += other.challenges_issued;
+        self.refusals += other.refusals;
+    }
 }
 
 /// The code typed with the current command, and what it was checked against.
@@ -219,8 +296,10 @@ struct World {
     now: i64,
     events: Vec<UserEvent>,
     challenges: Vec<Uuid>,
+    open_challenges: Vec<Uuid>,
     impersonation_sessions: Vec<Uuid>,
     typed_codes: Vec<String>,
+    last_accepted: Option<String>,
     seeds: HashMap<Uuid, u8>,
     next_id: u128,
     guard: ReplayGuard,
@@ -235,8 +314,10 @@ impl World {
             now: 0,
             events: Vec::new(),
             challenges: Vec::new(),
+            open_challenges: Vec::new(),
             impersonation_sessions: Vec::new(),
             typed_codes: Vec::new(),
+            last_accepted: None,
             seeds: HashMap::new(),
             next_id: 0x1000,
             guard: ReplayGuard::default(),
@@ -279,8 +360,21 @@ impl World {
         }
     }
 
+    /// `pick` counts back from the latest challenge still open, then through
+    /// spent ones; past those, an unknown one.
     fn challenge(&self, pick: usize) -> Uuid {
-        self.challenges.get(pick).copied().unwrap_or(UNKNOWN)
+        let spent = self
+            .challenges
+            .iter()
+            .rev()
+            .filter(|id| !self.open_challenges.contains(id));
+        self.open_challenges
+            .iter()
+            .rev()
+            .chain(spent)
+            .nth(pick)
+            .copied()
+            .unwrap_or(UNKNOWN)
     }
 
     /// The secret the caller would decrypt: the active (or pending) enrollment's.
@@ -303,10 +397,15 @@ impl World {
                 let offset = self.now + i64::from(*k) * i64::try_from(parameters.period).unwrap();
                 parameters.code_at(&secret(seed), unix(offset))
             }
-            Code::Reused(i) if !self.typed_codes.is_empty() => {
-                self.typed_codes[i % self.typed_codes.len()].clone()
+            Code::Reused(back) if !self.typed_codes.is_empty() => {
+                let latest = self.typed_codes.len() - 1;
+                self.typed_codes[latest - back.min(&latest)].clone()
             }
             Code::Reused(_) => parameters.code_at(&secret(seed), unix(self.now)),
+            Code::LastAccepted => self
+                .last_accepted
+                .clone()
+                .unwrap_or_else(|| parameters.code_at(&secret(seed), unix(self.now))),
             Code::Garbage(text) => (*text).to_string(),
         };
         self.typed_codes.push(typed.clone());
@@ -342,9 +441,9 @@ impl World {
                 let challenge_id = self.challenge(*challenge);
                 // Without an active enrollment the aggregate refuses before the
                 // secret matters; hand it some secret anyway.
-                let (_, parameters, seed) = self
-                    .enrollment(false)
-                    .unwrap_or((UNKNOWN, TotpParameters::default(), 1));
+                let (_, parameters, seed) =
+                    self.enrollment(false)
+                        .unwrap_or((UNKNOWN, TotpParameters::default(), 1));
                 let typed = self.type_code(code, &parameters, seed);
                 let remember_device = remember.map(|n| NewDevice {
                     device_id: Uuid::from_u128(0xde00 + u128::from(n)),
@@ -376,7 +475,10 @@ impl World {
                 none(UserCommand::VerifySecondFactor {
                     challenge_id,
                     method: SecondFactorMethod::RecoveryCode,
-                    code: RECOVERY_CODES.get(*code).unwrap_or(&"not-a-code").to_string(),
+                    code: RECOVERY_CODES
+                        .get(*code)
+                        .unwrap_or(&"not-a-code")
+                        .to_string(),
                     totp_secret: None,
                     session,
                     remember_device: None,
@@ -393,9 +495,9 @@ impl World {
                 })
             }
             Op::ConfirmEnrollment { code } => {
-                let (_, parameters, seed) = self
-                    .enrollment(true)
-                    .unwrap_or((UNKNOWN, TotpParameters::default(), 1));
+                let (_, parameters, seed) =
+                    self.enrollment(true)
+                        .unwrap_or((UNKNOWN, TotpParameters::default(), 1));
                 let typed = self.type_code(code, &parameters, seed);
                 (
                     UserCommand::ConfirmTotpEnrollment {
@@ -482,6 +584,9 @@ impl World {
                 self.tally.refused_while_locked += 1;
             }
         }
+        if result.is_err() {
+            self.tally.refusals += 1;
+        }
         if let Err(UserError::AccountLocked { .. }) = &result {
             if !matches!(op, Op::SignIn { .. }) || locked.is_none() {
                 self.tally.factor_locks += 1;
@@ -526,15 +631,19 @@ impl World {
                     );
                 }
                 self.guard.highest.insert(*enrollment_id, *accepted_step);
+                self.last_accepted = Some(typed.code.clone());
                 self.guard.active = Some(*enrollment_id);
+                self.tally.enrollments_confirmed += 1;
             }
             // a: a sign-in step must be above every step accepted before.
             UserEvent::SecondFactorAccepted {
+                challenge_id,
                 method,
                 totp_step,
                 recovery_code_index,
                 ..
             } => {
+                self.open_challenges.retain(|id| id != challenge_id);
                 match (method, totp_step, recovery_code_index) {
                     (SecondFactorMethod::Totp, Some(step), None) => {
                         let typed = typed.expect("a TOTP acceptance comes from a typed code");
@@ -552,6 +661,7 @@ impl World {
                             highest
                         );
                         self.guard.highest.insert(enrollment, *step);
+                        self.last_accepted = Some(typed.code.clone());
                         self.tally.totp_accepted += 1;
                     }
                     (SecondFactorMethod::RecoveryCode, None, Some(index)) => {
@@ -560,6 +670,11 @@ impl World {
                     other => prop_assert!(false, "inconsistent acceptance {:?}", other),
                 }
             }
+            UserEvent::SecondFactorRejected {
+                locked_until: Some(_),
+                ..
+            } => self.tally.factor_backoffs += 1,
+            UserEvent::SecondFactorSuspended { .. } => self.tally.suspensions += 1,
             UserEvent::TotpCodeReplayed { step, .. } => {
                 let enrollment = self.guard.active.expect("replay needs an enrollment");
                 prop_assert!(*step <= self.guard.highest[&enrollment]);
@@ -567,9 +682,12 @@ impl World {
             }
             UserEvent::TwoFactorDisabled | UserEvent::TwoFactorReset { .. } => {
                 self.guard.active = None;
+                self.open_challenges.clear();
             }
             UserEvent::ChallengeIssued { challenge_id, .. } => {
                 self.challenges.push(*challenge_id);
+                self.open_challenges.push(*challenge_id);
+                self.tally.challenges_issued += 1;
                 self.password.failures = 0;
             }
             // c: the count grows by one at a time; the lock is 1, 2, 4 ... 60
@@ -581,7 +699,11 @@ impl World {
                 prop_assert_eq!(*consecutive_failures, self.password.failures + 1);
                 self.password.failures = *consecutive_failures;
                 let expected = consecutive_failures.checked_sub(5).map(|over| {
-                    let minutes = if over >= 6 { 60 } else { (1_i64 << over).min(60) };
+                    let minutes = if over >= 6 {
+                        60
+                    } else {
+                        (1_i64 << over).min(60)
+                    };
                     self.at() + Duration::minutes(minutes)
                 });
                 prop_assert_eq!(*locked_until, expected);
@@ -620,9 +742,30 @@ impl World {
     }
 }
 
-fn play(script: &[(i64, Op)]) -> Result<World, TestCaseError> {
+fn play(script: &Script) -> Result<World, TestCaseError> {
     let mut world = World::new();
-    for (delay, op) in script {
+    if let Some(parameters) = script.enrolled_with {
+        world.step(0, &Op::StartEnrollment { parameters })?;
+        world.step(
+            0,
+            &Op::ConfirmEnrollment {
+                code: Code::Step(0),
+            },
+        )?;
+        prop_assert!(world.user.active_totp().is_some());
+    }
+    if let Some(consecutive_failures) = script.prior_failures {
+        let earlier = UserEvent::SecondFactorRejected {
+            challenge_id: UNKNOWN,
+            method: SecondFactorMethod::Totp,
+            attempts_remaining: 0,
+            consecutive_failures,
+            locked_until: Some(t(-60)),
+        };
+        world.user.apply(earlier.clone());
+        world.events.push(earlier);
+    }
+    for (delay, op) in &script.steps {
         world.step(*delay, op)?;
     }
     Ok(world)
@@ -818,6 +961,14 @@ proptest! {
         play(&script)?;
     }
 
+    /// a. The same, under long runs of guessing, back-off and suspension.
+    #[test]
+    fn a_used_totp_step_is_never_accepted_again_under_guessing(
+        script in guessing_script()
+    ) {
+        play(&script)?;
+    }
+
     /// c. The password failure count grows by one until a success resets it,
     /// and a locked account answers both passwords alike.
     #[test]
@@ -855,19 +1006,22 @@ fn the_generators_reach_the_states_the_properties_are_about() {
         Config::default(),
         TestRng::from_seed(RngAlgorithm::ChaCha, &[7; 32]),
     );
-    for strategy in [script(any_op(), 80).boxed(), script(password_op(), 60).boxed()] {
+    for strategy in [
+        script(any_op(), 80).boxed(),
+        script(password_op(), 60).boxed(),
+        guessing_script().boxed(),
+    ] {
         for _ in 0..64 {
             let script = strategy.new_tree(&mut runner).unwrap().current();
-            let tally = play(&script).unwrap().tally;
-            total.totp_accepted += tally.totp_accepted;
-            total.replays += tally.replays;
-            total.password_locks += tally.password_locks;
-            total.refused_while_locked += tally.refused_while_locked;
-            total.factor_locks += tally.factor_locks;
+            total.add(play(&script).unwrap().tally);
         }
     }
+    println!("{total:?}");
     assert!(total.totp_accepted >= 20, "{total:?}");
     assert!(total.replays >= 10, "{total:?}");
     assert!(total.password_locks >= 10, "{total:?}");
     assert!(total.refused_while_locked >= 10, "{total:?}");
+    assert!(total.factor_backoffs >= 10, "{total:?}");
+    assert!(total.factor_locks >= 10, "{total:?}");
+    assert!(total.suspensions >= 5, "{total:?}");
 }

@@ -1,1 +1,10 @@
+//! End-to-end tests: real HTTP against `spawn_app`, each store-touching test
+//! on SQLite and on PostgreSQL. One test binary keeps link time low.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod helpers;
+
+mod administration;
+mod foundation;
+mod processes;
+mod two_factor;

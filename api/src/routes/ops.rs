@@ -15,7 +15,7 @@ pub async fn healthz() -> impl IntoResponse {
 
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let answered: Result<i64, sqlx::Error> = on_pool!(state.store.db(), pool => {
-        sqlx::query_scalar("SELECT 1").fetch_one(pool).await
+        sqlx::query_scalar("SELECT CAST(1 AS BIGINT)").fetch_one(pool).await
     });
     match answered {
         Ok(_) => (StatusCode::OK, Json(json!({ "status": "ready" }))),
