@@ -32,8 +32,6 @@ pub enum ApiError {
     NotFound(&'static str),
     #[error("{0}")]
     Conflict(String),
-    #[error("email is not available for this user")]
-    EmailUnavailable,
     #[error("two-factor authentication is enforced by an administrator")]
     TwoFactorEnforced,
     #[error("the sign-in challenge has expired; sign in again")]
@@ -64,7 +62,6 @@ impl ApiError {
             EnrollmentRequired => (StatusCode::FORBIDDEN, "two_factor_enrollment_required"),
             NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            EmailUnavailable => (StatusCode::CONFLICT, "email_unavailable"),
             TwoFactorEnforced => (StatusCode::CONFLICT, "two_factor_enforced"),
             ChallengeExpired => (StatusCode::GONE, "challenge_expired"),
             ChallengeLocked => (StatusCode::LOCKED, "challenge_locked"),

@@ -118,7 +118,6 @@ pub struct Loaded {
 
 #[derive(Debug)]
 pub struct Committed {
-    pub user: User,
     pub events: Vec<UserEvent>,
     /// Global position of the last event appended; `None` when the command
     /// decided nothing needed recording.
@@ -223,7 +222,6 @@ impl EventStore {
             let events = sink.collect().await;
             if events.is_empty() {
                 return Ok(Committed {
-                    user,
                     events,
                     last_position: None,
                 });
@@ -232,7 +230,6 @@ impl EventStore {
                 Ok(last_position) => {
                     self.snapshot_if_due(&loaded, &user, events.len()).await;
                     return Ok(Committed {
-                        user,
                         events,
                         last_position: Some(last_position),
                     });

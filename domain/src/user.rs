@@ -657,9 +657,14 @@ impl User {
             SessionStarted {
                 started_at,
                 device_id,
+                authenticated_by,
                 ..
             } => {
-                self.reset_password_failures();
+                // An administrator acting for the user proves nothing about
+                // who is guessing the user's password.
+                if authenticated_by != AuthenticatedBy::Impersonation {
+                    self.reset_password_failures();
+                }
                 if let Some(device) =
                     device_id.and_then(|id| self.devices.iter_mut().find(|d| d.id == id))
                 {

@@ -6,7 +6,7 @@
 //!    history and applying the tail gives the aggregate folded from scratch
 //!    (and any event stream, however odd, folds without panicking);
 //! c. the password failure count only grows, one at a time, until a success
-//!    (SessionStarted, ChallengeIssued or PasswordChanged) resets it, and a
+//!    (SessionStarted other than "Login as", ChallengeIssued or PasswordChanged) resets it, and a
 //!    locked account answers a right password as it answers a wrong one.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -716,7 +716,10 @@ impl World {
                 enrollment_required,
                 ..
             } => {
-                self.password.failures = 0;
+                // "Login as" proves nothing about who guesses the password.
+                if *authenticated_by != AuthenticatedBy::Impersonation {
+                    self.password.failures = 0;
+                }
                 if *authenticated_by == AuthenticatedBy::Password {
                     prop_assert_eq!(*enrollment_required, self.user.is_enforced());
                 }

@@ -1678,3 +1678,18 @@ fn expired_impersonation_is_forgotten_once_another_session_starts() {
         })
         .then_expect_error(UserError::SessionNotFound);
 }
+
+#[test]
+fn login_as_does_not_lift_a_password_lock() {
+    let mut history = alice();
+    history.extend(password_rejections(4));
+    record(&mut history, SignIn::wrong().at(0));
+    record(
+        &mut history,
+        impersonate(ADMIN, Role::Admin, "user locked out", Duration::minutes(30)),
+    );
+    assert_eq!(fold(&history).password_locked_until(t(10)), Some(t(60)));
+    given(&history)
+        .when(SignIn::right().at(10))
+        .then_expect_error(UserError::AccountLocked { until: Some(t(60)) });
+}
