@@ -15,12 +15,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
-use twofold_domain::totp::TotpParameters;
+use twofold_domain::totp::{TotpAlgorithm, TotpParameters};
 use twofold_domain::{Email, Role, TwoFactorPolicy, Username};
 use twofold_projections::{Db, Projector};
 
 use crate::clock::{Clock, SystemClock};
-use crate::config::ServeArgs;
+use crate::config::{ServeArgs, TotpHash};
 use crate::database;
 use crate::error::ApiError;
 use crate::routes::{login, me, ops, users};
@@ -150,6 +150,18 @@ impl ServeConfig {
                 file.with_file_name(name)
             }
         };
+        let totp = TotpParameters {
+            algorithm: match args.totp_algorithm {
+                TotpHash::Sha1 => TotpAlgorithm::Sha1,
+                TotpHash::Sha256 => TotpAlgorithm::Sha256,
+                TotpHash::Sha512 => TotpAlgorithm::Sha512,
+            },
+            digits: args.totp_digits,
+            period: args.totp_period,
+            skew: args.totp_skew,
+        };
+        totp.validate()
+            .map_err(|error| anyhow::anyhow!("TOTP settings: {error}"))?;
         Ok(ServeConfig {
             database_url: url,
             listen: args.listen,
@@ -161,7 +173,7 @@ impl ServeConfig {
                 session_lifetime: chrono::Duration::hours(i64::from(args.session_hours)),
                 session_idle: chrono::Duration::minutes(i64::from(args.session_idle_minutes)),
                 remember_device: chrono::Duration::hours(i64::from(args.remember_device_hours)),
-                totp: TotpParameters::default(),
+                totp,
                 totp_issuer: args.totp_issuer,
                 login_rate_per_ip: args.login_rate_per_ip,
             },

@@ -26,6 +26,13 @@ pub enum LogFormat {
     Json,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TotpHash {
+    Sha1,
+    Sha256,
+    Sha512,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the HTTP service.
@@ -86,6 +93,17 @@ pub struct ServeArgs {
     /// A session unused this long ends.
     #[arg(long, env = "TWOFOLD_SESSION_IDLE_MINUTES", default_value_t = 60)]
     pub session_idle_minutes: u32,
+    /// TOTP hash for new enrollments (existing ones keep theirs).
+    #[arg(long, env = "TWOFOLD_TOTP_ALGORITHM", value_enum, default_value_t = TotpHash::Sha1)]
+    pub totp_algorithm: TotpHash,
+    #[arg(long, env = "TWOFOLD_TOTP_DIGITS", default_value_t = 6)]
+    pub totp_digits: u32,
+    /// Seconds per TOTP step.
+    #[arg(long, env = "TWOFOLD_TOTP_PERIOD", default_value_t = 30)]
+    pub totp_period: u64,
+    /// Steps before and after the current one that are accepted.
+    #[arg(long, env = "TWOFOLD_TOTP_SKEW", default_value_t = 1)]
+    pub totp_skew: u8,
     /// Issuer shown by authenticator apps.
     #[arg(long, env = "TWOFOLD_TOTP_ISSUER", default_value = "twofold")]
     pub totp_issuer: String,

@@ -209,6 +209,30 @@ impl EventStore {
     /// `command` is asked again for each attempt, with the state it will meet.
     pub async fn execute(
         &self,
+        loaded: Loaded,
+        metadata: &EventMetadata,
+        command: impl FnMut(&User) -> UserCommand,
+    ) -> Result<Committed, StoreError> {
+        let started = std::time::Instant::now();
+        let mut name = "unknown";
+        let mut named = command;
+        let result = self
+            .execute_with_retries(loaded, metadata, |user| {
+                let command = named(user);
+                name = command.name();
+                command
+            })
+            .await;
+        metrics::histogram!("twofold_command_seconds", "command" => name)
+            .record(started.elapsed().as_secs_f64());
+        if let Err(StoreError::Unavailable(_) | StoreError::Failed(_)) = &result {
+            metrics::counter!("twofold_store_errors_total", "command" => name).increment(1);
+        }
+        result
+    }
+
+    async fn execute_with_retries(
+        &self,
         mut loaded: Loaded,
         metadata: &EventMetadata,
         mut command: impl FnMut(&User) -> UserCommand,

@@ -103,3 +103,27 @@ pub enum UserCommand {
         session_id: Uuid,
     },
 }
+
+impl UserCommand {
+    /// The command's name, for metrics and logs (never its contents).
+    pub fn name(&self) -> &'static str {
+        match self {
+            UserCommand::RegisterUser { .. } => "RegisterUser",
+            UserCommand::ChangeEmail { .. } => "ChangeEmail",
+            UserCommand::ChangeRole { .. } => "ChangeRole",
+            UserCommand::ChangePassword { .. } => "ChangePassword",
+            UserCommand::SignIn { .. } => "SignIn",
+            UserCommand::VerifySecondFactor { .. } => "VerifySecondFactor",
+            UserCommand::SignOut { .. } => "SignOut",
+            UserCommand::StartTotpEnrollment { .. } => "StartTotpEnrollment",
+            UserCommand::ConfirmTotpEnrollment { .. } => "ConfirmTotpEnrollment",
+            UserCommand::DisableTwoFactor => "DisableTwoFactor",
+            UserCommand::ResetTwoFactor { .. } => "ResetTwoFactor",
+            UserCommand::RevokeRememberedDevices => "RevokeRememberedDevices",
+            UserCommand::EnforceTwoFactor { .. } => "EnforceTwoFactor",
+            UserCommand::LiftTwoFactorEnforcement { .. } => "LiftTwoFactorEnforcement",
+            UserCommand::StartImpersonation { .. } => "StartImpersonation",
+            UserCommand::EndImpersonation { .. } => "EndImpersonation",
+        }
+    }
+}

@@ -5,6 +5,7 @@
 mod helpers;
 
 mod administration;
+mod authorization;
 mod foundation;
 mod processes;
 mod two_factor;

@@ -11,7 +11,7 @@ use twofold_domain::{Email, NewSession, Role, TokenHash, UserCommand, Username};
 use twofold_projections::{DirectoryEntry, DirectoryFilter};
 use uuid::Uuid;
 
-use crate::auth::{FullSession, Session};
+use crate::auth::FullSession;
 use crate::error::ApiError;
 use crate::extract::{Json, Path, Query, RequestOrigin};
 use crate::respond::Written;
@@ -368,7 +368,7 @@ pub async fn start_impersonation(
 pub async fn end_impersonation(
     State(state): State<AppState>,
     origin: RequestOrigin,
-    session: Session,
+    FullSession(session): FullSession,
 ) -> Result<Written<()>, ApiError> {
     if !session.is_impersonation() {
         return Err(ApiError::NotFound("this session is not an impersonation"));
