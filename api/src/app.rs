@@ -23,6 +23,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{ServeArgs, TotpHash};
 use crate::database;
 use crate::error::ApiError;
+use crate::mail::Mailer;
 use crate::routes::{login, me, ops, users};
 use crate::security::{self, SecretVault};
 use crate::state::{AppState, Settings};
@@ -38,6 +39,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/login/challenges/{challenge_id}/verify",
             post(login::verify),
+        )
+        .route(
+            "/login/challenges/{challenge_id}/email",
+            post(login::send_email_code),
         )
         .route("/logout", post(login::logout))
         .route("/me", get(me::me))
@@ -129,6 +134,7 @@ fn metrics_handle() -> PrometheusHandle {
 /// Everything `serve` needs, resolved from flags.
 pub struct ServeConfig {
     pub database_url: String,
+    pub mail: MailConfig,
     pub listen: SocketAddr,
     pub master_key_file: std::path::PathBuf,
     pub settings: Settings,
@@ -139,6 +145,16 @@ pub struct ServeConfig {
 impl ServeConfig {
     pub fn from_args(args: ServeArgs) -> anyhow::Result<Self> {
         let url = args.database.database_url;
+        let sqlite_dir = database::sqlite_file(&url)
+            .filter(|_| url.starts_with("sqlite:"))
+            .and_then(|file| file.parent().map(std::path::Path::to_path_buf));
+        let mail = MailConfig {
+            smtp_url: args.smtp_url,
+            directory: args
+                .mail_dir
+                .unwrap_or_else(|| sqlite_dir.clone().unwrap_or_default().join("mail")),
+            from: args.mail_from,
+        };
         let master_key_file = match args.master_key_file {
             Some(path) => path,
             None => {
@@ -164,6 +180,7 @@ impl ServeConfig {
             .map_err(|error| anyhow::anyhow!("TOTP settings: {error}"))?;
         Ok(ServeConfig {
             database_url: url,
+            mail,
             listen: args.listen,
             master_key_file,
             settings: Settings {
@@ -180,6 +197,24 @@ impl ServeConfig {
             bootstrap_admin: args.bootstrap_admin,
             clock: Arc::new(SystemClock),
         })
+    }
+}
+
+/// Where outgoing email goes: SMTP when a URL is given, else a directory.
+#[derive(Clone, Debug)]
+pub struct MailConfig {
+    pub smtp_url: Option<String>,
+    pub directory: std::path::PathBuf,
+    pub from: String,
+}
+
+impl MailConfig {
+    fn mailer(&self) -> anyhow::Result<Mailer> {
+        match &self.smtp_url {
+            Some(url) => Mailer::smtp(url, &self.from).context("bad --smtp-url"),
+            None => Mailer::directory(self.directory.clone(), &self.from)
+                .with_context(|| format!("cannot use mail directory {}", self.directory.display())),
+        }
     }
 }
 
@@ -209,6 +244,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     database::migrate(&db).await.context("migrations failed")?;
     let key = security::load_or_create_master_key(&config.master_key_file)?;
     security::prepare().await;
+    let mailer = config.mail.mailer()?;
     let projector = Projector::new(db.clone()).await?;
     let state = AppState::new(
         EventStore::new(db.clone()),
@@ -217,6 +253,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         config.clock,
         config.settings,
         metrics_handle(),
+        mailer,
     );
     if let Some(spec) = &config.bootstrap_admin {
         bootstrap_admin(&state, &db, spec).await?;

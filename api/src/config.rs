@@ -75,6 +75,13 @@ pub struct ServeArgs {
     /// Send email through this SMTP server instead (smtp://host:port).
     #[arg(long, env = "TWOFOLD_SMTP_URL")]
     pub smtp_url: Option<String>,
+    /// Sender of outgoing email.
+    #[arg(
+        long,
+        env = "TWOFOLD_MAIL_FROM",
+        default_value = "twofold <no-reply@localhost>"
+    )]
+    pub mail_from: String,
     /// RFC 3339 instant from which every user must have 2FA.
     #[arg(long, env = "TWOFOLD_MANDATORY_FROM")]
     pub mandatory_from: Option<DateTime<Utc>>,

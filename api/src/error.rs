@@ -32,6 +32,8 @@ pub enum ApiError {
     NotFound(&'static str),
     #[error("{0}")]
     Conflict(String),
+    #[error("email is not available for this user")]
+    EmailUnavailable,
     #[error("two-factor authentication is enforced by an administrator")]
     TwoFactorEnforced,
     #[error("the sign-in challenge has expired; sign in again")]
@@ -62,6 +64,7 @@ impl ApiError {
             EnrollmentRequired => (StatusCode::FORBIDDEN, "two_factor_enrollment_required"),
             NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            EmailUnavailable => (StatusCode::CONFLICT, "email_unavailable"),
             TwoFactorEnforced => (StatusCode::CONFLICT, "two_factor_enforced"),
             ChallengeExpired => (StatusCode::GONE, "challenge_expired"),
             ChallengeLocked => (StatusCode::LOCKED, "challenge_locked"),
@@ -132,6 +135,9 @@ impl From<UserError> for ApiError {
             TwoFactorEnforced => ApiError::TwoFactorEnforced,
             ImpersonationForbidden => ApiError::Forbidden("you may not log in as this user"),
             SessionNotFound => ApiError::NotFound("no such session"),
+            TooManyEmailCodes { retry_at } => ApiError::RateLimited {
+                retry_after: (retry_at - crate::clock::system_now()).num_seconds().max(1),
+            },
         }
     }
 }

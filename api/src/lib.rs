@@ -8,6 +8,7 @@ pub mod config;
 mod database;
 mod error;
 mod extract;
+mod mail;
 mod qr;
 mod respond;
 mod routes;
@@ -21,7 +22,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-pub use app::{start, Running, ServeConfig};
+pub use app::{start, MailConfig, Running, ServeConfig};
 pub use clock::Clock;
 pub use state::Settings;
 

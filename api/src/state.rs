@@ -11,6 +11,7 @@ use twofold_projections::{EventPosition, Projector};
 
 use crate::clock::Clock;
 use crate::error::ApiError;
+use crate::mail::{Mailer, OutgoingMail};
 use crate::security::SecretVault;
 use crate::store::EventStore;
 
@@ -36,6 +37,7 @@ pub struct Inner {
     pub clock: Arc<dyn Clock>,
     pub settings: Settings,
     pub metrics: PrometheusHandle,
+    pub mailer: Mailer,
     login_limiter: LoginLimiter,
 }
 
@@ -58,6 +60,7 @@ impl AppState {
         clock: Arc<dyn Clock>,
         settings: Settings,
         metrics: PrometheusHandle,
+        mailer: Mailer,
     ) -> Self {
         let login_limiter = LoginLimiter::new(settings.login_rate_per_ip);
         AppState(Arc::new(Inner {
@@ -67,6 +70,7 @@ impl AppState {
             clock,
             settings,
             metrics,
+            mailer,
             login_limiter,
         }))
     }
@@ -84,6 +88,19 @@ impl AppState {
                 .await?;
         }
         Ok(())
+    }
+
+    /// A notice the user should get but that must not fail the request.
+    pub async fn notify(&self, to: Option<&str>, subject: &str, body: String) {
+        let Some(to) = to else { return };
+        let mail = OutgoingMail {
+            to: to.to_string(),
+            subject: subject.to_string(),
+            body,
+        };
+        if let Err(error) = self.mailer.send(&mail).await {
+            tracing::warn!(%error, "a notice email was not sent");
+        }
     }
 
     pub fn admit_login(&self, ip: Option<IpAddr>) -> Result<(), ApiError> {

@@ -65,6 +65,15 @@ pub enum UserCommand {
         remember_device: Option<NewDevice>,
         at: DateTime<Utc>,
     },
+    /// "Send the code by email". The caller made the code, checked whether
+    /// another user shares the address, and delivered the mail first, so a
+    /// failed delivery leaves no usable code behind.
+    SendEmailCode {
+        challenge_id: Uuid,
+        code_hash: TokenHash,
+        address_shared: bool,
+        at: DateTime<Utc>,
+    },
     SignOut {
         session_id: Uuid,
     },
@@ -114,6 +123,7 @@ impl UserCommand {
             UserCommand::ChangePassword { .. } => "ChangePassword",
             UserCommand::SignIn { .. } => "SignIn",
             UserCommand::VerifySecondFactor { .. } => "VerifySecondFactor",
+            UserCommand::SendEmailCode { .. } => "SendEmailCode",
             UserCommand::SignOut { .. } => "SignOut",
             UserCommand::StartTotpEnrollment { .. } => "StartTotpEnrollment",
             UserCommand::ConfirmTotpEnrollment { .. } => "ConfirmTotpEnrollment",

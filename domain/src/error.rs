@@ -38,4 +38,6 @@ pub enum UserError {
     SessionNotFound,
     #[error("a reason is required")]
     ReasonRequired,
+    #[error("too many email codes; wait before asking for another")]
+    TooManyEmailCodes { retry_at: DateTime<Utc> },
 }

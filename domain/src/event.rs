@@ -8,7 +8,8 @@ use uuid::Uuid;
 
 use crate::totp::TotpParameters;
 use crate::values::{
-    AuthenticatedBy, Email, PasswordHash, Role, SecondFactorMethod, TokenHash, Username,
+    AuthenticatedBy, Email, EmailRefusal, PasswordHash, Role, SecondFactorMethod, TokenHash,
+    Username,
 };
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -62,6 +63,19 @@ pub enum UserEvent {
     SecondFactorSuspended {
         method: SecondFactorMethod,
         consecutive_failures: u32,
+    },
+    /// A one-time code was emailed; only its hash is kept.
+    EmailCodeSent {
+        challenge_id: Uuid,
+        code_hash: TokenHash,
+        sent_to: String,
+        sent_at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    },
+    /// The email option was asked for but the address is missing or shared.
+    EmailCodeRefused {
+        challenge_id: Uuid,
+        reason: EmailRefusal,
     },
     SessionStarted {
         session_id: Uuid,
@@ -136,6 +150,8 @@ impl UserEvent {
             UserEvent::SecondFactorRejected { .. } => "SecondFactorRejected",
             UserEvent::TotpCodeReplayed { .. } => "TotpCodeReplayed",
             UserEvent::SecondFactorSuspended { .. } => "SecondFactorSuspended",
+            UserEvent::EmailCodeSent { .. } => "EmailCodeSent",
+            UserEvent::EmailCodeRefused { .. } => "EmailCodeRefused",
             UserEvent::SessionStarted { .. } => "SessionStarted",
             UserEvent::SessionEnded { .. } => "SessionEnded",
             UserEvent::TotpEnrollmentStarted { .. } => "TotpEnrollmentStarted",

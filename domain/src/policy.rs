@@ -16,6 +16,17 @@ pub const SECOND_FACTOR_FAILURES_BEFORE_SUSPENSION: u32 = 100;
 pub const ENROLLMENT_CONFIRM_ATTEMPTS: u32 = 5;
 pub const RECOVERY_CODE_COUNT: usize = 10;
 
+/// Email codes one user may be sent per window.
+pub const EMAIL_CODES_PER_WINDOW: usize = 5;
+
+pub fn email_code_window() -> Duration {
+    Duration::minutes(15)
+}
+
+pub fn email_code_lifetime() -> Duration {
+    Duration::minutes(10)
+}
+
 pub fn challenge_lifetime() -> Duration {
     Duration::minutes(5)
 }

@@ -13,8 +13,8 @@ use crate::event::UserEvent;
 use crate::policy::{self, TwoFactorPolicy};
 use crate::totp::{normalize_code, TotpParameters, TotpSecret};
 use crate::values::{
-    AuthenticatedBy, Email, PasswordHash, Role, SecondFactorMethod, TokenHash, TwoFactorStatus,
-    Username,
+    AuthenticatedBy, Email, EmailRefusal, PasswordHash, Role, SecondFactorMethod, TokenHash,
+    TwoFactorStatus, Username,
 };
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -49,6 +49,13 @@ struct Challenge {
     methods: Vec<SecondFactorMethod>,
     expires_at: DateTime<Utc>,
     attempts_remaining: u32,
+    email_code: Option<EmailCode>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct EmailCode {
+    hash: TokenHash,
+    expires_at: DateTime<Utc>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -90,6 +97,8 @@ pub struct User {
     challenges: Vec<Challenge>,
     devices: Vec<RememberedDevice>,
     impersonations: Vec<Impersonation>,
+    /// When recent email codes were sent (the rate limit's window).
+    email_codes_sent: Vec<DateTime<Utc>>,
 }
 
 impl User {
@@ -142,7 +151,8 @@ impl User {
         let mut methods = Vec::new();
         if self.totp.is_some() {
             methods.push(SecondFactorMethod::Totp);
-            if email_offered {
+            let has_address = self.profile.as_ref().is_some_and(|p| p.email.is_some());
+            if email_offered && has_address {
                 methods.push(SecondFactorMethod::Email);
             }
             if self.recovery_codes_remaining() > 0 {
@@ -164,6 +174,51 @@ impl User {
             return Some(None);
         }
         budget.locked_until.filter(|until| *until > at).map(Some)
+    }
+
+    fn open_challenge(
+        &self,
+        challenge_id: Uuid,
+        at: DateTime<Utc>,
+    ) -> Result<&Challenge, UserError> {
+        let challenge = self
+            .challenges
+            .iter()
+            .find(|c| c.id == challenge_id)
+            .ok_or(UserError::ChallengeNotFound)?;
+        if at >= challenge.expires_at {
+            return Err(UserError::ChallengeExpired);
+        }
+        if challenge.attempts_remaining == 0 {
+            return Err(UserError::ChallengeLocked);
+        }
+        Ok(challenge)
+    }
+
+    /// Whether an email code may be sent for this challenge now, ahead of
+    /// delivering it: the same checks `SendEmailCode` makes, minus the address.
+    pub fn email_code_allowed(
+        &self,
+        challenge_id: Uuid,
+        at: DateTime<Utc>,
+    ) -> Result<(), UserError> {
+        self.open_challenge(challenge_id, at)?;
+        if let Some(until) = self.factor_lock(SecondFactorMethod::Email, at) {
+            return Err(UserError::AccountLocked { until });
+        }
+        let window_start = at - policy::email_code_window();
+        let mut recent = self
+            .email_codes_sent
+            .iter()
+            .filter(|sent| **sent > window_start);
+        if let Some(oldest) = recent.clone().min() {
+            if recent.by_ref().count() >= policy::EMAIL_CODES_PER_WINDOW {
+                return Err(UserError::TooManyEmailCodes {
+                    retry_at: *oldest + policy::email_code_window(),
+                });
+            }
+        }
+        Ok(())
     }
 
     fn registered(&self) -> Result<&Profile, UserError> {
@@ -267,6 +322,32 @@ impl User {
                 remember_device,
                 at,
             ),
+            SendEmailCode {
+                challenge_id,
+                code_hash,
+                address_shared,
+                at,
+            } => {
+                self.email_code_allowed(challenge_id, at)?;
+                let refusal = match &self.registered()?.email {
+                    None => Some(EmailRefusal::Missing),
+                    Some(_) if address_shared => Some(EmailRefusal::Shared),
+                    Some(_) => None,
+                };
+                Ok(vec![match (refusal, &self.registered()?.email) {
+                    (None, Some(email)) => UserEvent::EmailCodeSent {
+                        challenge_id,
+                        code_hash,
+                        sent_to: email.masked(),
+                        sent_at: at,
+                        expires_at: at + policy::email_code_lifetime(),
+                    },
+                    (reason, _) => UserEvent::EmailCodeRefused {
+                        challenge_id,
+                        reason: reason.unwrap_or(EmailRefusal::Missing),
+                    },
+                }])
+            }
             SignOut { session_id } => Ok(vec![UserEvent::SessionEnded { session_id }]),
             StartTotpEnrollment {
                 enrollment_id,
@@ -438,18 +519,14 @@ impl User {
         remember_device: Option<NewDevice>,
         at: DateTime<Utc>,
     ) -> Result<Vec<UserEvent>, UserError> {
-        let challenge = self
-            .challenges
-            .iter()
-            .find(|c| c.id == challenge_id)
-            .ok_or(UserError::ChallengeNotFound)?;
-        if at >= challenge.expires_at {
-            return Err(UserError::ChallengeExpired);
-        }
-        if challenge.attempts_remaining == 0 {
-            return Err(UserError::ChallengeLocked);
-        }
-        if !challenge.methods.contains(&method) {
+        let challenge = self.open_challenge(challenge_id, at)?;
+        // Email is usable once a code was sent, even if the address only
+        // became unique after the challenge was issued.
+        let available = match method {
+            SecondFactorMethod::Email => challenge.email_code.is_some(),
+            _ => challenge.methods.contains(&method),
+        };
+        if !available {
             return Err(UserError::MethodUnavailable);
         }
         if let Some(until) = self.factor_lock(method, at) {
@@ -482,7 +559,16 @@ impl User {
                     .position(|stored| stored.as_ref() == Some(&hash))
                     .map(|index| (None, Some(index)))
             }
-            SecondFactorMethod::Email => return Err(UserError::MethodUnavailable),
+            SecondFactorMethod::Email => challenge
+                .email_code
+                .as_ref()
+                .filter(|sent| at < sent.expires_at)
+                .filter(|sent| {
+                    normalize_code(code, 6).is_ok_and(|code| {
+                        TokenHash::of_code(&challenge_id.to_string(), &code) == sent.hash
+                    })
+                })
+                .map(|_| (None, None)),
         };
         match accepted {
             Some((totp_step, recovery_code_index)) => {
@@ -618,8 +704,30 @@ impl User {
                     methods,
                     expires_at,
                     attempts_remaining: policy::CHALLENGE_ATTEMPTS,
+                    email_code: None,
                 });
             }
+            EmailCodeSent {
+                challenge_id,
+                code_hash,
+                sent_at,
+                expires_at,
+                ..
+            } => {
+                // The newest code replaces the previous one, and the
+                // challenge lives as long as its code.
+                if let Some(challenge) = self.challenges.iter_mut().find(|c| c.id == challenge_id) {
+                    challenge.email_code = Some(EmailCode {
+                        hash: code_hash,
+                        expires_at,
+                    });
+                    challenge.expires_at = challenge.expires_at.max(expires_at);
+                }
+                let window_start = sent_at - policy::email_code_window();
+                self.email_codes_sent.retain(|sent| *sent > window_start);
+                self.email_codes_sent.push(sent_at);
+            }
+            EmailCodeRefused { .. } => {}
             SecondFactorAccepted {
                 challenge_id,
                 method,
@@ -769,6 +877,11 @@ fn required_reason(reason: String) -> Result<String, UserError> {
 
 fn unix_seconds(at: DateTime<Utc>) -> u64 {
     u64::try_from(at.timestamp()).unwrap_or(0)
+}
+
+/// What is stored of an emailed code: its hash, bound to its challenge.
+pub fn email_code_hash(challenge_id: Uuid, code: &str) -> TokenHash {
+    TokenHash::of_code(&challenge_id.to_string(), code)
 }
 
 /// Recovery codes are shown grouped (`abcd-efgh-ijkl`); accept them however typed.

@@ -233,6 +233,16 @@ impl TwoFactorStatus {
     }
 }
 
+/// Why an email code could not be sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EmailRefusal {
+    /// The user has no email address.
+    Missing,
+    /// Another user has the same address.
+    Shared,
+}
+
 /// How a session was authenticated, as recorded in `SessionStarted`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -1,3 +1,4 @@
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::Row;
 
@@ -19,12 +20,15 @@ pub struct StoredEvent {
     pub aggregate_id: String,
     pub sequence: i64,
     pub event_type: String,
+    pub event_version: String,
     pub payload: Value,
     pub metadata: Value,
+    pub recorded_at: DateTime<Utc>,
 }
 
 pub(crate) const SQLITE_FEED: &str = "
-SELECT position AS transaction_id, position, aggregate_id, sequence, event_type, payload, metadata
+SELECT position AS transaction_id, position, aggregate_id, sequence, event_type, event_version,
+       payload, metadata, recorded_at
   FROM events
  WHERE aggregate_type = 'user' AND position > $2
  ORDER BY position
@@ -34,7 +38,8 @@ SELECT position AS transaction_id, position, aggregate_id, sequence, event_type,
 /// (or younger than the oldest running one) are left for the next round, so
 /// an event whose transaction commits late is never skipped.
 pub(crate) const POSTGRES_FEED: &str = "
-SELECT transaction_id, position, aggregate_id, sequence, event_type, payload, metadata
+SELECT transaction_id, position, aggregate_id, sequence, event_type, event_version,
+       payload, metadata, recorded_at
   FROM events
  WHERE aggregate_type = 'user'
    AND (transaction_id, position) > ($1, $2)
@@ -47,6 +52,7 @@ where
     for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     for<'r> Value: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> DateTime<Utc>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     for<'c> &'c str: sqlx::ColumnIndex<R>,
 {
     Ok(StoredEvent {
@@ -57,7 +63,9 @@ where
         aggregate_id: row.try_get("aggregate_id")?,
         sequence: row.try_get("sequence")?,
         event_type: row.try_get("event_type")?,
+        event_version: row.try_get("event_version")?,
         payload: row.try_get("payload")?,
         metadata: row.try_get("metadata")?,
+        recorded_at: row.try_get("recorded_at")?,
     })
 }

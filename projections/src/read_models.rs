@@ -8,7 +8,13 @@ use crate::feed::StoredEvent;
 use crate::statement::{Arg, Statement};
 
 /// Every table the runner owns; emptied by a rebuild.
-pub(crate) const TABLES: [&str; 3] = ["sessions", "user_directory", "challenges"];
+pub(crate) const TABLES: [&str; 5] = [
+    "sessions",
+    "user_directory",
+    "challenges",
+    "two_factor_counts",
+    "audit_log",
+];
 
 fn statement(sql: &'static str, args: Vec<Arg>) -> Statement {
     Statement { sql, args }
@@ -21,6 +27,39 @@ fn set_status(user_id: &str, status: TwoFactorStatus) -> Statement {
     )
 }
 
+/// Keeps `two_factor_counts` equal to a GROUP BY over `user_directory`:
+/// every plan that writes the user's directory row is wrapped in [take the
+/// row's current bucket out, the change, put the row's new bucket in]. Applied
+/// twice, the second run takes out and puts back the same bucket, so the
+/// counts stay idempotent like every other statement. Detected from the SQL
+/// so that a new event writing the directory is counted without anyone
+/// having to remember it.
+fn counted(user_id: &str, statements: Vec<Statement>) -> Vec<Statement> {
+    if !statements.iter().any(|s| s.sql.contains("user_directory")) {
+        return statements;
+    }
+    let mut wrapped = Vec::with_capacity(statements.len() + 2);
+    wrapped.push(statement(
+        "UPDATE two_factor_counts SET users = users - 1
+          WHERE EXISTS (SELECT 1 FROM user_directory d
+                         WHERE d.user_id = $1
+                           AND d.role = two_factor_counts.role
+                           AND d.two_factor_status = two_factor_counts.two_factor_status
+                           AND d.enforced = two_factor_counts.enforced)",
+        vec![user_id.into()],
+    ));
+    wrapped.extend(statements);
+    // SQLite needs the WHERE to tell the upsert's ON from a join's.
+    wrapped.push(statement(
+        "INSERT INTO two_factor_counts (role, two_factor_status, enforced, users)
+         SELECT role, two_factor_status, enforced, 1 FROM user_directory WHERE user_id = $1
+         ON CONFLICT (role, two_factor_status, enforced)
+         DO UPDATE SET users = two_factor_counts.users + 1",
+        vec![user_id.into()],
+    ));
+    wrapped
+}
+
 pub(crate) fn plan(event: &StoredEvent) -> Result<Vec<Statement>, ProjectionError> {
     let payload: UserEvent = serde_json::from_value(event.payload.clone()).map_err(|source| {
         ProjectionError::Corrupt {
@@ -29,7 +68,7 @@ pub(crate) fn plan(event: &StoredEvent) -> Result<Vec<Statement>, ProjectionErro
         }
     })?;
     let user_id = event.aggregate_id.as_str();
-    Ok(match payload {
+    let statements = match payload {
         UserEvent::UserRegistered {
             username,
             email,
@@ -78,15 +117,14 @@ pub(crate) fn plan(event: &StoredEvent) -> Result<Vec<Statement>, ProjectionErro
             ),
             statement("DELETE FROM challenges WHERE user_id = $1", vec![user_id.into()]),
         ],
-        // A user's older challenges are settled or expired once a new one is issued.
-        UserEvent::ChallengeIssued { challenge_id, .. } => vec![
-            statement("DELETE FROM challenges WHERE user_id = $1", vec![user_id.into()]),
-            statement(
-                "INSERT INTO challenges (challenge_id, user_id) VALUES ($1, $2)
-                 ON CONFLICT (challenge_id) DO NOTHING",
-                vec![challenge_id.to_string().into(), user_id.into()],
-            ),
-        ],
+        // A new challenge does not end the user's older ones: the aggregate
+        // keeps every unexpired challenge open (two tabs, a retried sign-in)
+        // and decides whether it is spent, locked or expired.
+        UserEvent::ChallengeIssued { challenge_id, .. } => vec![statement(
+            "INSERT INTO challenges (challenge_id, user_id) VALUES ($1, $2)
+             ON CONFLICT (challenge_id) DO NOTHING",
+            vec![challenge_id.to_string().into(), user_id.into()],
+        )],
         UserEvent::TwoFactorEnforced { .. } => vec![statement(
             "UPDATE user_directory SET enforced = true WHERE user_id = $1",
             vec![user_id.into()],
@@ -142,10 +180,13 @@ pub(crate) fn plan(event: &StoredEvent) -> Result<Vec<Statement>, ProjectionErro
         | UserEvent::SecondFactorAccepted { .. }
         | UserEvent::SecondFactorRejected { .. }
         | UserEvent::TotpCodeReplayed { .. }
+        | UserEvent::EmailCodeSent { .. }
+        | UserEvent::EmailCodeRefused { .. }
         | UserEvent::SecondFactorSuspended { .. }
         | UserEvent::TotpEnrollmentCodeRejected { .. }
         | UserEvent::DeviceRemembered { .. }
         | UserEvent::RememberedDevicesRevoked
         | UserEvent::ImpersonationStarted { .. } => vec![],
-    })
+    };
+    Ok(counted(user_id, statements))
 }

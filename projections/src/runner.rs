@@ -3,12 +3,13 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Mutex};
 
+use crate::audit;
 use crate::db::{Db, ProjectionError};
 use crate::feed::{decode, EventPosition, POSTGRES_FEED, SQLITE_FEED};
 use crate::read_models::{plan, TABLES};
 use crate::statement::execute_all;
 
-const CHECKPOINT: &str = "read_models";
+pub(crate) const CHECKPOINT: &str = "read_models";
 const BATCH: i64 = 500;
 /// Serialises catch-up rounds across processes sharing one PostgreSQL.
 const POSTGRES_LOCK_KEY: i64 = 0x0074_776f_666f_6c64;
@@ -83,9 +84,26 @@ impl Projector {
                     .fetch_all(&mut *$tx)
                     .await?;
                 let count = rows.len() as u64;
+                // The audit trail's chains continue from the rows already
+                // applied, read in this transaction so they are current.
+                let head: Option<String> =
+                    sqlx::query_scalar("SELECT head_hash FROM audit_log ORDER BY id DESC LIMIT 1")
+                        .fetch_optional(&mut *$tx)
+                        .await?;
+                let mut head = audit::parse_hash(head.as_deref());
                 for row in &rows {
                     let event = decode(row)?;
                     execute_all!($tx, plan(&event)?);
+                    let previous: Option<String> = sqlx::query_scalar(
+                        "SELECT chain_hash FROM audit_log WHERE user_id = $1 ORDER BY id DESC LIMIT 1",
+                    )
+                    .bind(&event.aggregate_id)
+                    .fetch_optional(&mut *$tx)
+                    .await?;
+                    let (audit_row, next_head) =
+                        audit::record(&event, &audit::parse_hash(previous.as_deref()), &head);
+                    execute_all!($tx, [audit_row]);
+                    head = next_head;
                     applied = event.at;
                 }
                 if count > 0 {

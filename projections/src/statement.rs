@@ -12,6 +12,7 @@ pub(crate) struct Statement {
 pub(crate) enum Arg {
     Text(Option<String>),
     Bool(bool),
+    Int(i64),
     Time(Option<DateTime<Utc>>),
 }
 
@@ -39,6 +40,12 @@ impl From<bool> for Arg {
     }
 }
 
+impl From<i64> for Arg {
+    fn from(value: i64) -> Self {
+        Arg::Int(value)
+    }
+}
+
 impl From<DateTime<Utc>> for Arg {
     fn from(value: DateTime<Utc>) -> Self {
         Arg::Time(Some(value))
@@ -60,6 +67,7 @@ macro_rules! execute_all {
                 query = match arg {
                     $crate::statement::Arg::Text(value) => query.bind(value),
                     $crate::statement::Arg::Bool(value) => query.bind(value),
+                    $crate::statement::Arg::Int(value) => query.bind(value),
                     $crate::statement::Arg::Time(value) => query.bind(value),
                 };
             }

@@ -719,6 +719,31 @@ async fn impersonation_session_ends_after_thirty_minutes(backend: Backend) {
     );
     // The administrator's own session lives on.
     assert_eq!(app.get("/api/v1/me", &ada).await.status, StatusCode::OK);
+
+    // Signing out of an impersonation ends it too.
+    let again = session_token(&impersonate(&app, &ada, &uma).await);
+    let logout = app.post("/api/v1/logout", Some(&again), json!({})).await;
+    assert_eq!(logout.status, StatusCode::NO_CONTENT, "{logout:?}");
+    assert_error(
+        &app.get("/api/v1/me", &again).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+    );
+    let kinds: Vec<String> = app
+        .history(&uma)
+        .await
+        .into_iter()
+        .map(|(kind, _)| kind)
+        .filter(|kind| kind.starts_with("Impersonation"))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "ImpersonationStarted",
+            "ImpersonationStarted",
+            "ImpersonationEnded"
+        ]
+    );
     app.stop().await;
 }
 
@@ -803,6 +828,12 @@ async fn impersonation_cannot_change_roles_or_enforce(backend: Backend) {
     let shown = app.get(&path, &root).await;
     assert_eq!(shown.body["enforced"], true);
     assert_eq!(shown.body["role"], "user");
+    assert_eq!(shown.body["two_factor_status"], "disabled");
+    assert_eq!(
+        shown.body["last_login_at"],
+        Value::Null,
+        "acting for uma is not uma signing in"
+    );
     let ada_shown = app.get(&format!("/api/v1/users/{ada}"), &root).await;
     assert_eq!(ada_shown.body["role"], "admin");
     app.stop().await;

@@ -9,7 +9,7 @@ use chrono::{DateTime, Duration, Utc};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use sqlx::Connection;
-use twofold_api::{Clock, Running, ServeConfig, Settings};
+use twofold_api::{Clock, MailConfig, Running, ServeConfig, Settings};
 use twofold_domain::totp::TotpParameters;
 use twofold_domain::TwoFactorPolicy;
 
@@ -85,6 +85,16 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 }
 
 pub async fn spawn_app_with(backend: Backend, settings: Settings) -> TestApp {
+    spawn_app_mailing(backend, settings, None).await
+}
+
+/// Starts the app sending email through this SMTP server (else into
+/// `dir/mail` as .eml files).
+pub async fn spawn_app_mailing(
+    backend: Backend,
+    settings: Settings,
+    smtp_url: Option<String>,
+) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let database_url = match backend {
         Backend::Sqlite => format!("sqlite://{}", dir.path().join("twofold.db").display()),
@@ -93,6 +103,11 @@ pub async fn spawn_app_with(backend: Backend, settings: Settings) -> TestApp {
     let clock = Arc::new(ManualClock(Mutex::new(chrono::Utc::now())));
     let running = twofold_api::start(ServeConfig {
         database_url: database_url.clone(),
+        mail: MailConfig {
+            smtp_url,
+            directory: dir.path().join("mail"),
+            from: "twofold <no-reply@localhost>".into(),
+        },
         listen: "127.0.0.1:0".parse().unwrap(),
         master_key_file: dir.path().join("master.key"),
         settings,

@@ -6,6 +6,7 @@ mod helpers;
 
 mod administration;
 mod authorization;
+mod email;
 mod foundation;
 mod processes;
 mod two_factor;

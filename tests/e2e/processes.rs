@@ -1,1 +1,1112 @@
-//! (being written)
+//! Several writers on one store: real `twofold serve` processes sharing a
+//! PostgreSQL database, two in-process servers on one database, and raw
+//! writers whose commits are delayed while the read models catch up.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, TimeZone, Utc};
+use futures::future::join_all;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+use twofold_projections::{Db, Projector};
+use uuid::Uuid;
+
+use crate::helpers::{
+    binary, default_settings, fresh_postgres_database, oathtool_code, spawn_app, Answer, Backend,
+    ADMIN,
+};
+use crate::on_both_backends;
+
+on_both_backends!(
+    read_models_see_every_event_even_when_commits_are_delayed,
+    two_servers_on_one_database_retry_conflicting_commands,
+);
+
+/// The multi-process tests each run three servers with up to 16 PostgreSQL
+/// connections apiece; one at a time keeps the server's 100 connections and
+/// the two cores from being the thing under test.
+static MULTI_PROCESS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+// ---------------------------------------------------------------------------
+// Real processes
+// ---------------------------------------------------------------------------
+
+/// `twofold serve` processes on one fresh PostgreSQL database, sharing one
+/// master key. Killed on drop; their logs are printed when the test failed.
+pub struct Processes {
+    pub database_url: String,
+    pub client: reqwest::Client,
+    pub bases: Vec<String>,
+    children: Vec<tokio::process::Child>,
+    logs: Vec<PathBuf>,
+    dir: tempfile::TempDir,
+}
+
+/// A port nobody listens on right now (the process may lose it to another
+/// test before it binds; `launch` then tries another).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+fn read_log(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|error| format!("({error})"))
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+impl Processes {
+    /// Starts `count` processes: the first alone, with the bootstrap admin
+    /// (it also runs the migrations and writes the master key), then the
+    /// others together; returns once every one answers `/readyz`.
+    pub async fn start(count: usize) -> Processes {
+        assert!(count >= 1);
+        let mut processes = Processes {
+            database_url: fresh_postgres_database().await,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap(),
+            bases: Vec::new(),
+            children: Vec::new(),
+            logs: Vec::new(),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        let first = processes.launch(0, true).await;
+        processes.adopt(first);
+        let others = join_all((1..count).map(|index| processes.launch(index, false))).await;
+        for other in others {
+            processes.adopt(other);
+        }
+        processes
+    }
+
+    fn adopt(&mut self, (child, base, log): (tokio::process::Child, String, PathBuf)) {
+        self.children.push(child);
+        self.bases.push(base);
+        self.logs.push(log);
+    }
+
+    async fn launch(
+        &self,
+        index: usize,
+        bootstrap: bool,
+    ) -> (tokio::process::Child, String, PathBuf) {
+        let mut failures = Vec::new();
+        for attempt in 0..5 {
+            let port = free_port();
+            let log = self
+                .dir
+                .path()
+                .join(format!("twofold-{index}-{attempt}.log"));
+            let file = std::fs::File::create(&log).unwrap();
+            let mut command = tokio::process::Command::new(binary());
+            command
+                .arg("serve")
+                .arg("--database-url")
+                .arg(&self.database_url)
+                .arg("--listen")
+                .arg(format!("127.0.0.1:{port}"))
+                .arg("--master-key-file")
+                .arg(self.dir.path().join("master.key"))
+                .arg("--login-rate-per-ip")
+                .arg("1000000")
+                .arg("--mail-dir")
+                .arg(self.dir.path().join(format!("mail-{index}")));
+            // Only what this test says: nothing inherited from the caller.
+            for (name, _) in std::env::vars_os() {
+                if name.to_string_lossy().starts_with("TWOFOLD_") {
+                    command.env_remove(name);
+                }
+            }
+            if bootstrap {
+                command.env(
+                    "TWOFOLD_BOOTSTRAP_ADMIN",
+                    format!("{}:{}", ADMIN.0, ADMIN.1),
+                );
+            }
+            command
+                .stdin(Stdio::null())
+                .stdout(file.try_clone().unwrap())
+                .stderr(file)
+                .kill_on_drop(true);
+            let mut child = command.spawn().expect("the twofold binary starts");
+            let base = format!("http://127.0.0.1:{port}");
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    let text = read_log(&log);
+                    if text.contains("cannot listen") {
+                        failures.push(format!("port {port} taken: {status}"));
+                        break;
+                    }
+                    panic!("twofold process {index} exited ({status}):\n{text}");
+                }
+                let ready = self
+                    .client
+                    .get(format!("{base}/readyz"))
+                    .timeout(Duration::from_secs(2))
+                    .send()
+                    .await;
+                if ready.is_ok_and(|r| r.status() == StatusCode::OK) {
+                    return (child, base, log);
+                }
+                if Instant::now() > deadline {
+                    drop(child.start_kill());
+                    panic!(
+                        "twofold process {index} not ready within 60 s:\n{}",
+                        read_log(&log)
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        panic!("twofold process {index} found no free port: {failures:?}");
+    }
+
+    pub async fn call(
+        &self,
+        process: usize,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Answer {
+        call(
+            &self.client,
+            &self.bases[process],
+            method,
+            path,
+            token,
+            body,
+        )
+        .await
+    }
+
+    pub async fn login(&self, process: usize, username: &str, password: &str) -> Answer {
+        self.call(
+            process,
+            Method::POST,
+            "/api/v1/login",
+            None,
+            Some(json!({ "username": username, "password": password })),
+        )
+        .await
+    }
+
+    /// A session of the bootstrap super admin (started on process 0; every
+    /// process finds it).
+    pub async fn admin_token(&self) -> String {
+        let answer = self.login(0, ADMIN.0, ADMIN.1).await;
+        assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+        answer.body["session_token"].as_str().unwrap().to_string()
+    }
+
+    pub async fn db(&self) -> Db {
+        open_db(&self.database_url).await
+    }
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for (index, log) in self.logs.iter().enumerate() {
+                eprintln!(
+                    "----- twofold process {index} ({}), last lines of its log -----\n{}",
+                    log.display(),
+                    tail(&read_log(log), 200)
+                );
+            }
+        }
+        for child in &mut self.children {
+            drop(child.start_kill());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Small helpers
+// ---------------------------------------------------------------------------
+
+/// One HTTP request to any server; the answer as `helpers::Answer`.
+async fn call(
+    client: &reqwest::Client,
+    base: &str,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> Answer {
+    let mut request = client.request(method, format!("{base}{path}"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("request sent");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let text = response.text().await.unwrap_or_default();
+    Answer {
+        status,
+        body: serde_json::from_str(&text).unwrap_or(Value::Null),
+        headers,
+    }
+}
+
+/// Our own pools on the test's database (generous timeouts: the tests make
+/// the store busy on purpose).
+async fn open_db(url: &str) -> Db {
+    if url.starts_with("sqlite:") {
+        let options = SqliteConnectOptions::from_str(url)
+            .unwrap()
+            .busy_timeout(Duration::from_secs(30));
+        Db::Sqlite(
+            SqlitePoolOptions::new()
+                .max_connections(10)
+                .acquire_timeout(Duration::from_secs(30))
+                .connect_with(options)
+                .await
+                .unwrap(),
+        )
+    } else {
+        Db::Postgres(
+            PgPoolOptions::new()
+                .max_connections(10)
+                .acquire_timeout(Duration::from_secs(30))
+                .connect(url)
+                .await
+                .unwrap(),
+        )
+    }
+}
+
+#[derive(Clone, Debug)]
+struct StoredRow {
+    aggregate_id: String,
+    sequence: i64,
+    event_type: String,
+    payload: Value,
+}
+
+/// Every stored event, per aggregate in sequence order.
+async fn stored_events(db: &Db) -> Vec<StoredRow> {
+    let rows: Vec<(String, i64, String, String)> = twofold_projections::on_pool!(db, pool => {
+        sqlx::query_as(
+            "SELECT aggregate_id, sequence, event_type, CAST(payload AS TEXT)
+               FROM events ORDER BY aggregate_id, sequence",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap()
+    });
+    rows.into_iter()
+        .map(|(aggregate_id, sequence, event_type, payload)| StoredRow {
+            aggregate_id,
+            sequence,
+            event_type,
+            payload: serde_json::from_str(&payload).unwrap(),
+        })
+        .collect()
+}
+
+/// Each aggregate's sequences are exactly 1, 2, 3 ... (no gap, no repeat).
+fn assert_sequences_contiguous(rows: &[StoredRow]) {
+    let mut per_aggregate: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+    for row in rows {
+        per_aggregate
+            .entry(row.aggregate_id.as_str())
+            .or_default()
+            .push(row.sequence);
+    }
+    for (aggregate, mut sequences) in per_aggregate {
+        sequences.sort_unstable();
+        let expected: Vec<i64> = (1..=sequences.len() as i64).collect();
+        assert_eq!(sequences, expected, "sequences of aggregate {aggregate}");
+    }
+}
+
+fn registered_username(row: &StoredRow) -> Option<&str> {
+    (row.event_type == "UserRegistered")
+        .then(|| row.payload["UserRegistered"]["username"].as_str())
+        .flatten()
+}
+
+/// The usernames a listing shows, page by page.
+async fn listed_usernames(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+) -> Result<BTreeSet<String>, Answer> {
+    let mut names = BTreeSet::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(cursor) => format!("/api/v1/users?limit=500&cursor={cursor}"),
+            None => "/api/v1/users?limit=500".to_string(),
+        };
+        let page = call(client, base, Method::GET, &path, Some(token), None).await;
+        if page.status != StatusCode::OK {
+            return Err(page);
+        }
+        for user in page.body["users"].as_array().unwrap() {
+            names.insert(user["username"].as_str().unwrap().to_string());
+        }
+        match page.body["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => return Ok(names),
+        }
+    }
+}
+
+fn totp_step(at: DateTime<Utc>) -> i64 {
+    at.timestamp().div_euclid(30)
+}
+
+/// oathtool is a blocking child process; keep it off the runtime's workers.
+async fn oathtool_at(secret: &str, at: DateTime<Utc>) -> String {
+    let secret = secret.to_string();
+    tokio::task::spawn_blocking(move || oathtool_code(&secret, at))
+        .await
+        .unwrap()
+}
+
+/// A random number of milliseconds in 0..=max (no `rand` among the test's
+/// dependencies; v4 UUIDs are random enough for jitter).
+fn random_millis(max: u64) -> u64 {
+    (Uuid::new_v4().as_u128() % u128::from(max + 1)) as u64
+}
+
+// ---------------------------------------------------------------------------
+// 1. Three processes register users at once
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_processes_register_users_concurrently_without_duplicates_or_lost_events() {
+    let _one_at_a_time = MULTI_PROCESS.lock().await;
+    let started = Instant::now();
+    let cluster = Processes::start(3).await;
+    let admin = cluster.admin_token().await;
+    let ready = started.elapsed();
+
+    // 90 distinct names round-robin, and 10 names each sent to all three
+    // processes at the same moment.
+    let mut requests: Vec<(usize, String)> =
+        (0..90).map(|n| (n % 3, format!("solo-{n:02}"))).collect();
+    for n in 0..10 {
+        for process in 0..3 {
+            requests.push((process, format!("twin-{n:02}")));
+        }
+    }
+    let answers = join_all(requests.iter().map(|(process, name)| {
+        cluster.call(
+            *process,
+            Method::POST,
+            "/api/v1/users",
+            Some(&admin),
+            Some(json!({ "username": name, "password": format!("{name}-password") })),
+        )
+    }))
+    .await;
+    let written = Instant::now();
+
+    let server_errors: Vec<&Answer> = answers
+        .iter()
+        .filter(|a| a.status.is_server_error())
+        .collect();
+    assert!(server_errors.is_empty(), "5xx answers: {server_errors:?}");
+    let mut outcomes: BTreeMap<&str, Vec<&Answer>> = BTreeMap::new();
+    for ((_, name), answer) in requests.iter().zip(&answers) {
+        outcomes.entry(name.as_str()).or_default().push(answer);
+    }
+    assert_eq!(outcomes.len(), 100);
+    let mut acknowledged: BTreeMap<String, String> = BTreeMap::new();
+    for (name, answers) in &outcomes {
+        let created: Vec<&&Answer> = answers
+            .iter()
+            .filter(|a| a.status == StatusCode::CREATED)
+            .collect();
+        assert_eq!(created.len(), 1, "{name}: exactly one 201 in {answers:?}");
+        for answer in answers.iter().filter(|a| a.status != StatusCode::CREATED) {
+            assert_eq!(answer.status, StatusCode::CONFLICT, "{name}: {answer:?}");
+            assert_eq!(answer.error(), "conflict", "{name}: {answer:?}");
+        }
+        assert_eq!(created[0].body["username"], *name);
+        acknowledged.insert(
+            name.to_string(),
+            created[0].body["id"].as_str().unwrap().to_string(),
+        );
+    }
+
+    // The store: one registration per name, every acknowledged one in it.
+    let rows = stored_events(&cluster.db().await).await;
+    let mut registrations: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for row in &rows {
+        if let Some(name) = registered_username(row) {
+            registrations
+                .entry(name)
+                .or_default()
+                .push(&row.aggregate_id);
+        }
+    }
+    assert_eq!(
+        registrations.len(),
+        101,
+        "100 users and the bootstrap admin"
+    );
+    for (name, ids) in &registrations {
+        assert_eq!(ids.len(), 1, "{name} registered {} times", ids.len());
+    }
+    for (name, id) in &acknowledged {
+        assert_eq!(
+            registrations.get(name.as_str()),
+            Some(&vec![id.as_str()]),
+            "the acknowledged {name} ({id}) is stored"
+        );
+    }
+    assert_sequences_contiguous(&rows);
+
+    // Every process's read model shows them all, soon.
+    let expected: BTreeSet<String> = registrations.keys().map(|n| n.to_string()).collect();
+    for (process, base) in cluster.bases.iter().enumerate() {
+        loop {
+            let listed = listed_usernames(&cluster.client, base, &admin).await;
+            if listed.as_ref().is_ok_and(|names| *names == expected) {
+                break;
+            }
+            assert!(
+                written.elapsed() < Duration::from_secs(2),
+                "process {process} still lists {listed:?} {:?} after the writes",
+                written.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    eprintln!(
+        "three processes: ready in {ready:?}, 120 registrations in {:?}, all listed {:?} later",
+        written - started - ready,
+        written.elapsed()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 2. One TOTP code, sixty times at once
+// ---------------------------------------------------------------------------
+
+const ROUNDS: usize = 20;
+const CHALLENGES_PER_ROUND: usize = 6;
+const SENDS_PER_ROUND: usize = 60;
+
+struct Enrolled {
+    id: String,
+    username: String,
+    password: String,
+    secret: String,
+    /// The step of the code that confirmed the enrollment (accepted once).
+    confirmed_step: i64,
+    recovery_codes: Vec<String>,
+}
+
+async fn enroll(cluster: &Processes, admin: &str, round: usize) -> Enrolled {
+    let username = format!("totp-{round:02}");
+    let password = format!("{username}-password");
+    let created = cluster
+        .call(
+            0,
+            Method::POST,
+            "/api/v1/users",
+            Some(admin),
+            Some(json!({ "username": username, "password": password })),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{created:?}");
+    let login = cluster.login(0, &username, &password).await;
+    assert_eq!(login.body["status"], "authenticated", "{login:?}");
+    let token = login.body["session_token"].as_str().unwrap();
+    let started = cluster
+        .call(
+            0,
+            Method::POST,
+            "/api/v1/me/two-factor/totp",
+            Some(token),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(started.status, StatusCode::CREATED, "{started:?}");
+    let secret = started.body["secret"].as_str().unwrap().to_string();
+    // The processes use the real clock.
+    let now = Utc::now();
+    let code = oathtool_at(&secret, now).await;
+    let confirmed = cluster
+        .call(
+            0,
+            Method::POST,
+            "/api/v1/me/two-factor/totp/confirm",
+            Some(token),
+            Some(json!({ "code": code })),
+        )
+        .await;
+    assert_eq!(confirmed.status, StatusCode::OK, "{confirmed:?}");
+    Enrolled {
+        id: created.body["id"].as_str().unwrap().to_string(),
+        username,
+        password,
+        secret,
+        confirmed_step: totp_step(now),
+        recovery_codes: confirmed.body["recovery_codes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|code| code.as_str().unwrap().to_string())
+            .collect(),
+    }
+}
+
+/// Design: a code can be accepted once per user and step, and steps last
+/// 30 s, so 20 rounds one after another on one user would take 10 minutes.
+/// Instead each round has a user of its own (enrolled first, through
+/// process 0): the 20 rounds are independent (own secret, own challenges,
+/// own replay state) and all run in the same fresh step, concurrently. A
+/// round opens 6 challenges on the three processes, then — once a step
+/// begins that no code of that user was accepted in — sends the step's code
+/// 60 times at once, spread over its challenges and over the processes.
+/// The whole test waits for at most one step boundary: well under 90 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_totp_code_sent_sixty_times_at_once_is_accepted_once() {
+    let _one_at_a_time = MULTI_PROCESS.lock().await;
+    let started = Instant::now();
+    let cluster = Processes::start(3).await;
+    let admin = cluster.admin_token().await;
+    let users = join_all((0..ROUNDS).map(|round| enroll(&cluster, &admin, round))).await;
+    let enrolled = started.elapsed();
+
+    // Each round's challenges, opened on process c % 3.
+    let challenges: Vec<Vec<String>> = join_all(users.iter().map(|user| {
+        join_all((0..CHALLENGES_PER_ROUND).map(|c| {
+            let cluster = &cluster;
+            async move {
+                let login = cluster.login(c % 3, &user.username, &user.password).await;
+                assert_eq!(login.status, StatusCode::OK, "{login:?}");
+                assert_eq!(login.body["status"], "two_factor_required", "{login:?}");
+                assert!(login.body["methods"]
+                    .as_array()
+                    .unwrap()
+                    .contains(&json!("totp")));
+                login.body["challenge_id"].as_str().unwrap().to_string()
+            }
+        }))
+    }))
+    .await;
+
+    // The code of a step that begins after every challenge was opened and
+    // after every confirmation: never accepted for anyone.
+    let step = users
+        .iter()
+        .map(|u| u.confirmed_step)
+        .chain([totp_step(Utc::now())])
+        .max()
+        .unwrap()
+        + 1;
+    let step_starts = Utc.timestamp_opt(step * 30, 0).unwrap();
+    let codes = join_all(users.iter().map(|u| oathtool_at(&u.secret, step_starts))).await;
+    let wait = (step_starts - Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(20);
+    tokio::time::sleep(wait).await;
+    assert_eq!(totp_step(Utc::now()), step);
+
+    let blast = Instant::now();
+    let results: Vec<Vec<(usize, usize, Answer)>> = join_all(users.iter().zip(&challenges).zip(&codes).map(
+        |((_, challenges), code)| {
+            join_all((0..SENDS_PER_ROUND).map(|i| {
+                // Challenge i % 6, and each challenge's ten sends go to the
+                // three processes in turn.
+                let challenge = i % CHALLENGES_PER_ROUND;
+                let process = (i / CHALLENGES_PER_ROUND) % 3;
+                let path = format!("/api/v1/login/challenges/{}/verify", challenges[challenge]);
+                let cluster = &cluster;
+                async move {
+                    let answer = cluster
+                        .call(
+                            process,
+                            Method::POST,
+                            &path,
+                            None,
+                            Some(json!({ "method": "totp", "code": code, "remember_device": false })),
+                        )
+                        .await;
+                    (challenge, process, answer)
+                }
+            }))
+        },
+    ))
+    .await;
+    let blast_took = blast.elapsed();
+    assert!(
+        totp_step(Utc::now()) <= step + 1,
+        "the sends outlasted the code's window ({blast_took:?}); the test can't judge replays"
+    );
+
+    let rows = stored_events(&cluster.db().await).await;
+    for (round, ((user, results), challenges)) in
+        users.iter().zip(&results).zip(&challenges).enumerate()
+    {
+        let server_errors: Vec<_> = results
+            .iter()
+            .filter(|(_, _, a)| a.status.is_server_error())
+            .collect();
+        assert!(
+            server_errors.is_empty(),
+            "round {round}: 5xx answers {server_errors:?}"
+        );
+        let accepted: Vec<_> = results
+            .iter()
+            .filter(|(_, _, a)| a.status == StatusCode::OK)
+            .collect();
+        assert_eq!(
+            accepted.len(),
+            1,
+            "round {round}: exactly one 200 in {results:?}"
+        );
+        let (winner, winner_process, session) = accepted[0];
+        assert_eq!(session.body["status"], "authenticated");
+        let mut invalid_code = 0;
+        for (challenge, process, answer) in results {
+            match (answer.status, answer.error()) {
+                (StatusCode::OK, _) => {}
+                (StatusCode::UNAUTHORIZED, "invalid_code") => invalid_code += 1,
+                // 5 wrong codes lock a challenge; 10 in a row lock the factor
+                // for a minute (docs/security.md).
+                (StatusCode::LOCKED, "challenge_locked" | "account_locked") => {}
+                // The accepted challenge is spent.
+                (StatusCode::NOT_FOUND, "not_found") if challenge == winner => {}
+                _ => panic!(
+                    "round {round}: challenge {challenge} ({}) on process {process}: {answer:?}",
+                    challenges[*challenge]
+                ),
+            }
+        }
+        // The session works on every process.
+        let token = session.body["session_token"].as_str().unwrap();
+        for process in 0..3 {
+            let me = cluster
+                .call(process, Method::GET, "/api/v1/me", Some(token), None)
+                .await;
+            assert_eq!(
+                me.status,
+                StatusCode::OK,
+                "round {round}, process {process}: {me:?}"
+            );
+            assert_eq!(me.body["id"], user.id.as_str());
+        }
+        // The store agrees: one acceptance, of this step, on the winning
+        // challenge; each 401 a recorded rejection of a replayed code.
+        let events: Vec<&StoredRow> = rows.iter().filter(|r| r.aggregate_id == user.id).collect();
+        let of_type = |kind: &str| {
+            events
+                .iter()
+                .filter(|r| r.event_type == kind)
+                .copied()
+                .collect::<Vec<_>>()
+        };
+        let acceptances = of_type("SecondFactorAccepted");
+        assert_eq!(acceptances.len(), 1, "round {round}");
+        let acceptance = &acceptances[0].payload["SecondFactorAccepted"];
+        assert_eq!(acceptance["totp_step"], json!(step), "round {round}");
+        assert_eq!(acceptance["challenge_id"], challenges[*winner].as_str());
+        let rejections = of_type("SecondFactorRejected");
+        let replays = of_type("TotpCodeReplayed");
+        assert_eq!(
+            rejections.len(),
+            invalid_code,
+            "round {round}: a rejection per 401"
+        );
+        assert_eq!(
+            replays.len(),
+            invalid_code,
+            "round {round}: each rejection was a replay"
+        );
+        for replay in replays {
+            assert_eq!(replay.payload["TotpCodeReplayed"]["step"], json!(step));
+        }
+        eprintln!(
+            "round {round}: accepted on process {winner_process}, {invalid_code} replays refused"
+        );
+    }
+    assert_sequences_contiguous(&rows);
+    eprintln!(
+        "totp: {ROUNDS} users enrolled in {enrolled:?}; {} sends in {blast_took:?}; test {:?}",
+        ROUNDS * SENDS_PER_ROUND,
+        started.elapsed()
+    );
+}
+
+/// A load balancer may send the second step of a sign-in to another process
+/// than the first: the challenge is found there at once (the read models
+/// live in the shared database and a write is settled before its answer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_challenge_opened_on_one_process_is_answered_at_once_on_another() {
+    let _one_at_a_time = MULTI_PROCESS.lock().await;
+    let cluster = Processes::start(2).await;
+    let admin = cluster.admin_token().await;
+    let user = enroll(&cluster, &admin, 99).await;
+    for (round, code) in user.recovery_codes.iter().take(6).enumerate() {
+        let (opened_on, answered_on) = (round % 2, (round + 1) % 2);
+        let login = cluster
+            .login(opened_on, &user.username, &user.password)
+            .await;
+        assert_eq!(login.body["status"], "two_factor_required", "{login:?}");
+        let challenge = login.body["challenge_id"].as_str().unwrap();
+        let verified = cluster
+            .call(
+                answered_on,
+                Method::POST,
+                &format!("/api/v1/login/challenges/{challenge}/verify"),
+                None,
+                Some(json!({ "method": "recovery_code", "code": code, "remember_device": false })),
+            )
+            .await;
+        assert_eq!(
+            verified.status,
+            StatusCode::OK,
+            "round {round}: opened on {opened_on}, answered on {answered_on}: {verified:?}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 3. Read models and delayed commits
+// ---------------------------------------------------------------------------
+
+/// The user directory, every column as text, in user id order.
+async fn directory_rows(db: &Db) -> Vec<Vec<Option<String>>> {
+    type Row = (
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    );
+    let rows: Vec<Row> = twofold_projections::on_pool!(db, pool => {
+        sqlx::query_as(
+            "SELECT user_id, username, email, email_key, role, two_factor_status,
+                    CAST(enforced AS TEXT), CAST(enabled_at AS TEXT),
+                    CAST(last_login_at AS TEXT), CAST(registered_at AS TEXT)
+               FROM user_directory ORDER BY user_id",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap()
+    });
+    rows.into_iter()
+        .map(|r| vec![r.0, r.1, r.2, r.3, r.4, r.5, r.6, r.7, r.8, r.9])
+        .collect()
+}
+
+async fn checkpoint(db: &Db) -> Option<(i64, i64)> {
+    twofold_projections::on_pool!(db, pool => {
+        sqlx::query_as(
+            "SELECT transaction_id, position FROM projection_checkpoints WHERE name = 'read_models'",
+        )
+        .fetch_optional(pool)
+        .await
+        .unwrap()
+    })
+}
+
+/// Inserts one `UserRegistered` the way the app stores it, in a transaction
+/// that waits `delay` before it commits.
+async fn insert_registration(
+    db: &Db,
+    template: &(Value, Value),
+    user_id: Uuid,
+    username: &str,
+    delay: Duration,
+) {
+    let (mut payload, metadata) = template.clone();
+    let registered = &mut payload["UserRegistered"];
+    registered["user_id"] = json!(user_id);
+    registered["username"] = json!(username);
+    registered["email"] = Value::Null;
+    registered["role"] = json!("user");
+    registered["registered_at"] = json!(Utc::now());
+    let insert = "INSERT INTO events
+        (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+        VALUES ('user', $1, 1, 'UserRegistered', '1', $2, $3)";
+    match db {
+        Db::Postgres(pool) => {
+            let mut tx = pool.begin().await.unwrap();
+            sqlx::query(insert)
+                .bind(user_id.to_string())
+                .bind(&payload)
+                .bind(&metadata)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            sqlx::query("SELECT pg_sleep($1)")
+                .bind(delay.as_secs_f64())
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+        }
+        Db::Sqlite(pool) => {
+            let mut tx = pool.begin().await.unwrap();
+            sqlx::query(insert)
+                .bind(user_id.to_string())
+                .bind(payload.to_string())
+                .bind(metadata.to_string())
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            tokio::time::sleep(delay).await;
+            tx.commit().await.unwrap();
+        }
+    }
+}
+
+async fn read_models_see_every_event_even_when_commits_are_delayed(backend: Backend) {
+    // The app creates the schema and writes a registration to copy.
+    let app = spawn_app(backend).await;
+    let db = open_db(&app.database_url).await;
+    let template: (String, String) = twofold_projections::on_pool!(&db, pool => {
+        sqlx::query_as(
+            "SELECT CAST(payload AS TEXT), CAST(metadata AS TEXT) FROM events
+              WHERE event_type = 'UserRegistered' ORDER BY sequence LIMIT 1",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap()
+    });
+    let template: (Value, Value) = (
+        serde_json::from_str(&template.0).unwrap(),
+        serde_json::from_str(&template.1).unwrap(),
+    );
+    let existing: BTreeSet<String> = directory_rows(&db)
+        .await
+        .into_iter()
+        .map(|row| row[0].clone().unwrap())
+        .collect();
+    assert!(!existing.is_empty());
+
+    // SQLite serialises writers, so each delay holds everyone up: fewer there.
+    let (writers, per_writer) = match backend {
+        Backend::Postgres => (8, 30),
+        Backend::Sqlite => (8, 5),
+    };
+    let projector = Projector::new(db.clone()).await.unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    // The app's own poller catches up meanwhile too: two projectors share
+    // the checkpoint.
+    let reader = {
+        let projector = Arc::clone(&projector);
+        let done = Arc::clone(&done);
+        tokio::spawn(async move {
+            let mut rounds = 0u64;
+            let mut last = projector.applied();
+            while !done.load(Ordering::SeqCst) {
+                projector.catch_up().await.unwrap();
+                let applied = projector.applied();
+                assert!(
+                    applied >= last,
+                    "the checkpoint went back: {last:?} -> {applied:?}"
+                );
+                last = applied;
+                rounds += 1;
+                tokio::time::sleep(Duration::from_millis(random_millis(10))).await;
+            }
+            rounds
+        })
+    };
+    let started = Instant::now();
+    let inserted: Vec<Vec<Uuid>> = join_all((0..writers).map(|writer| {
+        let db = db.clone();
+        let template = template.clone();
+        tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for n in 0..per_writer {
+                let id = Uuid::new_v4();
+                let delay = Duration::from_millis(random_millis(200));
+                insert_registration(&db, &template, id, &format!("delayed-{writer}-{n}"), delay)
+                    .await;
+                ids.push(id);
+            }
+            ids
+        })
+    }))
+    .await
+    .into_iter()
+    .map(|ids| ids.unwrap())
+    .collect();
+    done.store(true, Ordering::SeqCst);
+    let rounds = reader.await.unwrap();
+    let writing = started.elapsed();
+    projector.catch_up().await.unwrap();
+
+    let inserted: BTreeSet<String> = inserted
+        .into_iter()
+        .flatten()
+        .map(|id| id.to_string())
+        .collect();
+    assert_eq!(inserted.len(), writers * per_writer);
+    let after: BTreeSet<String> = directory_rows(&db)
+        .await
+        .into_iter()
+        .map(|row| row[0].clone().unwrap())
+        .collect();
+    let missing: Vec<&String> = inserted
+        .union(&existing)
+        .filter(|id| !after.contains(*id))
+        .collect();
+    assert!(missing.is_empty(), "never applied: {missing:?}");
+    assert_eq!(after.len(), inserted.len() + existing.len());
+
+    // Stop the app's poller, then: a projector restarted from the checkpoint
+    // has nothing to do, and a rebuild comes to the same rows.
+    app.stop().await;
+    projector.catch_up().await.unwrap();
+    let before = directory_rows(&db).await;
+    let position = checkpoint(&db).await;
+    let restarted = Projector::new(db.clone()).await.unwrap();
+    assert_eq!(
+        checkpoint(&db).await,
+        position,
+        "the restart applied something"
+    );
+    assert_eq!(restarted.catch_up().await.unwrap(), 0);
+    assert_eq!(restarted.applied(), projector.applied());
+    assert_eq!(directory_rows(&db).await, before);
+    let events: i64 = twofold_projections::on_pool!(&db, pool => {
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = 'user'")
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    });
+    let rebuilt = restarted.rebuild(|_| {}).await.unwrap();
+    assert_eq!(rebuilt, u64::try_from(events).unwrap());
+    assert_eq!(
+        directory_rows(&db).await,
+        before,
+        "a rebuild gives the same rows"
+    );
+    assert_eq!(checkpoint(&db).await, position);
+    eprintln!(
+        "{backend:?}: {} delayed inserts by {writers} writers in {writing:?}, {rounds} catch-up rounds meanwhile",
+        inserted.len()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 4. Two servers, one database
+// ---------------------------------------------------------------------------
+
+async fn two_servers_on_one_database_retry_conflicting_commands(backend: Backend) {
+    let first = spawn_app(backend).await;
+    let second = twofold_api::start(twofold_api::ServeConfig {
+        database_url: first.database_url.clone(),
+        mail: twofold_api::MailConfig {
+            smtp_url: None,
+            directory: first.dir.path().join("mail-of-the-second-server"),
+            from: "twofold <no-reply@localhost>".into(),
+        },
+        listen: "127.0.0.1:0".parse().unwrap(),
+        master_key_file: first.dir.path().join("master.key"),
+        settings: default_settings(),
+        bootstrap_admin: None,
+        clock: first.clock.clone(),
+    })
+    .await
+    .expect("a second server on the same database starts");
+    let bases = [first.base.clone(), format!("http://{}", second.addr)];
+    let id = first.create_user("gus", "gus-password", None, "user").await;
+    let admin = first.admin_token().await;
+
+    let answers = join_all((0..20).map(|n| {
+        let base = &bases[n % 2];
+        let path = format!("/api/v1/users/{id}");
+        let admin = admin.as_str();
+        let client = &first.client;
+        async move {
+            call(
+                client,
+                base,
+                Method::PATCH,
+                &path,
+                Some(admin),
+                Some(json!({ "email": format!("gus{n}@example.com") })),
+            )
+            .await
+        }
+    }))
+    .await;
+    for (n, answer) in answers.iter().enumerate() {
+        assert_eq!(
+            answer.status,
+            StatusCode::OK,
+            "change {n} on server {}: {answer:?}",
+            n % 2
+        );
+        // Its own change, or one stored after it.
+        let shown = answer.body["email"].as_str().unwrap();
+        assert!(shown.starts_with("gus"), "{answer:?}");
+    }
+
+    let db = open_db(&first.database_url).await;
+    let rows = stored_events(&db).await;
+    assert_sequences_contiguous(&rows);
+    let history: Vec<&StoredRow> = rows.iter().filter(|r| r.aggregate_id == id).collect();
+    let changes: Vec<&str> = history
+        .iter()
+        .filter(|r| r.event_type == "EmailChanged")
+        .map(|r| r.payload["EmailChanged"]["email"].as_str().unwrap())
+        .collect();
+    assert_eq!(changes.len(), 20, "every change stored exactly once");
+    let distinct: BTreeSet<&str> = changes.iter().copied().collect();
+    assert_eq!(distinct.len(), 20);
+    assert_eq!(history.len(), 21);
+    assert_eq!(history.last().unwrap().sequence, 21);
+
+    // Both servers come to show the last change stored.
+    let last = *changes.last().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    for base in &bases {
+        loop {
+            let shown = call(
+                &first.client,
+                base,
+                Method::GET,
+                &format!("/api/v1/users/{id}"),
+                Some(&admin),
+                None,
+            )
+            .await;
+            if shown.body["email"] == last {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{base} shows {shown:?}, not {last}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    second.stop().await.unwrap();
+    first.stop().await;
+}

@@ -5,18 +5,21 @@ use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use twofold_domain::user::email_code_hash;
 use twofold_domain::{
-    NewDevice, NewSession, SecondFactorMethod, TokenHash, UserCommand, UserEvent, Username,
+    Email, NewDevice, NewSession, SecondFactorMethod, TokenHash, UserCommand, UserError, UserEvent,
+    Username,
 };
 use uuid::Uuid;
 
 use crate::auth::Session;
 use crate::error::ApiError;
 use crate::extract::{Json, Path, RequestOrigin};
+use crate::mail::OutgoingMail;
 use crate::respond::Written;
 use crate::security;
 use crate::state::AppState;
-use crate::store::EventMetadata;
+use crate::store::{EventMetadata, StoreError};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -34,6 +37,17 @@ fn origin_metadata(origin: &RequestOrigin, actor: Uuid, state: &AppState) -> Eve
         user_agent: origin.user_agent.clone(),
         request_id: origin.request_id.clone(),
         occurred_at: Some(state.now()),
+    }
+}
+
+/// A lock the rules report: Retry-After counts from the service's clock, as
+/// the lock's end does (not from the wall clock).
+fn locked_from(now: DateTime<Utc>) -> impl Fn(StoreError) -> ApiError {
+    move |error| match error {
+        StoreError::Rejected(UserError::AccountLocked { until }) => {
+            ApiError::locked_until(until, now)
+        }
+        other => other.into(),
     }
 }
 
@@ -69,7 +83,10 @@ pub async fn login(
     }
     let stored_hash = loaded.user.profile().map(|p| p.password_hash.clone());
     let password_matches = security::verify_password(stored_hash, request.password).await;
-    let email_offered = false;
+    let email_offered = match loaded.user.profile().and_then(|p| p.email.as_ref()) {
+        Some(email) => !address_shared(&state, email).await?,
+        None => false,
+    };
     let (token, session) = new_session(&state, state.settings.session_lifetime);
     let challenge_id = Uuid::new_v4();
     let device_token = request.device_token.as_deref().map(TokenHash::of);
@@ -85,7 +102,8 @@ pub async fn login(
             policy: state.settings.policy,
             at: now,
         })
-        .await?;
+        .await
+        .map_err(locked_from(now))?;
     state.settle(committed.last_position).await?;
     let body = committed.find(|event| match event {
         UserEvent::PasswordRejected { .. } => Some(Err(ApiError::InvalidCredentials)),
@@ -118,6 +136,90 @@ pub async fn login(
         )),
         Some(Err(error)) => Err(error),
         None => Err(ApiError::Internal("sign-in decided nothing".into())),
+    }
+}
+
+/// "Shared with other users": another account has the same address.
+async fn address_shared(state: &AppState, email: &Email) -> Result<bool, ApiError> {
+    Ok(state.projector.db().users_with_email(&email.key()).await? > 1)
+}
+
+#[derive(Serialize)]
+pub struct EmailCodeSent {
+    sent_to: String,
+    expires_at: DateTime<Utc>,
+}
+
+/// Six random digits.
+fn new_email_code() -> String {
+    use rand::Rng;
+    format!("{:06}", rand::rngs::OsRng.gen_range(0..1_000_000))
+}
+
+pub async fn send_email_code(
+    State(state): State<AppState>,
+    origin: RequestOrigin,
+    Path(challenge_id): Path<Uuid>,
+) -> Result<Written<Json<EmailCodeSent>>, ApiError> {
+    let user_id = state
+        .projector
+        .db()
+        .challenge_owner(challenge_id)
+        .await?
+        .ok_or(ApiError::NotFound("no such sign-in challenge"))?;
+    let loaded = state.store.load(user_id).await?;
+    let now = state.now();
+    let email = loaded.user.profile().and_then(|p| p.email.clone());
+    let address_shared = match &email {
+        Some(email) => address_shared(&state, email).await?,
+        None => false,
+    };
+    let code = new_email_code();
+    if let (Some(email), false) = (&email, address_shared) {
+        loaded.user.email_code_allowed(challenge_id, now)?;
+        let mail = OutgoingMail {
+            to: email.as_str().to_string(),
+            subject: "Your sign-in code".into(),
+            body: format!(
+                "Your sign-in code is {code}.\n\nIt works once, for the next 10 minutes. \
+                 If you did not try to sign in, change your password.\n"
+            ),
+        };
+        if let Err(error) = state.mailer.send(&mail).await {
+            tracing::warn!(%error, "sign-in code email not sent");
+            return Err(ApiError::Unavailable { retry_after: 5 });
+        }
+    }
+    let metadata = origin_metadata(&origin, user_id, &state);
+    let code_hash = email_code_hash(challenge_id, &code);
+    let committed = state
+        .store
+        .execute(loaded, &metadata, |_| UserCommand::SendEmailCode {
+            challenge_id,
+            code_hash: code_hash.clone(),
+            address_shared,
+            at: now,
+        })
+        .await?;
+    state.settle(committed.last_position).await?;
+    let sent = committed.find(|event| match event {
+        UserEvent::EmailCodeSent {
+            sent_to,
+            expires_at,
+            ..
+        } => Some(EmailCodeSent {
+            sent_to: sent_to.clone(),
+            expires_at: *expires_at,
+        }),
+        _ => None,
+    });
+    match sent {
+        Some(sent) => Ok(Written::new(
+            StatusCode::ACCEPTED,
+            committed.last_position,
+            Json(sent),
+        )),
+        None => Err(ApiError::EmailUnavailable),
     }
 }
 
@@ -185,7 +287,8 @@ pub async fn verify(
             remember_device: device.clone(),
             at: now,
         })
-        .await?;
+        .await
+        .map_err(locked_from(now))?;
     state.settle(committed.last_position).await?;
     let rejected = committed.find(|event| match event {
         UserEvent::SecondFactorRejected {

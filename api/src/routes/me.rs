@@ -15,6 +15,7 @@ use crate::error::ApiError;
 use crate::extract::{Json, RequestOrigin};
 use crate::qr;
 use crate::respond::Written;
+use crate::routes::users::{two_factor_off_notice, user_email, TWO_FACTOR_OFF_SUBJECT};
 use crate::security;
 use crate::state::AppState;
 
@@ -181,6 +182,7 @@ pub async fn disable_two_factor(
     FullSession(session): FullSession,
 ) -> Result<Written<()>, ApiError> {
     let loaded = state.store.load(session.record.user_id).await?;
+    let email = user_email(&loaded.user);
     let committed = state
         .store
         .execute(loaded, &session.metadata(&origin, &state), |_| {
@@ -188,6 +190,15 @@ pub async fn disable_two_factor(
         })
         .await?;
     state.settle(committed.last_position).await?;
+    if !committed.events.is_empty() {
+        state
+            .notify(
+                email.as_deref(),
+                TWO_FACTOR_OFF_SUBJECT,
+                two_factor_off_notice(),
+            )
+            .await;
+    }
     Ok(Written::new(
         StatusCode::NO_CONTENT,
         committed.last_position,

@@ -46,6 +46,20 @@ impl From<DirectoryEntry> for UserView {
     }
 }
 
+pub const TWO_FACTOR_OFF_SUBJECT: &str = "Two-factor authentication was turned off";
+
+pub fn two_factor_off_notice() -> String {
+    "Two-factor authentication is now off for your account. Sign in and enable it again \
+     from My Settings. If you did not expect this, tell your administrator.\n"
+        .to_string()
+}
+
+pub fn user_email(user: &twofold_domain::User) -> Option<String> {
+    user.profile()
+        .and_then(|p| p.email.as_ref())
+        .map(|e| e.as_str().to_string())
+}
+
 async fn user_view(state: &AppState, id: Uuid) -> Result<UserView, ApiError> {
     state
         .projector
@@ -336,6 +350,7 @@ pub async fn start_impersonation(
     if loaded.user.profile().is_none() {
         return Err(ApiError::NotFound("no such user"));
     }
+    let target_email = user_email(&loaded.user);
     let token = security::new_token();
     let now = state.now();
     let new_session = NewSession {
@@ -358,6 +373,18 @@ pub async fn start_impersonation(
         })
         .await?;
     state.settle(committed.last_position).await?;
+    state
+        .notify(
+            target_email.as_deref(),
+            "An administrator signed in as you",
+            format!(
+                "{} signed in to your account to help you, at {}.\nReason: {reason}\n\n\
+                 If you did not ask for help, tell your administrator.\n",
+                session.record.username,
+                now.to_rfc3339(),
+            ),
+        )
+        .await;
     Ok(Written::new(
         StatusCode::CREATED,
         committed.last_position,
@@ -408,6 +435,7 @@ pub async fn reset_two_factor(
         return Err(ApiError::NotFound("no such user"));
     }
     let reason = request.reason.unwrap_or_default();
+    let email = user_email(&loaded.user);
     let committed = state
         .store
         .execute(loaded, &session.metadata(&origin, &state), |_| {
@@ -417,6 +445,13 @@ pub async fn reset_two_factor(
         })
         .await?;
     state.settle(committed.last_position).await?;
+    state
+        .notify(
+            email.as_deref(),
+            TWO_FACTOR_OFF_SUBJECT,
+            two_factor_off_notice(),
+        )
+        .await;
     Ok(Written::new(
         StatusCode::NO_CONTENT,
         committed.last_position,

@@ -1,0 +1,388 @@
+//! `twofold audit verify`: recomputes the audit trail's hash chains from the
+//! events table and compares them, event by event in feed order, with what
+//! the projection stored when it applied each event.
+//!
+//! Reads only (a verifier can run with a read-only role) and streams both
+//! tables in keyset pages; memory grows with the number of users (one
+//! chain link each), not with the number of events.
+
+use std::collections::{HashMap, VecDeque};
+
+use serde::Serialize;
+use sqlx::Row;
+
+use crate::audit::{chain_hash, head_hash, Hash, GENESIS};
+use crate::db::{Db, ProjectionError};
+use crate::feed::{decode, EventPosition, StoredEvent};
+use crate::on_pool;
+use crate::runner::CHECKPOINT;
+
+const PAGE: i64 = 1000;
+
+/// The feed below the checkpoint. Starts below any real position, so an
+/// event slipped in at position 0 (or a PostgreSQL transaction id older than
+/// all others) is still seen.
+const SQLITE_EVENTS: &str = "
+SELECT position AS transaction_id, position, aggregate_id, sequence, event_type, event_version,
+       payload, metadata, recorded_at
+  FROM events
+ WHERE aggregate_type = 'user' AND position > $2 AND position <= $4
+ ORDER BY position
+ LIMIT $5";
+
+const POSTGRES_EVENTS: &str = "
+SELECT transaction_id, position, aggregate_id, sequence, event_type, event_version,
+       payload, metadata, recorded_at
+  FROM events
+ WHERE aggregate_type = 'user'
+   AND (transaction_id, position) > ($1, $2)
+   AND (transaction_id, position) <= ($3, $4)
+ ORDER BY transaction_id, position
+ LIMIT $5";
+
+/// A head digest kept outside the database: the trail must still reach it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExpectedHead {
+    pub position: i64,
+    /// Lower-case hex of the 32-byte digest.
+    pub hash: String,
+}
+
+impl std::str::FromStr for ExpectedHead {
+    type Err = String;
+
+    /// `POSITION:HEX`, as `twofold audit verify` prints them.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (position, hash) = text
+            .split_once(':')
+            .ok_or("expected POSITION:HEX".to_string())?;
+        let position = position
+            .trim()
+            .parse()
+            .map_err(|_| format!("bad position {position:?}"))?;
+        let hash = hash.trim().to_ascii_lowercase();
+        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err("the head is 64 hex digits".into());
+        }
+        Ok(ExpectedHead { position, hash })
+    }
+}
+
+/// Where the stored history and the trail first disagree.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Mismatch {
+    pub user_id: Option<String>,
+    pub sequence: Option<i64>,
+    pub position: i64,
+    /// `event_missing`: the trail recorded an event the store no longer holds.
+    /// `event_not_in_trail`: the store holds an event, below the checkpoint,
+    /// that was never applied (inserted behind the projection's back).
+    /// `order_changed`: the events are there but in another order.
+    /// `event_changed`: the event at this position is not the one recorded
+    /// (another user or sequence: renumbered or swapped).
+    /// `sequence_gap`: the user's stream skips a sequence number.
+    /// `content_changed`: payload, metadata, type or version differ.
+    /// `trail_changed`: the events match but the stored head does not.
+    /// `head_differs` / `head_not_reached`: the expected head (kept outside
+    /// the database) is not what the history gives at its position.
+    pub problem: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    pub ok: bool,
+    pub events_checked: u64,
+    /// Hex of the global digest after the last event checked.
+    pub head: String,
+    pub head_position: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_mismatch: Option<Mismatch>,
+}
+
+struct TrailRow {
+    id: i64,
+    position: i64,
+    user_id: String,
+    sequence: i64,
+    chain_hash: String,
+    head_hash: String,
+}
+
+fn mismatch(event: &StoredEvent, problem: &'static str) -> Mismatch {
+    Mismatch {
+        user_id: Some(event.aggregate_id.clone()),
+        sequence: Some(event.sequence),
+        position: event.at.position,
+        problem,
+    }
+}
+
+/// The running recomputation.
+struct Walk<'a> {
+    expect: Option<&'a ExpectedHead>,
+    expect_seen: bool,
+    streams: HashMap<String, (i64, Hash)>,
+    head: Hash,
+    head_position: Option<i64>,
+    checked: u64,
+}
+
+impl Walk<'_> {
+    /// Checks one event against the row the projection stored for it.
+    fn check(&mut self, event: &StoredEvent, row: &TrailRow) -> Result<(), Mismatch> {
+        if event.aggregate_id != row.user_id || event.sequence != row.sequence {
+            return Err(mismatch(event, "event_changed"));
+        }
+        let (last_sequence, previous) = self
+            .streams
+            .get(&event.aggregate_id)
+            .copied()
+            .unwrap_or((0, GENESIS));
+        if event.sequence != last_sequence + 1 {
+            return Err(mismatch(event, "sequence_gap"));
+        }
+        let chain = chain_hash(&previous, event);
+        if hex::encode(chain) != row.chain_hash {
+            return Err(mismatch(event, "content_changed"));
+        }
+        let head = head_hash(&self.head, event.at.position, &chain);
+        if hex::encode(head) != row.head_hash {
+            return Err(mismatch(event, "trail_changed"));
+        }
+        self.streams
+            .insert(event.aggregate_id.clone(), (event.sequence, chain));
+        self.head = head;
+        self.head_position = Some(event.at.position);
+        self.checked += 1;
+        if let Some(expect) = self.expect.filter(|e| e.position == event.at.position) {
+            self.expect_seen = true;
+            if hex::encode(head) != expect.hash {
+                return Err(mismatch(event, "head_differs"));
+            }
+        }
+        Ok(())
+    }
+
+    fn report(&self, first_mismatch: Option<Mismatch>) -> VerifyReport {
+        VerifyReport {
+            ok: first_mismatch.is_none(),
+            events_checked: self.checked,
+            head: hex::encode(self.head),
+            head_position: self.head_position,
+            first_mismatch,
+        }
+    }
+}
+
+impl Db {
+    /// Recomputes both chains over every event the projection has applied
+    /// and compares them with the trail; stops at the first disagreement.
+    /// `progress` hears the running count of events checked.
+    pub async fn verify_audit_trail(
+        &self,
+        expect: Option<&ExpectedHead>,
+        progress: impl Fn(u64),
+    ) -> Result<VerifyReport, ProjectionError> {
+        let (bound, last_id) = self.verify_bounds().await?;
+        let mut walk = Walk {
+            expect,
+            expect_seen: false,
+            streams: HashMap::new(),
+            head: GENESIS,
+            head_position: None,
+            checked: 0,
+        };
+        let mut events: VecDeque<StoredEvent> = VecDeque::new();
+        let mut events_after = EventPosition {
+            transaction_id: i64::MIN,
+            position: i64::MIN,
+        };
+        let mut events_done = false;
+        let mut rows: VecDeque<TrailRow> = VecDeque::new();
+        let mut rows_after = 0;
+        let mut rows_done = false;
+        loop {
+            if events.is_empty() && !events_done {
+                events.extend(self.events_page(events_after, bound).await?);
+                events_done = (events.len() as i64) < PAGE;
+                if let Some(last) = events.back() {
+                    events_after = last.at;
+                }
+            }
+            if rows.is_empty() && !rows_done {
+                rows.extend(self.trail_page(rows_after, last_id).await?);
+                rows_done = (rows.len() as i64) < PAGE;
+                if let Some(last) = rows.back() {
+                    rows_after = last.id;
+                }
+            }
+            let found = match (events.pop_front(), rows.pop_front()) {
+                (None, None) => None,
+                (None, Some(row)) => Some(Mismatch {
+                    user_id: Some(row.user_id),
+                    sequence: Some(row.sequence),
+                    position: row.position,
+                    problem: "event_missing",
+                }),
+                (Some(event), None) => Some(mismatch(&event, "event_not_in_trail")),
+                (Some(event), Some(row)) if event.at.position != row.position => {
+                    Some(self.misplaced(&event, row).await?)
+                }
+                (Some(event), Some(row)) => match walk.check(&event, &row) {
+                    Ok(()) => {
+                        progress(walk.checked);
+                        continue;
+                    }
+                    Err(found) => Some(found),
+                },
+            };
+            if found.is_none() {
+                if let Some(expect) = expect.filter(|_| !walk.expect_seen) {
+                    let missing = Mismatch {
+                        user_id: None,
+                        sequence: None,
+                        position: expect.position,
+                        problem: "head_not_reached",
+                    };
+                    return Ok(walk.report(Some(missing)));
+                }
+            }
+            return Ok(walk.report(found));
+        }
+    }
+
+    /// The next event in the store is not the next one in the trail: was
+    /// the trail's event deleted, the store's inserted, or were they moved?
+    async fn misplaced(
+        &self,
+        event: &StoredEvent,
+        row: TrailRow,
+    ) -> Result<Mismatch, ProjectionError> {
+        let count = |table: &'static str, position: i64| async move {
+            let sql = format!("SELECT count(*) FROM {table} WHERE position = $1");
+            on_pool!(self, pool => {
+                sqlx::query_scalar::<_, i64>(&sql).bind(position).fetch_one(pool).await
+            })
+        };
+        Ok(if count("events", row.position).await? == 0 {
+            Mismatch {
+                user_id: Some(row.user_id),
+                sequence: Some(row.sequence),
+                position: row.position,
+                problem: "event_missing",
+            }
+        } else if count("audit_log", event.at.position).await? == 0 {
+            mismatch(event, "event_not_in_trail")
+        } else {
+            mismatch(event, "order_changed")
+        })
+    }
+
+    /// The checkpoint and the last trail row, read in one statement so both
+    /// come from the same committed batch.
+    async fn verify_bounds(&self) -> Result<(EventPosition, i64), ProjectionError> {
+        const SQL: &str = "
+SELECT (SELECT transaction_id FROM projection_checkpoints WHERE name = $1) AS transaction_id,
+       (SELECT position FROM projection_checkpoints WHERE name = $1) AS position,
+       (SELECT coalesce(max(id), 0) FROM audit_log) AS last_id";
+        on_pool!(self, pool => {
+            let row = sqlx::query(SQL).bind(CHECKPOINT).fetch_one(pool).await?;
+            let transaction_id: Option<i64> = row.try_get("transaction_id")?;
+            let position: Option<i64> = row.try_get("position")?;
+            let last_id: i64 = row.try_get("last_id")?;
+            let bound = match (transaction_id, position) {
+                (Some(transaction_id), Some(position)) => EventPosition {
+                    transaction_id,
+                    position,
+                },
+                // Nothing applied yet: nothing to compare (and any trail
+                // row then lacks its event, which is worth reporting).
+                _ => EventPosition {
+                    transaction_id: i64::MIN,
+                    position: i64::MIN,
+                },
+            };
+            Ok((bound, last_id))
+        })
+    }
+
+    async fn events_page(
+        &self,
+        after: EventPosition,
+        bound: EventPosition,
+    ) -> Result<Vec<StoredEvent>, ProjectionError> {
+        macro_rules! page {
+            ($pool:expr, $sql:expr) => {{
+                let rows = sqlx::query($sql)
+                    .bind(after.transaction_id)
+                    .bind(after.position)
+                    .bind(bound.transaction_id)
+                    .bind(bound.position)
+                    .bind(PAGE)
+                    .fetch_all($pool)
+                    .await?;
+                rows.iter().map(decode).collect()
+            }};
+        }
+        match self {
+            Db::Sqlite(pool) => page!(pool, SQLITE_EVENTS),
+            Db::Postgres(pool) => page!(pool, POSTGRES_EVENTS),
+        }
+    }
+
+    /// Trail rows in apply order.
+    async fn trail_page(
+        &self,
+        after_id: i64,
+        last_id: i64,
+    ) -> Result<Vec<TrailRow>, ProjectionError> {
+        const SQL: &str = "
+SELECT id, position, user_id, sequence, chain_hash, head_hash
+  FROM audit_log
+ WHERE id > $1 AND id <= $2
+ ORDER BY id
+ LIMIT $3";
+        on_pool!(self, pool => {
+            let rows = sqlx::query(SQL)
+                .bind(after_id)
+                .bind(last_id)
+                .bind(PAGE)
+                .fetch_all(pool)
+                .await?;
+            rows.iter()
+                .map(|row| {
+                    Ok(TrailRow {
+                        id: row.try_get("id")?,
+                        position: row.try_get("position")?,
+                        user_id: row.try_get("user_id")?,
+                        sequence: row.try_get("sequence")?,
+                        chain_hash: row.try_get("chain_hash")?,
+                        head_hash: row.try_get("head_hash")?,
+                    })
+                })
+                .collect()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ExpectedHead;
+
+    #[test]
+    fn expected_heads_parse_as_position_colon_hex() {
+        let hex = "ab".repeat(32);
+        assert_eq!(
+            format!("12:{}", hex.to_uppercase()).parse::<ExpectedHead>(),
+            Ok(ExpectedHead {
+                position: 12,
+                hash: hex.clone()
+            })
+        );
+        assert!("12".parse::<ExpectedHead>().is_err());
+        assert!("x:00".parse::<ExpectedHead>().is_err());
+        assert!(format!("1:{}", "g".repeat(64))
+            .parse::<ExpectedHead>()
+            .is_err());
+    }
+}

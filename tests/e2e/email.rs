@@ -1,0 +1,322 @@
+//! The second way to get a code: by email, only for an address that belongs
+//! to one user.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::{default_settings, spawn_app, spawn_app_mailing, Answer, Backend, TestApp};
+use crate::on_both_backends;
+
+on_both_backends!(
+    user_with_a_unique_address_signs_in_with_a_code_delivered_over_smtp,
+    shared_address_offers_only_the_app,
+    missing_address_offers_only_the_app,
+    address_shared_between_challenge_and_send_is_refused,
+    emailed_code_works_once_and_for_ten_minutes,
+    a_new_code_replaces_the_previous_one,
+    five_codes_per_quarter_hour_at_most,
+    wrong_email_codes_lock_the_challenge,
+    failed_delivery_stores_no_usable_code,
+);
+
+/// A real SMTP server (Python's aiosmtpd) writing what it receives to a Maildir.
+struct SmtpSink {
+    child: Child,
+    port: u16,
+    maildir: tempfile::TempDir,
+}
+
+impl SmtpSink {
+    fn start() -> SmtpSink {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let maildir = tempfile::tempdir().unwrap();
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "aiosmtpd",
+                "-n",
+                "-l",
+                &format!("127.0.0.1:{port}"),
+                "-c",
+                "aiosmtpd.handlers.Mailbox",
+            ])
+            .arg(maildir.path().join("box"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("aiosmtpd is installed (pip install aiosmtpd; scripts/test does it)");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return SmtpSink {
+                    child,
+                    port,
+                    maildir,
+                };
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("aiosmtpd did not start");
+    }
+
+    fn url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.port)
+    }
+
+    fn messages(&self) -> Vec<String> {
+        read_messages(&self.maildir.path().join("box").join("new"))
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        drop(self.child.kill());
+        drop(self.child.wait());
+    }
+}
+
+fn read_messages(dir: &Path) -> Vec<String> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| entries.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.retain(|path| !path.file_name().unwrap().to_string_lossy().starts_with('.'));
+    files.sort_by_key(|path| std::fs::metadata(path).and_then(|m| m.modified()).unwrap());
+    files
+        .iter()
+        .map(|path| std::fs::read_to_string(path).unwrap())
+        .collect()
+}
+
+/// The messages the app wrote to its mail directory, oldest first.
+fn mail_dir_messages(app: &TestApp) -> Vec<String> {
+    read_messages(&app.dir.path().join("mail"))
+}
+
+fn code_in(message: &str) -> String {
+    let at = message
+        .find("sign-in code is ")
+        .expect("a code in the message")
+        + "sign-in code is ".len();
+    message[at..at + 6].to_string()
+}
+
+async fn user_with_two_factor(app: &TestApp, name: &str, email: Option<&str>) -> String {
+    app.create_user(name, "their-password", email, "user").await;
+    let token = app.token(name, "their-password").await;
+    let (secret, _) = app.enroll_totp(&token).await;
+    app.next_step();
+    secret
+}
+
+async fn challenge(app: &TestApp, name: &str) -> Answer {
+    let login = app.login(name, "their-password").await;
+    assert_eq!(login.body["status"], "two_factor_required", "{login:?}");
+    login
+}
+
+async fn send(app: &TestApp, challenge_id: &str) -> Answer {
+    app.post(
+        &format!("/api/v1/login/challenges/{challenge_id}/email"),
+        None,
+        json!({}),
+    )
+    .await
+}
+
+async fn verify_email(app: &TestApp, challenge_id: &str, code: &str) -> Answer {
+    app.post(
+        &format!("/api/v1/login/challenges/{challenge_id}/verify"),
+        None,
+        json!({ "method": "email", "code": code }),
+    )
+    .await
+}
+
+async fn user_with_a_unique_address_signs_in_with_a_code_delivered_over_smtp(backend: Backend) {
+    let smtp = SmtpSink::start();
+    let app = spawn_app_mailing(backend, default_settings(), Some(smtp.url())).await;
+    user_with_two_factor(&app, "jane", Some("jane@example.com")).await;
+    let login = challenge(&app, "jane").await;
+    assert_eq!(
+        login.body["methods"],
+        json!(["totp", "email", "recovery_code"])
+    );
+    let id = login.body["challenge_id"].as_str().unwrap();
+    let sent = send(&app, id).await;
+    assert_eq!(sent.status, StatusCode::ACCEPTED, "{sent:?}");
+    assert_eq!(sent.body["sent_to"], "j***@example.com");
+    assert!(sent.body["expires_at"].is_string());
+    let messages = smtp.messages();
+    assert_eq!(messages.len(), 1);
+    assert!(messages[0].contains("jane@example.com"));
+    let verified = verify_email(&app, id, &code_in(&messages[0])).await;
+    assert_eq!(verified.status, StatusCode::OK, "{verified:?}");
+    assert_eq!(verified.body["status"], "authenticated");
+    app.stop().await;
+}
+
+async fn shared_address_offers_only_the_app(backend: Backend) {
+    let app = spawn_app(backend).await;
+    user_with_two_factor(&app, "kim", Some("team@example.com")).await;
+    app.create_user("lee", "lee-password", Some("TEAM@example.com "), "user")
+        .await;
+    let login = challenge(&app, "kim").await;
+    assert_eq!(login.body["methods"], json!(["totp", "recovery_code"]));
+    let refused = send(&app, login.body["challenge_id"].as_str().unwrap()).await;
+    assert_eq!(refused.status, StatusCode::CONFLICT);
+    assert_eq!(refused.error(), "email_unavailable");
+    assert!(mail_dir_messages(&app).is_empty());
+    let kim = app
+        .get("/api/v1/users?q=kim", &app.admin_token().await)
+        .await;
+    let history = app
+        .history(kim.body["users"][0]["id"].as_str().unwrap())
+        .await;
+    assert!(history.iter().any(|(kind, _)| kind == "EmailCodeRefused"));
+    app.stop().await;
+}
+
+async fn missing_address_offers_only_the_app(backend: Backend) {
+    let app = spawn_app(backend).await;
+    user_with_two_factor(&app, "max", None).await;
+    let login = challenge(&app, "max").await;
+    assert_eq!(login.body["methods"], json!(["totp", "recovery_code"]));
+    let refused = send(&app, login.body["challenge_id"].as_str().unwrap()).await;
+    assert_eq!(refused.status, StatusCode::CONFLICT);
+    assert_eq!(refused.error(), "email_unavailable");
+    app.stop().await;
+}
+
+async fn address_shared_between_challenge_and_send_is_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
+    user_with_two_factor(&app, "ned", Some("ned@example.com")).await;
+    let login = challenge(&app, "ned").await;
+    assert!(login.body["methods"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("email")));
+    app.create_user("other", "other-password", Some("Ned@Example.com"), "user")
+        .await;
+    let refused = send(&app, login.body["challenge_id"].as_str().unwrap()).await;
+    assert_eq!(refused.status, StatusCode::CONFLICT);
+    assert_eq!(refused.error(), "email_unavailable");
+    app.stop().await;
+}
+
+async fn emailed_code_works_once_and_for_ten_minutes(backend: Backend) {
+    let app = spawn_app(backend).await;
+    user_with_two_factor(&app, "ola", Some("ola@example.com")).await;
+    // Expires after ten minutes, though the challenge alone would last five.
+    let login = challenge(&app, "ola").await;
+    let id = login.body["challenge_id"].as_str().unwrap().to_string();
+    assert_eq!(send(&app, &id).await.status, StatusCode::ACCEPTED);
+    let code = code_in(mail_dir_messages(&app).last().unwrap());
+    app.clock.advance(chrono::Duration::minutes(9));
+    assert_eq!(verify_email(&app, &id, &code).await.status, StatusCode::OK);
+    // Single use: the challenge is spent.
+    let again = verify_email(&app, &id, &code).await;
+    assert_eq!(again.status, StatusCode::NOT_FOUND);
+    // A code ten minutes old is refused.
+    let login = challenge(&app, "ola").await;
+    let id = login.body["challenge_id"].as_str().unwrap().to_string();
+    assert_eq!(send(&app, &id).await.status, StatusCode::ACCEPTED);
+    let code = code_in(mail_dir_messages(&app).last().unwrap());
+    app.clock.advance(chrono::Duration::minutes(10));
+    let late = verify_email(&app, &id, &code).await;
+    assert_eq!(late.status, StatusCode::GONE, "{late:?}");
+    assert_eq!(late.error(), "challenge_expired");
+    app.stop().await;
+}
+
+async fn a_new_code_replaces_the_previous_one(backend: Backend) {
+    let app = spawn_app(backend).await;
+    user_with_two_factor(&app, "pia", Some("pia@example.com")).await;
+    let login = challenge(&app, "pia").await;
+    let id = login.body["challenge_id"].as_str().unwrap().to_string();
+    send(&app, &id).await;
+    let first = code_in(mail_dir_messages(&app).last().unwrap());
+    send(&app, &id).await;
+    let second = code_in(mail_dir_messages(&app).last().unwrap());
+    if first != second {
+        let old = verify_email(&app, &id, &first).await;
+        assert_eq!(old.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(old.error(), "invalid_code");
+    }
+    assert_eq!(
+        verify_email(&app, &id, &second).await.status,
+        StatusCode::OK
+    );
+    app.stop().await;
+}
+
+async fn five_codes_per_quarter_hour_at_most(backend: Backend) {
+    let app = spawn_app(backend).await;
+    user_with_two_factor(&app, "quin", Some("quin@example.com")).await;
+    let login = challenge(&app, "quin").await;
+    let id = login.body["challenge_id"].as_str().unwrap().to_string();
+    for _ in 0..5 {
+        assert_eq!(send(&app, &id).await.status, StatusCode::ACCEPTED);
+    }
+    let limited = send(&app, &id).await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(limited.error(), "rate_limited");
+    assert!(limited.headers.contains_key("retry-after"));
+    assert_eq!(
+        mail_dir_messages(&app).len(),
+        5,
+        "no sixth message went out"
+    );
+    app.clock.advance(chrono::Duration::minutes(15));
+    let login = challenge(&app, "quin").await;
+    let id = login.body["challenge_id"].as_str().unwrap().to_string();
+    assert_eq!(send(&app, &id).await.status, StatusCode::ACCEPTED);
+    app.stop().await;
+}
+
+async fn wrong_email_codes_lock_the_challenge(backend: Backend) {
+    let app = spawn_app(backend).await;
+    user_with_two_factor(&app, "rae", Some("rae@example.com")).await;
+    let login = challenge(&app, "rae").await;
+    let id = login.body["challenge_id"].as_str().unwrap().to_string();
+    send(&app, &id).await;
+    let code = code_in(mail_dir_messages(&app).last().unwrap());
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    for remaining in (0..5).rev() {
+        let answer = verify_email(&app, &id, wrong).await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(answer.body["attempts_remaining"], remaining);
+    }
+    let locked = verify_email(&app, &id, &code).await;
+    assert_eq!(locked.status, StatusCode::LOCKED);
+    assert_eq!(locked.error(), "challenge_locked");
+    app.stop().await;
+}
+
+async fn failed_delivery_stores_no_usable_code(backend: Backend) {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let app = spawn_app_mailing(
+        backend,
+        default_settings(),
+        Some(format!("smtp://127.0.0.1:{port}")),
+    )
+    .await;
+    user_with_two_factor(&app, "sam", Some("sam@example.com")).await;
+    let login = challenge(&app, "sam").await;
+    let failed = send(&app, login.body["challenge_id"].as_str().unwrap()).await;
+    assert_eq!(failed.status, StatusCode::SERVICE_UNAVAILABLE, "{failed:?}");
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM events WHERE event_type = 'EmailCodeSent'")
+            .await,
+        0
+    );
+    app.stop().await;
+}
