@@ -24,7 +24,7 @@ use crate::config::{ServeArgs, TotpHash};
 use crate::database;
 use crate::error::ApiError;
 use crate::mail::Mailer;
-use crate::routes::{login, me, ops, users};
+use crate::routes::{audit, login, me, ops, reports, users};
 use crate::security::{self, SecretVault};
 use crate::state::{AppState, Settings};
 use crate::store::{EventMetadata, EventStore};
@@ -46,6 +46,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/logout", post(login::logout))
         .route("/me", get(me::me))
+        .route("/me/password", post(me::change_password))
         .route("/me/two-factor", delete(me::disable_two_factor))
         .route("/me/two-factor/totp", post(me::start_totp_enrollment))
         .route(
@@ -70,7 +71,10 @@ pub fn router(state: AppState) -> Router {
             "/users/{id}/remembered-devices",
             get(users::user_remembered_devices).delete(users::revoke_user_remembered_devices),
         )
-        .route("/impersonation", delete(users::end_impersonation));
+        .route("/impersonation", delete(users::end_impersonation))
+        .route("/reports/two-factor", get(reports::two_factor_report))
+        .route("/audit", get(audit::audit_trail))
+        .route("/audit/verify", get(audit::verify));
     Router::new()
         .nest("/api/v1", api)
         .route("/healthz", get(ops::healthz))

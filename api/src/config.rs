@@ -36,7 +36,7 @@ pub enum TotpHash {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the HTTP service.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply the database migrations and exit.
     Migrate(DatabaseArgs),
     /// Manage the read models.
@@ -44,12 +44,50 @@ pub enum Command {
         #[command(subcommand)]
         action: ProjectionsAction,
     },
+    /// Check or export the audit trail (reads only).
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum ProjectionsAction {
     /// Empty every read model and apply the whole event history again.
     Rebuild(DatabaseArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditAction {
+    /// Recompute the tamper-evidence chains from the events and compare them
+    /// with the trail; prints a JSON report, exits non-zero on a mismatch.
+    Verify(VerifyArgs),
+    /// Write every audit row to standard output, oldest first.
+    Export(ExportArgs),
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// A head kept outside the database, `POSITION:HEX` from an earlier
+    /// report (`head_position`:`head`): the history must still give it.
+    #[arg(long)]
+    pub expect_head: Option<twofold_projections::ExpectedHead>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    Csv,
+    Jsonl,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[arg(long, value_enum)]
+    pub format: ExportFormat,
 }
 
 #[derive(Clone, Debug, Args)]

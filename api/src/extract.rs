@@ -22,10 +22,6 @@ impl<T: serde::Serialize> axum::response::IntoResponse for Json<T> {
 #[from_request(via(axum::extract::Path), rejection(ApiError))]
 pub struct Path<T>(pub T);
 
-#[derive(Debug, FromRequestParts)]
-#[from_request(via(axum::extract::Query), rejection(ApiError))]
-pub struct Query<T>(pub T);
-
 /// Where a request came from, recorded in each event's metadata.
 #[derive(Clone, Debug, Default)]
 pub struct RequestOrigin {

@@ -7,9 +7,11 @@ mod clock;
 pub mod config;
 mod database;
 mod error;
+mod export;
 mod extract;
 mod mail;
 mod qr;
+mod read_query;
 mod respond;
 mod routes;
 mod security;
@@ -26,7 +28,7 @@ pub use app::{start, MailConfig, Running, ServeConfig};
 pub use clock::Clock;
 pub use state::Settings;
 
-use config::{Cli, Command, ProjectionsAction};
+use config::{AuditAction, Cli, Command, ExportFormat, ProjectionsAction};
 
 /// The `twofold` binary.
 pub fn main() -> ExitCode {
@@ -52,7 +54,7 @@ pub fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => {
-            let config = ServeConfig::from_args(args)?;
+            let config = ServeConfig::from_args(*args)?;
             let running = start(config).await?;
             tracing::info!(
                 "twofold listens on http://{} — create the first super admin with TWOFOLD_BOOTSTRAP_ADMIN=username:password",
@@ -80,6 +82,48 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .await?;
             progress.finish_and_clear();
             println!("rebuilt read models from {applied} events");
+            Ok(())
+        }
+        Command::Audit { action } => audit(action).await,
+    }
+}
+
+/// `twofold audit ...`: reads only, and does not migrate, so a cron job can
+/// run it with a role that may only SELECT.
+async fn audit(action: AuditAction) -> anyhow::Result<()> {
+    match action {
+        AuditAction::Verify(args) => {
+            let db = database::connect(&args.database.database_url).await?;
+            let progress = progress_bar("verifying the audit trail");
+            let report = db
+                .verify_audit_trail(args.expect_head.as_ref(), |count| {
+                    progress.set_position(count)
+                })
+                .await?;
+            progress.finish_and_clear();
+            println!("{}", serde_json::to_string(&report)?);
+            anyhow::ensure!(report.ok, "the audit trail does not match the events");
+            Ok(())
+        }
+        AuditAction::Export(args) => {
+            use futures::TryStreamExt;
+            use tokio::io::AsyncWriteExt;
+
+            let db = database::connect(&args.database.database_url).await?;
+            let format = match args.format {
+                ExportFormat::Csv => export::AuditFormat::Csv,
+                ExportFormat::Jsonl => export::AuditFormat::JsonLines,
+            };
+            let mut rows = std::pin::pin!(export::audit_rows(
+                db,
+                twofold_projections::AuditFilter::default(),
+                format
+            ));
+            let mut stdout = tokio::io::stdout();
+            while let Some(chunk) = rows.try_next().await? {
+                stdout.write_all(&chunk).await?;
+            }
+            stdout.flush().await?;
             Ok(())
         }
     }

@@ -431,4 +431,40 @@ mod tests {
         assert_eq!(args.len(), 3);
         assert_eq!(args[2], Arg::Int(4));
     }
+
+    #[tokio::test]
+    async fn one_users_page_is_a_range_scan_of_its_index() {
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await
+            .unwrap();
+        sqlx::migrate!("../migrations/sqlite")
+            .run(&pool)
+            .await
+            .unwrap();
+        let filter = AuditFilter {
+            user_id: Some(Uuid::nil()),
+            after_id: 5,
+            limit: 3,
+            ..AuditFilter::default()
+        };
+        let (sql, _) = filter.sql();
+        let plan: Vec<String> = sqlx::query(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .bind(5_i64)
+            .bind(Uuid::nil().to_string())
+            .bind(4_i64)
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get::<String, _>("detail"))
+            .collect();
+        let plan = plan.join("; ");
+        assert!(
+            plan.contains("USING INDEX audit_log_user (user_id=? AND id>?)"),
+            "{plan}"
+        );
+        assert!(!plan.contains("TEMP B-TREE"), "no sort: {plan}");
+    }
 }

@@ -45,11 +45,21 @@ impl Projector {
 
     /// Applies every event committed so far; returns how many it applied.
     pub async fn catch_up(&self) -> Result<u64, ProjectionError> {
-        self.catch_up_with(|_| {}).await
+        self.catch_up_with(None, |_| {}).await
     }
 
-    async fn catch_up_with(&self, progress: impl Fn(u64)) -> Result<u64, ProjectionError> {
+    /// With `enough`, a caller that queued behind another round which already
+    /// applied that far skips its own round: concurrent read-your-writes
+    /// waiters share rounds instead of running one each, in turn.
+    async fn catch_up_with(
+        &self,
+        enough: Option<EventPosition>,
+        progress: impl Fn(u64),
+    ) -> Result<u64, ProjectionError> {
         let _round = self.round.lock().await;
+        if enough.is_some_and(|target| self.applied() >= target) {
+            return Ok(0);
+        }
         let mut total = 0;
         loop {
             let (applied, count) = self.apply_batch().await?;
@@ -153,7 +163,7 @@ impl Projector {
             if self.applied() >= target {
                 return Ok(());
             }
-            let applied = self.catch_up().await?;
+            let applied = self.catch_up_with(Some(target), |_| {}).await?;
             if self.applied() >= target {
                 return Ok(());
             }
@@ -211,7 +221,7 @@ impl Projector {
             });
             self.applied.send_replace(EventPosition::default());
         }
-        self.catch_up_with(progress).await
+        self.catch_up_with(None, progress).await
     }
 
     /// Picks up what other processes wrote, until `shutdown` flips.

@@ -71,13 +71,21 @@ fn rows() -> Vec<Row> {
             Method::POST,
             "/api/v1/me/two-factor/totp",
             Some(json!({})),
-            [401, 201, 201, 201, 201, 201, 201],
+            [401, 201, 201, 403, 201, 201, 201],
         ),
         row(
             Method::POST,
             "/api/v1/me/two-factor/totp/confirm",
             Some(json!({ "code": "000000" })),
-            [401, 401, 401, 401, 401, 401, 401],
+            [401, 401, 401, 403, 401, 401, 401],
+        ),
+        row(
+            Method::POST,
+            "/api/v1/me/password",
+            Some(
+                json!({ "current_password": "not-the-password", "new_password": "new-password-1" }),
+            ),
+            [401, 401, 403, 403, 401, 401, 401],
         ),
         row(
             Method::GET,

@@ -53,16 +53,18 @@ impl SmtpSink {
             .stderr(Stdio::null())
             .spawn()
             .expect("aiosmtpd is installed (pip install aiosmtpd; scripts/test does it)");
+        let sink = SmtpSink {
+            child,
+            port,
+            maildir,
+        };
         for _ in 0..100 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return SmtpSink {
-                    child,
-                    port,
-                    maildir,
-                };
+                return sink;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        drop(sink);
         panic!("aiosmtpd did not start");
     }
 

@@ -19,6 +19,7 @@ on_both_backends!(
     write_answers_carry_their_position_and_reads_see_them,
     twenty_concurrent_changes_to_one_user_are_each_stored_once,
     operators_see_health_readiness_and_metrics,
+    user_changes_their_password_and_forgets_remembered_devices,
 );
 
 async fn new_user_signs_in_with_password_and_sees_themself(backend: Backend) {
@@ -385,5 +386,54 @@ async fn operators_see_health_readiness_and_metrics(backend: Backend) {
     let text = metrics.text().await.unwrap();
     assert!(text.contains("twofold_http_requests_total"), "{text}");
     assert!(text.contains("/api/v1/login"));
+    app.stop().await;
+}
+
+async fn user_changes_their_password_and_forgets_remembered_devices(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.create_user("hal", "hal-password", None, "user").await;
+    let token = app.token("hal", "hal-password").await;
+    let (secret, _) = app.enroll_totp(&token).await;
+    app.next_step();
+    let signed_in = app
+        .login_with_code("hal", "hal-password", &secret, true)
+        .await;
+    let device = signed_in.body["device_token"].as_str().unwrap().to_string();
+    let session = signed_in.body["session_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let wrong = app
+        .post(
+            "/api/v1/me/password",
+            Some(&session),
+            json!({ "current_password": "guess", "new_password": "hal-new-password" }),
+        )
+        .await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(wrong.error(), "invalid_credentials");
+    let changed = app
+        .post(
+            "/api/v1/me/password",
+            Some(&session),
+            json!({ "current_password": "hal-password", "new_password": "hal-new-password" }),
+        )
+        .await;
+    assert_eq!(changed.status, StatusCode::NO_CONTENT, "{changed:?}");
+    assert_eq!(
+        app.login("hal", "hal-password").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let with_device = app
+        .post(
+            "/api/v1/login",
+            None,
+            json!({ "username": "hal", "password": "hal-new-password", "device_token": device }),
+        )
+        .await;
+    assert_eq!(
+        with_device.body["status"], "two_factor_required",
+        "the device is forgotten"
+    );
     app.stop().await;
 }

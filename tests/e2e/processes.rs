@@ -612,6 +612,8 @@ async fn one_totp_code_sent_sixty_times_at_once_is_accepted_once() {
     }))
     .await;
 
+    let opened = started.elapsed() - enrolled;
+
     // The code of a step that begins after every challenge was opened and
     // after every confirmation: never accepted for anyone.
     let step = users
@@ -747,7 +749,9 @@ async fn one_totp_code_sent_sixty_times_at_once_is_accepted_once() {
     }
     assert_sequences_contiguous(&rows);
     eprintln!(
-        "totp: {ROUNDS} users enrolled in {enrolled:?}; {} sends in {blast_took:?}; test {:?}",
+        "totp: {ROUNDS} users enrolled in {enrolled:?}; {} challenges opened in {opened:?}; \
+         {} sends in {blast_took:?}; test {:?}",
+        ROUNDS * CHALLENGES_PER_ROUND,
         ROUNDS * SENDS_PER_ROUND,
         started.elapsed()
     );

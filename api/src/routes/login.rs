@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use twofold_domain::user::email_code_hash;
 use twofold_domain::{
-    Email, NewDevice, NewSession, SecondFactorMethod, TokenHash, UserCommand, UserError, UserEvent,
-    Username,
+    Email, NewDevice, NewSession, SecondFactorMethod, TokenHash, User, UserCommand, UserError,
+    UserEvent, Username,
 };
 use uuid::Uuid;
 
@@ -83,10 +83,7 @@ pub async fn login(
     }
     let stored_hash = loaded.user.profile().map(|p| p.password_hash.clone());
     let password_matches = security::verify_password(stored_hash, request.password).await;
-    let email_offered = match loaded.user.profile().and_then(|p| p.email.as_ref()) {
-        Some(email) => !address_shared(&state, email).await?,
-        None => false,
-    };
+    let email_offered = email_eligible(&state, &loaded.user).await?;
     let (token, session) = new_session(&state, state.settings.session_lifetime);
     let challenge_id = Uuid::new_v4();
     let device_token = request.device_token.as_deref().map(TokenHash::of);
@@ -136,6 +133,15 @@ pub async fn login(
         )),
         Some(Err(error)) => Err(error),
         None => Err(ApiError::Internal("sign-in decided nothing".into())),
+    }
+}
+
+/// The help article's rule: email is offered only to a user who has an
+/// address that no other user shares.
+pub async fn email_eligible(state: &AppState, user: &User) -> Result<bool, ApiError> {
+    match user.profile().and_then(|p| p.email.as_ref()) {
+        Some(email) => Ok(!address_shared(state, email).await?),
+        None => Ok(false),
     }
 }
 

@@ -15,6 +15,8 @@ use crate::error::ApiError;
 use crate::extract::{Json, RequestOrigin};
 use crate::qr;
 use crate::respond::Written;
+use crate::routes::login::email_eligible;
+use crate::routes::users::check_password;
 use crate::routes::users::{two_factor_off_notice, user_email, TWO_FACTOR_OFF_SUBJECT};
 use crate::security;
 use crate::state::AppState;
@@ -29,10 +31,13 @@ pub struct TwoFactorView {
     enabled_at: Option<DateTime<Utc>>,
 }
 
-pub fn two_factor_view(user: &User, state: &AppState) -> TwoFactorView {
+pub fn two_factor_view(user: &User, state: &AppState, email_eligible: bool) -> TwoFactorView {
     let mut methods = Vec::new();
     if user.active_totp().is_some() {
         methods.push("totp");
+        if email_eligible {
+            methods.push("email");
+        }
         if user.recovery_codes_remaining() > 0 {
             methods.push("recovery_code");
         }
@@ -54,7 +59,7 @@ pub async fn me(State(state): State<AppState>, session: Session) -> Result<Json<
         "username": profile.username,
         "email": profile.email,
         "role": profile.role,
-        "two_factor": two_factor_view(&loaded.user, &state),
+        "two_factor": two_factor_view(&loaded.user, &state, email_eligible(&state, &loaded.user).await?),
     });
     if let (Some(id), Some(username)) = (
         session.record.impersonator_id,
@@ -63,6 +68,17 @@ pub async fn me(State(state): State<AppState>, session: Session) -> Result<Json<
         body["impersonator"] = json!({ "id": id, "username": username });
     }
     Ok(Json(body))
+}
+
+/// An administrator acting as the user must not hold the user's second
+/// factor: only the user enrolls their authenticator.
+fn refuse_impersonation(session: &Session) -> Result<(), ApiError> {
+    if session.is_impersonation() {
+        return Err(ApiError::Forbidden(
+            "an administrator acting as the user cannot enroll their authenticator",
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Serialize)]
@@ -77,6 +93,7 @@ pub async fn start_totp_enrollment(
     origin: RequestOrigin,
     session: Session,
 ) -> Result<Written<Json<EnrollmentStarted>>, ApiError> {
+    refuse_impersonation(&session)?;
     let user_id = session.record.user_id;
     let loaded = state.store.load(user_id).await?;
     if loaded.user.active_totp().is_some() {
@@ -132,6 +149,7 @@ pub async fn confirm_totp_enrollment(
     session: Session,
     Json(request): Json<ConfirmRequest>,
 ) -> Result<Written<Json<Enabled>>, ApiError> {
+    refuse_impersonation(&session)?;
     let user_id = session.record.user_id;
     let loaded = state.store.load(user_id).await?;
     let pending = loaded
@@ -267,4 +285,47 @@ pub async fn revoke_remembered_devices(
         &session.metadata(&origin, &state),
     )
     .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordChange {
+    current_password: String,
+    new_password: String,
+}
+
+/// Changing the password forgets the user's remembered devices. An
+/// administrator acting as the user may not do it.
+pub async fn change_password(
+    State(state): State<AppState>,
+    origin: RequestOrigin,
+    FullSession(session): FullSession,
+    Json(request): Json<PasswordChange>,
+) -> Result<Written<()>, ApiError> {
+    if session.is_impersonation() {
+        return Err(ApiError::Forbidden(
+            "an administrator acting as the user cannot change their password",
+        ));
+    }
+    check_password(&request.new_password)?;
+    let loaded = state.store.load(session.record.user_id).await?;
+    let stored = loaded.user.profile().map(|p| p.password_hash.clone());
+    if !security::verify_password(stored, request.current_password).await {
+        return Err(ApiError::InvalidCredentials);
+    }
+    let password_hash = security::hash_password(request.new_password).await?;
+    let committed = state
+        .store
+        .execute(loaded, &session.metadata(&origin, &state), |_| {
+            UserCommand::ChangePassword {
+                password_hash: password_hash.clone(),
+            }
+        })
+        .await?;
+    state.settle(committed.last_position).await?;
+    Ok(Written::new(
+        StatusCode::NO_CONTENT,
+        committed.last_position,
+        (),
+    ))
 }

@@ -1,4 +1,6 @@
+pub mod audit;
 pub mod login;
 pub mod me;
 pub mod ops;
+pub mod reports;
 pub mod users;

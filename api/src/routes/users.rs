@@ -13,7 +13,8 @@ use uuid::Uuid;
 
 use crate::auth::FullSession;
 use crate::error::ApiError;
-use crate::extract::{Json, Path, Query, RequestOrigin};
+use crate::extract::{Json, Path, RequestOrigin};
+use crate::read_query::ReadQuery;
 use crate::respond::Written;
 use crate::security;
 use crate::state::AppState;
@@ -276,7 +277,7 @@ pub struct SearchQuery {
 pub async fn list_users(
     State(state): State<AppState>,
     FullSession(session): FullSession,
-    Query(query): Query<SearchQuery>,
+    ReadQuery(query): ReadQuery<SearchQuery>,
 ) -> Result<Json<Value>, ApiError> {
     session.require(Role::can_read_reports)?;
     let limit = query.limit.unwrap_or(50);

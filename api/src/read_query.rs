@@ -1,0 +1,104 @@
+//! `min_position=n` on the read endpoints (`/users`, `/reports/...`,
+//! `/audit`): one extractor, so each waits for its read model the same way.
+
+use axum::extract::{FromRequestParts, Query};
+use axum::http::request::Parts;
+use axum::http::Uri;
+use serde::de::DeserializeOwned;
+use tokio::time::Instant;
+use twofold_projections::ProjectionError;
+
+use crate::error::ApiError;
+use crate::state::{AppState, READ_YOUR_WRITES_TIMEOUT};
+
+/// How often to look again for an event not yet visible to this process.
+const LOOK_AGAIN: std::time::Duration = std::time::Duration::from_millis(25);
+
+/// The endpoint's query `T` (without `min_position`), extracted once the
+/// read models have applied the event at `min_position`. Bad input answers
+/// 400 at once; a position not reached within 5 s answers 503 with
+/// `Retry-After`. Put it after the session extractor, so nobody waits
+/// before being told they may not read.
+pub struct ReadQuery<T>(pub T);
+
+/// Splits `min_position` off the raw query, so `T` may keep refusing
+/// unknown fields.
+fn split_min_position(query: &str) -> Result<(Option<i64>, String), ApiError> {
+    let mut min_position = None;
+    let mut rest = Vec::new();
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+        match pair.split_once('=') {
+            Some(("min_position", value)) => {
+                let position = value
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|position| *position >= 1)
+                    .ok_or(ApiError::InvalidRequest(
+                        "min_position is a position from Twofold-Position".into(),
+                    ))?;
+                min_position = Some(position);
+            }
+            _ => rest.push(pair),
+        }
+    }
+    Ok((min_position, rest.join("&")))
+}
+
+/// Returns once the read models hold the event stored at `position`.
+async fn reach(state: &AppState, position: i64) -> Result<(), ApiError> {
+    let deadline = Instant::now() + READ_YOUR_WRITES_TIMEOUT;
+    loop {
+        // Not found yet: still being written elsewhere, or never will be.
+        if let Some(at) = state.projector.locate(position).await? {
+            let left = deadline.saturating_duration_since(Instant::now());
+            return match state.projector.wait_for(at, left).await {
+                // The caller asked for a future the models have not reached:
+                // not a fault of the store, so no warning is logged.
+                Err(ProjectionError::Lagging) => Err(ApiError::Unavailable { retry_after: 1 }),
+                other => Ok(other?),
+            };
+        }
+        if Instant::now() >= deadline {
+            return Err(ApiError::Unavailable { retry_after: 1 });
+        }
+        tokio::time::sleep(LOOK_AGAIN).await;
+    }
+}
+
+impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ReadQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let (min_position, rest) = split_min_position(parts.uri.query().unwrap_or(""))?;
+        let uri: Uri = format!("/?{rest}")
+            .parse()
+            .map_err(|_| ApiError::InvalidRequest("bad query string".into()))?;
+        let Query(query) = Query::<T>::try_from_uri(&uri)?;
+        if let Some(position) = min_position {
+            reach(state, position).await?;
+        }
+        Ok(ReadQuery(query))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::split_min_position;
+
+    #[test]
+    fn min_position_is_split_off_and_checked() {
+        let (position, rest) = split_min_position("q=a&min_position=42&limit=3").unwrap();
+        assert_eq!(position, Some(42));
+        assert_eq!(rest, "q=a&limit=3");
+        assert_eq!(split_min_position("").unwrap(), (None, String::new()));
+        for bad in [
+            "min_position=",
+            "min_position=x",
+            "min_position=0",
+            "min_position=-3",
+        ] {
+            assert!(split_min_position(bad).is_err(), "{bad}");
+        }
+    }
+}

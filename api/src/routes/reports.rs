@@ -1,0 +1,97 @@
+//! The 2FA-status report: counts from the counters the projection keeps,
+//! or one CSV row per user.
+
+use std::collections::BTreeMap;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use twofold_domain::Role;
+
+use crate::auth::FullSession;
+use crate::error::ApiError;
+use crate::export;
+use crate::read_query::ReadQuery;
+use crate::state::AppState;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportQuery {
+    format: Option<String>,
+}
+
+pub async fn two_factor_report(
+    State(state): State<AppState>,
+    FullSession(session): FullSession,
+    ReadQuery(query): ReadQuery<ReportQuery>,
+) -> Result<Response, ApiError> {
+    session.require(Role::can_read_reports)?;
+    match query.format.as_deref() {
+        None | Some("json") => {}
+        Some("csv") => {
+            let rows = export::two_factor_csv(state.projector.db().clone());
+            return Ok((
+                [
+                    (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+                    (
+                        header::CONTENT_DISPOSITION,
+                        "attachment; filename=\"two-factor-report.csv\"",
+                    ),
+                ],
+                Body::from_stream(rows),
+            )
+                .into_response());
+        }
+        Some(_) => return Err(ApiError::InvalidRequest("format is json or csv".into())),
+    }
+    let counts = state.projector.db().two_factor_counts().await?;
+    let (mut total, mut enabled, mut pending, mut disabled) = (0, 0, 0, 0);
+    let (mut enforced, mut enforced_not_enabled) = (0, 0);
+    let mut by_role: BTreeMap<&str, (i64, i64)> = Role::ALL
+        .iter()
+        .map(|role| (role.as_str(), (0, 0)))
+        .collect();
+    for count in &counts {
+        let is_enabled = count.two_factor_status == "enabled";
+        total += count.users;
+        match count.two_factor_status.as_str() {
+            "enabled" => enabled += count.users,
+            "pending" => pending += count.users,
+            _ => disabled += count.users,
+        }
+        if count.enforced {
+            enforced += count.users;
+            if !is_enabled {
+                enforced_not_enabled += count.users;
+            }
+        }
+        let role = by_role.entry(count.role.as_str()).or_default();
+        role.0 += count.users;
+        if is_enabled {
+            role.1 += count.users;
+        }
+    }
+    let by_role: serde_json::Map<String, serde_json::Value> = by_role
+        .into_iter()
+        .map(|(role, (total, enabled))| {
+            (
+                role.to_string(),
+                json!({ "total": total, "enabled": enabled }),
+            )
+        })
+        .collect();
+    Ok(axum::Json(json!({
+        "total": total,
+        "enabled": enabled,
+        "pending": pending,
+        "disabled": disabled,
+        "enforced": enforced,
+        "enforced_not_enabled": enforced_not_enabled,
+        "by_role": by_role,
+        "as_of": state.now(),
+    }))
+    .into_response())
+}
