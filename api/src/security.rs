@@ -30,7 +30,23 @@ fn argon2() -> Argon2<'static> {
 pub const PASSWORD_MIN_CHARS: usize = 8;
 pub const PASSWORD_MAX_BYTES: usize = 1024;
 
+/// Argon2 runs at most once per core at a time: a burst of sign-ins waits
+/// here, cheaply, instead of starting a CPU-bound 19 MiB hash per request
+/// (hundreds at once starved the database into 503s and can exhaust memory).
+async fn hashing_turn() -> Option<tokio::sync::SemaphorePermit<'static>> {
+    static TURNS: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
+    TURNS
+        .get_or_init(|| {
+            let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+            tokio::sync::Semaphore::new(cores)
+        })
+        .acquire()
+        .await
+        .ok()
+}
+
 pub async fn hash_password(password: String) -> Result<PasswordHash, StoreError> {
+    let _turn = hashing_turn().await;
     tokio::task::spawn_blocking(move || {
         let salt = SaltString::generate(&mut OsRng);
         argon2()
@@ -60,6 +76,7 @@ fn dummy_hash() -> &'static str {
 /// Checks `password` against `stored`, or against the dummy hash when there
 /// is no such user (the answer is then always false).
 pub async fn verify_password(stored: Option<PasswordHash>, password: String) -> bool {
+    let _turn = hashing_turn().await;
     tokio::task::spawn_blocking(move || {
         let known = stored.is_some();
         let phc = stored.map_or_else(|| dummy_hash().to_string(), |h| h.as_str().to_string());

@@ -9,4 +9,5 @@ mod authorization;
 mod email;
 mod foundation;
 mod processes;
+mod read_models;
 mod two_factor;

@@ -101,7 +101,7 @@ pub async fn login(
         })
         .await
         .map_err(locked_from(now))?;
-    state.settle(committed.last_position).await?;
+    state.settle(committed.last_position).await;
     let body = committed.find(|event| match event {
         UserEvent::PasswordRejected { .. } => Some(Err(ApiError::InvalidCredentials)),
         UserEvent::SessionStarted {
@@ -207,7 +207,7 @@ pub async fn send_email_code(
             at: now,
         })
         .await?;
-    state.settle(committed.last_position).await?;
+    state.settle(committed.last_position).await;
     let sent = committed.find(|event| match event {
         UserEvent::EmailCodeSent {
             sent_to,
@@ -295,7 +295,7 @@ pub async fn verify(
         })
         .await
         .map_err(locked_from(now))?;
-    state.settle(committed.last_position).await?;
+    state.settle(committed.last_position).await;
     let rejected = committed.find(|event| match event {
         UserEvent::SecondFactorRejected {
             attempts_remaining, ..
@@ -340,7 +340,7 @@ pub async fn logout(
         .store
         .execute(loaded, &session.metadata(&origin, &state), command)
         .await?;
-    state.settle(committed.last_position).await?;
+    state.settle(committed.last_position).await;
     Ok(Written::new(
         StatusCode::NO_CONTENT,
         committed.last_position,

@@ -114,7 +114,7 @@ pub async fn start_totp_enrollment(
             }
         })
         .await?;
-    state.settle(committed.last_position).await?;
+    state.settle(committed.last_position).await;
     let otpauth_uri = parameters.otpauth_uri(
         &secret,
         &state.settings.totp_issuer,
@@ -174,7 +174,7 @@ pub async fn confirm_totp_enrollment(
             }
         })
         .await?;
-    state.settle(committed.last_position).await?;
+    state.settle(committed.last_position).await;
     let rejected = committed.find(|event| match event {
         UserEvent::TotpEnrollmentCodeRejected {
             attempts_remaining, ..
@@ -207,7 +207,7 @@ pub async fn disable_two_factor(
             UserCommand::DisableTwoFactor
         })
         .await?;
-    state.settle(committed.last_position).await?;
+    state.settle(committed.last_position).await;
     if !committed.events.is_empty() {
         state
             .notify(
@@ -266,7 +266,7 @@ pub async fn forget_devices(
         .store
         .execute(loaded, metadata, |_| UserCommand::RevokeRememberedDevices)
         .await?;
-    state.settle(committed.last_position).await?;
+    state.settle(committed.last_position).await;
     Ok(Written::new(
         StatusCode::NO_CONTENT,
         committed.last_position,
@@ -322,7 +322,7 @@ pub async fn change_password(
             }
         })
         .await?;
-    state.settle(committed.last_position).await?;
+    state.settle(committed.last_position).await;
     Ok(Written::new(
         StatusCode::NO_CONTENT,
         committed.last_position,

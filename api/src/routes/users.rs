@@ -133,7 +133,7 @@ pub async fn register(
             at,
         })
         .await?;
-    state.settle(committed.last_position).await?;
+    state.settle(committed.last_position).await;
     Ok((user_id, committed.last_position))
 }
 
@@ -255,7 +255,7 @@ pub async fn update_user(
         position = committed.last_position.or(position);
         loaded = state.store.load(id).await?;
     }
-    state.settle(position).await?;
+    state.settle(position).await;
     Ok(Written::new(
         StatusCode::OK,
         position,
@@ -373,7 +373,7 @@ pub async fn start_impersonation(
             }
         })
         .await?;
-    state.settle(committed.last_position).await?;
+    state.settle(committed.last_position).await;
     state
         .notify(
             target_email.as_deref(),
@@ -409,7 +409,7 @@ pub async fn end_impersonation(
             UserCommand::EndImpersonation { session_id }
         })
         .await?;
-    state.settle(committed.last_position).await?;
+    state.settle(committed.last_position).await;
     Ok(Written::new(
         StatusCode::NO_CONTENT,
         committed.last_position,
@@ -445,7 +445,7 @@ pub async fn reset_two_factor(
             }
         })
         .await?;
-    state.settle(committed.last_position).await?;
+    state.settle(committed.last_position).await;
     state
         .notify(
             email.as_deref(),

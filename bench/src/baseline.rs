@@ -1,0 +1,134 @@
+//! The machine's own limits, measured in the same run as the service:
+//! H = argon2id hashes a second on one core with the service's parameters,
+//! C = durable single-row commits a second of each store.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use argon2::password_hash::{PasswordHasher, SaltString};
+use serde_json::{json, Value};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use sqlx::{Connection, SqliteConnection};
+
+use crate::stats::Samples;
+
+/// H: one thread hashing for `seconds` (one hash ~ 25 ms).
+pub fn argon2_per_core(seconds: f64) -> anyhow::Result<Value> {
+    let argon2 = crate::seed::argon2()?;
+    let salt = SaltString::generate(&mut rand::rngs::OsRng);
+    // Warm the allocator and caches.
+    argon2
+        .hash_password(b"warm-up-password", &salt)
+        .map_err(|error| anyhow::anyhow!("argon2: {error}"))?;
+    let mut samples = Samples::default();
+    let started = Instant::now();
+    while started.elapsed().as_secs_f64() < seconds {
+        let one = Instant::now();
+        argon2
+            .hash_password(crate::model::PASSWORD.as_bytes(), &salt)
+            .map_err(|error| anyhow::anyhow!("argon2: {error}"))?;
+        samples.record("200", one.elapsed());
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    Ok(json!({
+        "kind": "baseline",
+        "name": "H",
+        "what": "argon2id m=19456 KiB t=2 p=1 hashes/s on one core",
+        "per_second": samples.count() as f64 / elapsed,
+        "count": samples.count(),
+        "seconds": elapsed,
+        "latency": samples.summary(),
+    }))
+}
+
+/// C for SQLite: one connection, WAL, synchronous=FULL, one row a commit.
+pub async fn sqlite_commits(dir: &std::path::Path, seconds: f64) -> anyhow::Result<Value> {
+    let path = dir.join("baseline-commits.db");
+    drop(std::fs::remove_file(&path));
+    let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full);
+    let mut conn = SqliteConnection::connect_with(&options).await?;
+    sqlx::query("CREATE TABLE commits (id INTEGER PRIMARY KEY, payload TEXT NOT NULL)")
+        .execute(&mut conn)
+        .await?;
+    let payload = "x".repeat(300);
+    let mut samples = Samples::default();
+    let started = Instant::now();
+    while started.elapsed().as_secs_f64() < seconds {
+        let one = Instant::now();
+        sqlx::query("INSERT INTO commits (payload) VALUES ($1)")
+            .bind(&payload)
+            .execute(&mut conn)
+            .await?;
+        samples.record("200", one.elapsed());
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    conn.close().await?;
+    for suffix in ["", "-wal", "-shm"] {
+        drop(std::fs::remove_file(format!("{}{suffix}", path.display())));
+    }
+    Ok(json!({
+        "kind": "baseline",
+        "name": "C_sqlite",
+        "what": "SQLite single-row commits/s (WAL, synchronous=FULL, 1 connection)",
+        "per_second": samples.count() as f64 / elapsed,
+        "count": samples.count(),
+        "seconds": elapsed,
+        "latency": samples.summary(),
+    }))
+}
+
+/// C for PostgreSQL: `clients` connections, each committing one row at a time.
+pub async fn postgres_commits(url: &str, clients: usize, seconds: f64) -> anyhow::Result<Value> {
+    let pool = PgPoolOptions::new()
+        .max_connections(u32::try_from(clients).unwrap_or(16))
+        .connect(url)
+        .await
+        .with_context(|| format!("cannot connect to {url}"))?;
+    sqlx::raw_sql(
+        "DROP TABLE IF EXISTS bench_commits;
+         CREATE TABLE bench_commits (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, payload text NOT NULL)",
+    )
+    .execute(&pool)
+    .await?;
+    let payload = Arc::new("x".repeat(300));
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let pool = pool.clone();
+        let payload = Arc::clone(&payload);
+        tasks.push(tokio::spawn(async move {
+            let mut samples = Samples::default();
+            while Instant::now() < deadline {
+                let one = Instant::now();
+                sqlx::query("INSERT INTO bench_commits (payload) VALUES ($1)")
+                    .bind(payload.as_str())
+                    .execute(&pool)
+                    .await?;
+                samples.record("200", one.elapsed());
+            }
+            Ok::<_, sqlx::Error>(samples)
+        }));
+    }
+    let mut samples = Samples::default();
+    for task in tasks {
+        samples.merge(task.await??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    sqlx::query("DROP TABLE bench_commits").execute(&pool).await?;
+    Ok(json!({
+        "kind": "baseline",
+        "name": "C_postgres",
+        "what": format!("PostgreSQL single-row commits/s ({clients} clients)"),
+        "per_second": samples.count() as f64 / elapsed,
+        "count": samples.count(),
+        "seconds": elapsed,
+        "latency": samples.summary(),
+    }))
+}
