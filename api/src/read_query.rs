@@ -14,12 +14,24 @@ use crate::state::{AppState, READ_YOUR_WRITES_TIMEOUT};
 /// How often to look again for an event not yet visible to this process.
 const LOOK_AGAIN: std::time::Duration = std::time::Duration::from_millis(25);
 
-/// The endpoint's query `T` (without `min_position`), extracted once the
-/// read models have applied the event at `min_position`. Bad input answers
-/// 400 at once; a position not reached within 5 s answers 503 with
-/// `Retry-After`. Put it after the session extractor, so nobody waits
-/// before being told they may not read.
-pub struct ReadQuery<T>(pub T);
+/// The endpoint's query `T` (without `min_position`). Bad input answers 400
+/// at extraction; the query itself is only handed out by `caught_up`, which
+/// waits until the read models have applied the event at `min_position`
+/// (503 with `Retry-After` after 5 s). The handler checks the caller's role
+/// first, so nobody waits before being told they may not read.
+pub struct ReadQuery<T> {
+    query: T,
+    min_position: Option<i64>,
+}
+
+impl<T> ReadQuery<T> {
+    pub async fn caught_up(self, state: &AppState) -> Result<T, ApiError> {
+        if let Some(position) = self.min_position {
+            reach(state, position).await?;
+        }
+        Ok(self.query)
+    }
+}
 
 /// Splits `min_position` off the raw query, so `T` may keep refusing
 /// unknown fields.
@@ -68,16 +80,16 @@ async fn reach(state: &AppState, position: i64) -> Result<(), ApiError> {
 impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ReadQuery<T> {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, _state: &AppState) -> Result<Self, ApiError> {
         let (min_position, rest) = split_min_position(parts.uri.query().unwrap_or(""))?;
         let uri: Uri = format!("/?{rest}")
             .parse()
             .map_err(|_| ApiError::InvalidRequest("bad query string".into()))?;
         let Query(query) = Query::<T>::try_from_uri(&uri)?;
-        if let Some(position) = min_position {
-            reach(state, position).await?;
-        }
-        Ok(ReadQuery(query))
+        Ok(ReadQuery {
+            query,
+            min_position,
+        })
     }
 }
 

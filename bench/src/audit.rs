@@ -135,7 +135,10 @@ pub struct AuditRow {
 }
 
 fn text(metadata: &Value, key: &str) -> Option<String> {
-    metadata.get(key).and_then(Value::as_str).map(str::to_string)
+    metadata
+        .get(key)
+        .and_then(Value::as_str)
+        .map(str::to_string)
 }
 
 /// The row for `event` at `position` (apply order `id`), chained on the

@@ -121,7 +121,9 @@ pub async fn postgres_commits(url: &str, clients: usize, seconds: f64) -> anyhow
         samples.merge(task.await??);
     }
     let elapsed = started.elapsed().as_secs_f64();
-    sqlx::query("DROP TABLE bench_commits").execute(&pool).await?;
+    sqlx::query("DROP TABLE bench_commits")
+        .execute(&pool)
+        .await?;
     Ok(json!({
         "kind": "baseline",
         "name": "C_postgres",

@@ -27,7 +27,8 @@ impl Answer {
     }
 
     pub fn ok(&self) -> bool {
-        self.status.is_some_and(|status| (200..300).contains(&status))
+        self.status
+            .is_some_and(|status| (200..300).contains(&status))
     }
 
     pub fn text(&self, field: &str) -> Option<&str> {

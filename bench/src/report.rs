@@ -54,16 +54,17 @@ pub fn table(text: &str) -> String {
         }
     };
     let mut rows = Vec::new();
-    let mut push = |label: &str, figure: String, value: String, ratio: String, target: String, verdict| {
-        rows.push(Row {
-            label: label.to_string(),
-            figure,
-            value,
-            ratio,
-            target,
-            verdict,
-        });
-    };
+    let mut push =
+        |label: &str, figure: String, value: String, ratio: String, target: String, verdict| {
+            rows.push(Row {
+                label: label.to_string(),
+                figure,
+                value,
+                ratio,
+                target,
+                verdict,
+            });
+        };
     let mut full_signin_by_servers: HashMap<(String, u64), f64> = HashMap::new();
     for record in &records {
         let label = record["label"].as_str().unwrap_or("");
@@ -89,12 +90,17 @@ pub fn table(text: &str) -> String {
                     label,
                     format!(
                         "seed {} users / {} events ({store}, read models {})",
-                        record["users"], record["events"], record["read_models"].as_str().unwrap_or("")
+                        record["users"],
+                        record["events"],
+                        record["read_models"].as_str().unwrap_or("")
                     ),
                     format!(
                         "{:.0} events/s load, {:.0} s in all",
                         f(&record["load_events_per_second"]),
-                        f(&record["load_seconds"]) + f(&record["index_seconds"]) + f(&record["read_model_seconds"]) + f(&record["analyze_seconds"])
+                        f(&record["load_seconds"])
+                            + f(&record["index_seconds"])
+                            + f(&record["read_model_seconds"])
+                            + f(&record["analyze_seconds"])
                     ),
                     "-".into(),
                     "1M users in minutes".into(),
@@ -128,7 +134,10 @@ pub fn table(text: &str) -> String {
                 let verify = f(&record["verify_events_per_second"]);
                 push(
                     label,
-                    format!("`twofold projections rebuild`, {} events ({store})", record["events"]),
+                    format!(
+                        "`twofold projections rebuild`, {} events ({store})",
+                        record["events"]
+                    ),
                     format!("{rebuild:.0} events/s"),
                     "-".into(),
                     ">= 200,000 events/s".into(),
@@ -136,7 +145,10 @@ pub fn table(text: &str) -> String {
                 );
                 push(
                     label,
-                    format!("`twofold audit verify`, {} events ({store})", record["events"]),
+                    format!(
+                        "`twofold audit verify`, {} events ({store})",
+                        record["events"]
+                    ),
                     format!("{verify:.0} events/s"),
                     "-".into(),
                     ">= 200,000 events/s".into(),
@@ -161,7 +173,11 @@ pub fn table(text: &str) -> String {
             }
             (Some("scenario"), Some("password")) => {
                 let per_core = throughput / cores;
-                let per_cpu = if server_cpu > 0.0 { ok / server_cpu } else { 0.0 };
+                let per_cpu = if server_cpu > 0.0 {
+                    ok / server_cpu
+                } else {
+                    0.0
+                };
                 push(
                     label,
                     format!("password sign-in ({store}, {} server(s), c={})", record["servers"], record["concurrency"]),
@@ -226,8 +242,15 @@ pub fn table(text: &str) -> String {
                 let (name, c) = commit_baseline(store);
                 push(
                     label,
-                    format!("TOTP verify step alone ({store}, c={})", record["concurrency"]),
-                    format!("{throughput:.0}/s; p50 {:.1} p99 {:.1} ms; {errors:.0} errors", p("p50_ms"), p("p99_ms")),
+                    format!(
+                        "TOTP verify step alone ({store}, c={})",
+                        record["concurrency"]
+                    ),
+                    format!(
+                        "{throughput:.0}/s; p50 {:.1} p99 {:.1} ms; {errors:.0} errors",
+                        p("p50_ms"),
+                        p("p99_ms")
+                    ),
                     format!("{:.2} x {name}", ratio(throughput, c)),
                     format!(">= 0.5 x {name}"),
                     verdict(ratio(throughput, c) >= 0.5),
@@ -237,8 +260,15 @@ pub fn table(text: &str) -> String {
                 let (name, c) = commit_baseline(store);
                 push(
                     label,
-                    format!("commands over many users, PATCH email ({store}, c={})", record["concurrency"]),
-                    format!("{throughput:.0}/s; p50 {:.1} p99 {:.1} ms; {errors:.0} errors", p("p50_ms"), p("p99_ms")),
+                    format!(
+                        "commands over many users, PATCH email ({store}, c={})",
+                        record["concurrency"]
+                    ),
+                    format!(
+                        "{throughput:.0}/s; p50 {:.1} p99 {:.1} ms; {errors:.0} errors",
+                        p("p50_ms"),
+                        p("p99_ms")
+                    ),
                     format!("{:.2} x {name}", ratio(throughput, c)),
                     format!(">= 0.6 x {name}"),
                     verdict(ratio(throughput, c) >= 0.6),
@@ -265,7 +295,9 @@ pub fn table(text: &str) -> String {
             (Some("scenario"), Some("overload")) => {
                 let answered = f(&record["requests"]);
                 let fast = f(&record["rejected_within_50ms"]);
-                let excess = (f(&record["offered"]) - f(&record["capacity"]) * f(&record["offering_seconds"])).max(1.0);
+                let excess = (f(&record["offered"])
+                    - f(&record["capacity"]) * f(&record["offering_seconds"]))
+                .max(1.0);
                 push(
                     label,
                     format!("overload at {:.0}/s ({store})", f(&record["offered_rate"])),

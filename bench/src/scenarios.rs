@@ -242,7 +242,12 @@ async fn password(ctx: &Ctx) -> anyhow::Result<Value> {
             let server = target.pick();
             let started = Instant::now();
             let answer = target
-                .post(server, "/api/v1/login", None, &login_body(&model::username(index)))
+                .post(
+                    server,
+                    "/api/v1/login",
+                    None,
+                    &login_body(&model::username(index)),
+                )
                 .await;
             let outcome = match (answer.ok(), answer.text("status")) {
                 (true, Some("authenticated")) => answer.outcome(),
@@ -285,8 +290,12 @@ fn unix_now() -> u64 {
 
 impl Pool {
     fn load(path: &std::path::Path) -> anyhow::Result<Pool> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("no TOTP pool at {}: run --scenario enroll first", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "no TOTP pool at {}: run --scenario enroll first",
+                path.display()
+            )
+        })?;
         let entries: Vec<PoolEntry> = serde_json::from_str(&text)?;
         let users = entries
             .into_iter()
@@ -352,8 +361,9 @@ impl Pool {
         let now = Utc::now();
         let seconds = u64::try_from(now.timestamp()).unwrap_or(0);
         let next = (seconds / period + 1) * period;
-        Duration::from_millis((next - seconds) * 1000 + 50)
-            .saturating_sub(Duration::from_millis(u64::from(now.timestamp_subsec_millis())))
+        Duration::from_millis((next - seconds) * 1000 + 50).saturating_sub(Duration::from_millis(
+            u64::from(now.timestamp_subsec_millis()),
+        ))
     }
 
     fn max_step(&self) -> u64 {
@@ -386,12 +396,21 @@ async fn enroll_one(target: &Target, username: &str) -> Result<PoolEntry, String
     let login = target
         .post(server, "/api/v1/login", None, &login_body(username))
         .await;
-    let token = match (login.ok(), login.text("status"), login.text("session_token")) {
+    let token = match (
+        login.ok(),
+        login.text("status"),
+        login.text("session_token"),
+    ) {
         (true, Some("authenticated"), Some(token)) => token.to_string(),
         _ => return Err(format!("login-{}", login.outcome())),
     };
     let started = target
-        .post(server, "/api/v1/me/two-factor/totp", Some(&token), &json!({}))
+        .post(
+            server,
+            "/api/v1/me/two-factor/totp",
+            Some(&token),
+            &json!({}),
+        )
         .await;
     let (Some(secret), Some(uri)) = (started.text("secret"), started.text("otpauth_uri")) else {
         return Err(format!("start-{}", started.outcome()));
@@ -531,7 +550,9 @@ async fn audit_store(
     acknowledged_events: u64,
     operations: u64,
 ) -> anyhow::Result<Value> {
-    let Some(db) = &ctx.db else { return Ok(Value::Null) };
+    let Some(db) = &ctx.db else {
+        return Ok(Value::Null);
+    };
     let after = store_counters(ctx).await?;
     let (events, transactions, duplicate_sessions, duplicate_acceptances, replays): (
         i64,
@@ -656,14 +677,20 @@ async fn full_signin(ctx: &Ctx) -> anyhow::Result<Value> {
                 let started = Instant::now();
                 let server = target.pick();
                 let login = target
-                    .post(server, "/api/v1/login", None, &login_body(&user.entry.username))
+                    .post(
+                        server,
+                        "/api/v1/login",
+                        None,
+                        &login_body(&user.entry.username),
+                    )
                     .await;
                 let login_latency = started.elapsed();
                 logins
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .record(&login.outcome(), login_latency);
-                let challenge = match (login.ok(), login.text("status"), login.text("challenge_id")) {
+                let challenge = match (login.ok(), login.text("status"), login.text("challenge_id"))
+                {
                     (true, Some("two_factor_required"), Some(challenge)) => {
                         acknowledged.fetch_add(1, Ordering::Relaxed);
                         challenge.to_string()
@@ -681,7 +708,11 @@ async fn full_signin(ctx: &Ctx) -> anyhow::Result<Value> {
                     acknowledged.fetch_add(2, Ordering::Relaxed);
                     (verify.outcome(), started.elapsed(), rng)
                 } else {
-                    (format!("verify-{}", verify.outcome()), started.elapsed(), rng)
+                    (
+                        format!("verify-{}", verify.outcome()),
+                        started.elapsed(),
+                        rng,
+                    )
                 }
             }
         })
@@ -703,8 +734,13 @@ async fn full_signin(ctx: &Ctx) -> anyhow::Result<Value> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .summary();
     if let Some(before) = before {
-        record["store_check"] =
-            audit_store(ctx, &before, acknowledged.load(Ordering::SeqCst), samples.ok()).await?;
+        record["store_check"] = audit_store(
+            ctx,
+            &before,
+            acknowledged.load(Ordering::SeqCst),
+            samples.ok(),
+        )
+        .await?;
     }
     print("full-signin", &record);
     if !record["store_check"].is_null() {
@@ -716,10 +752,16 @@ async fn full_signin(ctx: &Ctx) -> anyhow::Result<Value> {
 async fn totp_verify(ctx: &Ctx) -> anyhow::Result<Value> {
     let pool = Arc::new(Pool::load(&ctx.args.pool)?);
     // Untimed: one open challenge per pool user.
-    let queue = Arc::new(std::sync::Mutex::new((0..pool.users.len()).collect::<Vec<_>>()));
+    let queue = Arc::new(std::sync::Mutex::new(
+        (0..pool.users.len()).collect::<Vec<_>>(),
+    ));
     let mut workers = Vec::new();
     for _ in 0..ctx.args.concurrency {
-        let (queue, pool, target) = (Arc::clone(&queue), Arc::clone(&pool), Arc::clone(&ctx.target));
+        let (queue, pool, target) = (
+            Arc::clone(&queue),
+            Arc::clone(&pool),
+            Arc::clone(&ctx.target),
+        );
         workers.push(tokio::spawn(async move {
             let mut challenges = Vec::new();
             loop {
@@ -729,7 +771,12 @@ async fn totp_verify(ctx: &Ctx) -> anyhow::Result<Value> {
                     .pop();
                 let Some(index) = next else { break };
                 let login = target
-                    .post(target.pick(), "/api/v1/login", None, &login_body(&pool.users[index].entry.username))
+                    .post(
+                        target.pick(),
+                        "/api/v1/login",
+                        None,
+                        &login_body(&pool.users[index].entry.username),
+                    )
                     .await;
                 if let Some(challenge) = login.text("challenge_id") {
                     challenges.push((index, challenge.to_string()));
@@ -758,7 +805,11 @@ async fn totp_verify(ctx: &Ctx) -> anyhow::Result<Value> {
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..ctx.args.concurrency {
-        let (queue, pool, target) = (Arc::clone(&queue), Arc::clone(&pool), Arc::clone(&ctx.target));
+        let (queue, pool, target) = (
+            Arc::clone(&queue),
+            Arc::clone(&pool),
+            Arc::clone(&ctx.target),
+        );
         workers.push(tokio::spawn(async move {
             let mut samples = Samples::default();
             loop {
@@ -766,7 +817,9 @@ async fn totp_verify(ctx: &Ctx) -> anyhow::Result<Value> {
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .pop();
-                let Some((index, challenge)) = next else { break };
+                let Some((index, challenge)) = next else {
+                    break;
+                };
                 let user = &pool.users[index];
                 let now = unix_now();
                 user.last_step
@@ -840,7 +893,13 @@ async fn history(ctx: &Ctx) -> anyhow::Result<Value> {
         async move {
             let started = Instant::now();
             let answer = target
-                .call(target.pick(), reqwest::Method::PATCH, &path, Some(&token), Some(&body))
+                .call(
+                    target.pick(),
+                    reqwest::Method::PATCH,
+                    &path,
+                    Some(&token),
+                    Some(&body),
+                )
                 .await;
             (answer.outcome(), started.elapsed())
         }
@@ -870,12 +929,15 @@ async fn history(ctx: &Ctx) -> anyhow::Result<Value> {
     let seconds = started.elapsed().as_secs_f64();
     let [short, long] = samples;
     let (s, l) = (short.summary(), long.summary());
-    let ratio = |key: &str| l[key].as_f64().unwrap_or(0.0) / s[key].as_f64().unwrap_or(1.0).max(1e-9);
+    let ratio =
+        |key: &str| l[key].as_f64().unwrap_or(0.0) / s[key].as_f64().unwrap_or(1.0).max(1e-9);
     let mut all = short.clone();
     all.merge(long.clone());
     let mut record = ctx.record("history", &all, seconds, cpu.stop());
-    record["short"] = json!({ "events": model::SHORT_HISTORY, "latency": s, "first_command_ms": cold[0] });
-    record["long"] = json!({ "events": model::LONG_HISTORY, "latency": l, "first_command_ms": cold[1] });
+    record["short"] =
+        json!({ "events": model::SHORT_HISTORY, "latency": s, "first_command_ms": cold[0] });
+    record["long"] =
+        json!({ "events": model::LONG_HISTORY, "latency": l, "first_command_ms": cold[1] });
     record["ratio_p50"] = json!(ratio("p50_ms"));
     record["ratio_p99"] = json!(ratio("p99_ms"));
     record["ratio_mean"] = json!(ratio("mean_ms"));
@@ -899,7 +961,7 @@ fn measured_capacity(args: &RunArgs) -> Option<f64> {
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
         .filter(|record| record["name"] == "password" && record["label"] == args.label.as_str())
         .filter_map(|record| record["throughput"].as_f64())
-        .last()
+        .next_back()
 }
 
 async fn overload(ctx: &Ctx) -> anyhow::Result<Value> {
@@ -907,21 +969,36 @@ async fn overload(ctx: &Ctx) -> anyhow::Result<Value> {
     let rate = match (ctx.args.rate, capacity) {
         (Some(rate), _) => rate,
         (None, Some(capacity)) => capacity * ctx.args.overload_factor,
-        (None, None) => bail!("give --rate, or run --scenario password with the same --out and --label first"),
+        (None, None) => {
+            bail!("give --rate, or run --scenario password with the same --out and --label first")
+        }
     };
     anyhow::ensure!(rate > 0.0, "the offered rate must be positive");
     let users = Arc::new(password_users(&ctx.args));
     let in_flight = Arc::new(tokio::sync::Semaphore::new(ctx.args.max_in_flight));
     let samples = Arc::new(std::sync::Mutex::new(Samples::default()));
     let fast_rejections = Arc::new(AtomicU64::new(0));
-    let memory_before: Vec<(f64, f64)> = ctx.args.server_pids.iter().filter_map(|pid| memory_mib(*pid)).collect();
+    let memory_before: Vec<(f64, f64)> = ctx
+        .args
+        .server_pids
+        .iter()
+        .filter_map(|pid| memory_mib(*pid))
+        .collect();
     let peak_rss = Arc::new(AtomicU64::new(0));
     let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let sampler = {
-        let (pids, peak, sampling) = (ctx.args.server_pids.clone(), Arc::clone(&peak_rss), Arc::clone(&sampling));
+        let (pids, peak, sampling) = (
+            ctx.args.server_pids.clone(),
+            Arc::clone(&peak_rss),
+            Arc::clone(&sampling),
+        );
         tokio::spawn(async move {
             while sampling.load(Ordering::Relaxed) {
-                let rss: f64 = pids.iter().filter_map(|pid| memory_mib(*pid)).map(|(rss, _)| rss).sum();
+                let rss: f64 = pids
+                    .iter()
+                    .filter_map(|pid| memory_mib(*pid))
+                    .map(|(rss, _)| rss)
+                    .sum();
                 peak.fetch_max(rss as u64, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -953,7 +1030,12 @@ async fn overload(ctx: &Ctx) -> anyhow::Result<Value> {
         tasks.push(tokio::spawn(async move {
             let one = Instant::now();
             let answer = target
-                .post(target.pick(), "/api/v1/login", None, &login_body(&model::username(index)))
+                .post(
+                    target.pick(),
+                    "/api/v1/login",
+                    None,
+                    &login_body(&model::username(index)),
+                )
                 .await;
             let latency = one.elapsed();
             if matches!(answer.status, Some(429 | 503)) && latency <= Duration::from_millis(50) {
@@ -977,7 +1059,12 @@ async fn overload(ctx: &Ctx) -> anyhow::Result<Value> {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
-    let memory_after: Vec<(f64, f64)> = ctx.args.server_pids.iter().filter_map(|pid| memory_mib(*pid)).collect();
+    let memory_after: Vec<(f64, f64)> = ctx
+        .args
+        .server_pids
+        .iter()
+        .filter_map(|pid| memory_mib(*pid))
+        .collect();
     let mut record = ctx.record("overload", &samples, drained, cpu.stop());
     let rejections: u64 = ["429", "503"]
         .iter()
@@ -1015,20 +1102,30 @@ async fn overload(ctx: &Ctx) -> anyhow::Result<Value> {
     Ok(record)
 }
 
+/// Picks the path of the next read.
+type PathFor = fn(&mut StdRng, u64) -> String;
+
 async fn reads(ctx: &Ctx) -> anyhow::Result<Vec<Value>> {
     let token = Arc::new(admin_token(&ctx.target).await?);
     let users = ctx.args.users;
     let mut records = Vec::new();
-    let kinds: [(&str, fn(&mut StdRng, u64) -> String); 4] = [
-        ("read-report", |_, _| "/api/v1/reports/two-factor".to_string()),
+    let kinds: [(&str, PathFor); 4] = [
+        ("read-report", |_, _| {
+            "/api/v1/reports/two-factor".to_string()
+        }),
         ("read-search", |rng, users| {
             // "load-" and four digits: about a thousand users at 1M.
             let name = model::username(rng.gen_range(0..users));
             format!("/api/v1/users?q={}&limit=50", &name[..9.min(name.len())])
         }),
-        ("read-users-page", |_, _| "/api/v1/users?limit=50".to_string()),
+        ("read-users-page", |_, _| {
+            "/api/v1/users?limit=50".to_string()
+        }),
         ("read-audit-user", |rng, users| {
-            format!("/api/v1/audit?user_id={}&limit=100", model::user_id(rng.gen_range(0..users)))
+            format!(
+                "/api/v1/audit?user_id={}&limit=100",
+                model::user_id(rng.gen_range(0..users))
+            )
         }),
     ];
     for (name, path) in kinds {
@@ -1056,7 +1153,10 @@ pub fn memory_record(pids: &[u32], label: &str) -> Value {
     let memory: Vec<(f64, f64)> = pids.iter().filter_map(|pid| memory_mib(*pid)).collect();
     let rss: f64 = memory.iter().map(|m| m.0).sum();
     let peak: f64 = memory.iter().map(|m| m.1).sum();
-    println!("memory         {label}: RSS {rss:.1} MiB (peak {peak:.1} MiB) over {} process(es)", memory.len());
+    println!(
+        "memory         {label}: RSS {rss:.1} MiB (peak {peak:.1} MiB) over {} process(es)",
+        memory.len()
+    );
     json!({
         "kind": "memory",
         "label": label,

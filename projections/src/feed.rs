@@ -34,16 +34,26 @@ SELECT position AS transaction_id, position, aggregate_id, sequence, event_type,
  ORDER BY position
  LIMIT $3";
 
-/// `$1`/`$2`: the checkpoint; `$3`: batch size. Transactions still running
-/// (or younger than the oldest running one) are left for the next round, so
-/// an event whose transaction commits late is never skipped.
+/// `$1`/`$2`: the checkpoint; `$3`: batch size. Events of transactions at or
+/// above the oldest one still in progress in the statement's snapshot are
+/// left for the next round, so an event whose transaction commits late is
+/// never skipped. Transactions running in other databases of the cluster
+/// can't write our events: they are left out of that horizon, so a long
+/// transaction elsewhere doesn't hold the read models back. (`backend_xid`
+/// is a 32-bit xid: compare it with the low half of the 64-bit ids.)
 pub(crate) const POSTGRES_FEED: &str = "
 SELECT transaction_id, position, aggregate_id, sequence, event_type, event_version,
        payload, metadata, recorded_at
   FROM events
  WHERE aggregate_type = 'user'
    AND (transaction_id, position) > ($1, $2)
-   AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+   AND transaction_id < (
+       SELECT coalesce(min(xip::text::bigint), pg_snapshot_xmax(pg_current_snapshot())::text::bigint)
+         FROM pg_snapshot_xip(pg_current_snapshot()) AS xip
+        WHERE xip::text::bigint % 4294967296 NOT IN (
+              SELECT backend_xid::text::bigint
+                FROM pg_stat_activity
+               WHERE backend_xid IS NOT NULL AND datname IS DISTINCT FROM current_database()))
  ORDER BY transaction_id, position
  LIMIT $3";
 

@@ -437,3 +437,26 @@ async fn user_changes_their_password_and_forgets_remembered_devices(backend: Bac
     );
     app.stop().await;
 }
+
+/// PostgreSQL's horizon for the read models ignores transactions of other
+/// databases of the cluster: they cannot write our events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_transaction_in_another_database_does_not_hold_the_read_models_back() {
+    use sqlx::{Connection, Executor};
+    let app = spawn_app(Backend::Postgres).await;
+    let elsewhere = crate::helpers::fresh_postgres_database().await;
+    let mut connection = sqlx::PgConnection::connect(&elsewhere).await.unwrap();
+    let mut long = connection.begin().await.unwrap();
+    long.execute("CREATE TABLE unrelated (x int)").await.unwrap();
+    long.execute("INSERT INTO unrelated VALUES (1)").await.unwrap();
+    // While that transaction stays open, our writes are read back at once.
+    let admin = app.admin_token().await;
+    let created = app
+        .post("/api/v1/users", Some(&admin), json!({ "username": "ivy", "password": "ivy-password" }))
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{created:?}");
+    let found = app.get("/api/v1/users?q=ivy", &admin).await;
+    assert_eq!(found.body["users"][0]["username"], "ivy", "{found:?}");
+    long.rollback().await.unwrap();
+    app.stop().await;
+}

@@ -113,7 +113,12 @@ async fn get_text(app: &TestApp, path: &str, token: &str) -> (StatusCode, String
 
 fn csv_rows(text: &str) -> (Vec<String>, Vec<Vec<String>>) {
     let mut reader = csv::Reader::from_reader(text.as_bytes());
-    let header = reader.headers().unwrap().iter().map(str::to_string).collect();
+    let header = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .map(str::to_string)
+        .collect();
     let rows = reader
         .records()
         .map(|r| r.unwrap().iter().map(str::to_string).collect())
@@ -200,7 +205,10 @@ async fn report_counts_follow_roles_enrollments_and_enforcement(backend: Backend
     create(&app, "eli", None, "admin").await;
     let body = assert_report_matches_directory(&app, &root).await;
     assert_eq!(body["total"], 6);
-    assert_eq!(body["by_role"]["auditor"], json!({ "total": 1, "enabled": 0 }));
+    assert_eq!(
+        body["by_role"]["auditor"],
+        json!({ "total": 1, "enabled": 0 })
+    );
 
     // ann enables 2FA; bob leaves an enrollment pending; eli enables then disables.
     let token = sign_in(&app, "ann").await;
@@ -237,8 +245,14 @@ async fn report_counts_follow_roles_enrollments_and_enforcement(backend: Backend
     assert_eq!(body["enforced"], 2);
     assert_eq!(body["enforced_not_enabled"], 1);
     assert_eq!(body["by_role"]["user"], json!({ "total": 2, "enabled": 1 }));
-    assert_eq!(body["by_role"]["auditor"], json!({ "total": 2, "enabled": 0 }));
-    assert_eq!(body["by_role"]["admin"], json!({ "total": 1, "enabled": 0 }));
+    assert_eq!(
+        body["by_role"]["auditor"],
+        json!({ "total": 2, "enabled": 0 })
+    );
+    assert_eq!(
+        body["by_role"]["admin"],
+        json!({ "total": 1, "enabled": 0 })
+    );
     app.stop().await;
 }
 
@@ -352,7 +366,10 @@ async fn audit_page_shows_each_step_with_actor_and_impersonator(backend: Backend
             assert!(row.get(key).is_some(), "{key} in {row}");
         }
     }
-    let positions: Vec<i64> = rows.iter().map(|r| r["position"].as_i64().unwrap()).collect();
+    let positions: Vec<i64> = rows
+        .iter()
+        .map(|r| r["position"].as_i64().unwrap())
+        .collect();
     assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
     // Who did each step.
     assert_eq!(rows[0]["actor_id"], ada.as_str(), "created by ada");
@@ -384,7 +401,9 @@ async fn audit_exports_stream_the_same_rows_without_secrets(backend: Backend) {
         .post(format!("{}/api/v1/users", app.base))
         .bearer_auth(&root)
         .header("user-agent", "=HYPERLINK(\"http://x\")")
-        .json(&json!({ "username": "ann", "password": password("ann"), "email": "ann@example.com" }))
+        .json(
+            &json!({ "username": "ann", "password": password("ann"), "email": "ann@example.com" }),
+        )
         .send()
         .await
         .unwrap();
@@ -392,7 +411,9 @@ async fn audit_exports_stream_the_same_rows_without_secrets(backend: Backend) {
     let token = sign_in(&app, "ann").await;
     let (secret, recovery) = app.enroll_totp(&token).await;
     app.next_step();
-    let login = app.login_with_code("ann", &password("ann"), &secret, true).await;
+    let login = app
+        .login_with_code("ann", &password("ann"), &secret, true)
+        .await;
     assert_eq!(login.status, StatusCode::OK, "{login:?}");
     let device_token = login.body["device_token"].as_str().unwrap().to_string();
     let changed = app
@@ -407,18 +428,19 @@ async fn audit_exports_stream_the_same_rows_without_secrets(backend: Backend) {
     let page = audit_all(&app, &root, "", 500).await;
     assert_eq!(page.len() as i64, app.event_count().await);
 
-    let (status, content_type, text) =
-        get_text(&app, "/api/v1/audit?format=jsonl", &root).await;
+    let (status, content_type, text) = get_text(&app, "/api/v1/audit?format=jsonl", &root).await;
     assert_eq!(status, StatusCode::OK);
-    assert!(content_type.starts_with("application/x-ndjson"), "{content_type}");
+    assert!(
+        content_type.starts_with("application/x-ndjson"),
+        "{content_type}"
+    );
     let lines: Vec<Value> = text
         .lines()
         .map(|line| serde_json::from_str(line).unwrap())
         .collect();
     assert_eq!(lines, page, "JSON lines hold the same rows as the pages");
 
-    let (status, content_type, csv_text) =
-        get_text(&app, "/api/v1/audit?format=csv", &root).await;
+    let (status, content_type, csv_text) = get_text(&app, "/api/v1/audit?format=csv", &root).await;
     assert_eq!(status, StatusCode::OK);
     assert!(content_type.starts_with("text/csv"));
     let (header, rows) = csv_rows(&csv_text);
@@ -445,8 +467,7 @@ async fn audit_exports_stream_the_same_rows_without_secrets(backend: Backend) {
         assert_eq!(data, json_row["data"]);
     }
     assert!(
-        rows.iter()
-            .any(|row| row[8] == "'=HYPERLINK(\"http://x\")"),
+        rows.iter().any(|row| row[8] == "'=HYPERLINK(\"http://x\")"),
         "{csv_text}"
     );
 
@@ -514,12 +535,18 @@ async fn audit_pages_never_repeat_or_drop_a_row_while_writes_go_on(backend: Back
     let all = audit_all(&app, &root, "", 500).await;
     assert_eq!(all.len() as i64, app.event_count().await);
     let positions = |rows: &[Value]| -> Vec<i64> {
-        rows.iter().map(|r| r["position"].as_i64().unwrap()).collect()
+        rows.iter()
+            .map(|r| r["position"].as_i64().unwrap())
+            .collect()
     };
     let paged = positions(&paged);
     let all = positions(&all);
     assert!(paged.len() >= 12, "{paged:?}");
-    assert_eq!(paged[..], all[..paged.len()], "pages = a prefix of the trail");
+    assert_eq!(
+        paged[..],
+        all[..paged.len()],
+        "pages = a prefix of the trail"
+    );
     let mut unique = paged.clone();
     unique.sort_unstable();
     unique.dedup();
@@ -544,7 +571,8 @@ async fn audit_filters_and_bad_input(backend: Backend) {
     let rows = audit_all(&app, &root, "&type=EmailChanged", 10).await;
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0]["data"]["email"], "ann@example.com");
-    let from = (before + chrono::Duration::minutes(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let from =
+        (before + chrono::Duration::minutes(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let later = audit_all(&app, &root, &format!("&from={from}&user_id={ann}"), 10).await;
     assert_eq!(later.len(), 1, "{later:?}");
     let earlier = audit_all(&app, &root, &format!("&to={from}&user_id={ann}"), 10).await;
@@ -602,7 +630,11 @@ async fn store(backend: Backend) -> Store {
         (&bob, "bob2@example.com"),
     ] {
         let changed = app
-            .patch(&format!("/api/v1/users/{user}"), &root, json!({ "email": email }))
+            .patch(
+                &format!("/api/v1/users/{user}"),
+                &root,
+                json!({ "email": email }),
+            )
             .await;
         assert_eq!(changed.status, StatusCode::OK);
     }
@@ -688,7 +720,10 @@ async fn verify_is_ok_on_a_clean_store_and_keeps_an_external_head(backend: Backe
     let wrong = format!("{head_position}:{}", "0".repeat(64));
     let (success, refused) = verify_cli(&s.app, Some(&wrong));
     assert!(!success);
-    assert_eq!(refused["first_mismatch"]["problem"], "head_differs", "{refused}");
+    assert_eq!(
+        refused["first_mismatch"]["problem"], "head_differs",
+        "{refused}"
+    );
     let (success, refused) = verify_cli(&s.app, Some(&format!("99999:{head}")));
     assert!(!success);
     assert_eq!(refused["first_mismatch"]["problem"], "head_not_reached");
@@ -735,11 +770,19 @@ async fn verify_detects_an_event_inserted_below_the_checkpoint(backend: Backend)
                              payload, metadata{})
          VALUES ('user', '{}', 99, 'RoleChanged', '1', '{{\"RoleChanged\":{{\"role\":\"admin\"}}}}',
                  '{{}}'{})",
-        if backend == Backend::Postgres { ", transaction_id" } else { "" },
+        if backend == Backend::Postgres {
+            ", transaction_id"
+        } else {
+            ""
+        },
         s.ann,
         // PostgreSQL: a transaction id older than every real one puts it
         // behind the checkpoint, where the projection never looks.
-        if backend == Backend::Postgres { ", 1" } else { "" },
+        if backend == Backend::Postgres {
+            ", 1"
+        } else {
+            ""
+        },
     );
     let sql = match backend {
         // SQLite numbers it last; moving it to position 0 in the same
@@ -777,7 +820,10 @@ async fn verify_detects_a_renumbered_stream(backend: Backend) {
     let mismatch = assert_detected(&s, &["event_changed"]).await;
     assert_eq!(mismatch["position"], moved);
     assert_eq!(mismatch["user_id"], s.ann.as_str());
-    assert_eq!(mismatch["sequence"], 3, "the event recorded as 2 now claims 3");
+    assert_eq!(
+        mismatch["sequence"], 3,
+        "the event recorded as 2 now claims 3"
+    );
     s.app.stop().await;
 }
 
@@ -820,7 +866,11 @@ async fn min_position_not_reached_answers_503_within_five_seconds(backend: Backe
         )
         .await;
     let reached = created.position().unwrap();
-    for path in ["/api/v1/users", "/api/v1/reports/two-factor", "/api/v1/audit"] {
+    for path in [
+        "/api/v1/users",
+        "/api/v1/reports/two-factor",
+        "/api/v1/audit",
+    ] {
         let answer = app
             .get(&format!("{path}?min_position={reached}"), &root)
             .await;
@@ -830,13 +880,16 @@ async fn min_position_not_reached_answers_503_within_five_seconds(backend: Backe
     let far = reached + 1_000_000;
     let (shared, token) = (&app, &root);
     let answers = futures::future::join_all(
-        ["/api/v1/users?limit=5&", "/api/v1/reports/two-factor?", "/api/v1/audit?"].map(
-            |path| async move {
-                shared
-                    .get(&format!("{path}min_position={far}"), token)
-                    .await
-            },
-        ),
+        [
+            "/api/v1/users?limit=5&",
+            "/api/v1/reports/two-factor?",
+            "/api/v1/audit?",
+        ]
+        .map(|path| async move {
+            shared
+                .get(&format!("{path}min_position={far}"), token)
+                .await
+        }),
     )
     .await;
     let elapsed = started.elapsed();
@@ -893,9 +946,7 @@ async fn auditors_read_reports_and_audit_and_users_may_not(backend: Backend) {
     }
     // A user is refused at once, even when asking to wait for the future.
     let started = Instant::now();
-    let refused = app
-        .get("/api/v1/audit?min_position=999999", &user)
-        .await;
+    let refused = app.get("/api/v1/audit?min_position=999999", &user).await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN);
     assert!(started.elapsed() < Duration::from_secs(2));
     app.stop().await;
@@ -980,7 +1031,9 @@ async fn rebuild_gives_the_same_rows_as_incremental(backend: Backend) {
     let token = sign_in(&app, "ann").await;
     let (secret, _) = app.enroll_totp(&token).await;
     app.next_step();
-    let login = app.login_with_code("ann", &password("ann"), &secret, false).await;
+    let login = app
+        .login_with_code("ann", &password("ann"), &secret, false)
+        .await;
     assert_eq!(login.status, StatusCode::OK);
     set_enforced(&app, &root, &bob, true).await;
     let held = app.login("bob", &password("bob")).await;
@@ -998,15 +1051,24 @@ async fn rebuild_gives_the_same_rows_as_incremental(backend: Backend) {
     let challenge = app.login("ann", &password("ann")).await;
     assert_eq!(challenge.body["status"], "two_factor_required");
     let promoted = app
-        .patch(&format!("/api/v1/users/{ann}"), &root, json!({ "role": "admin" }))
+        .patch(
+            &format!("/api/v1/users/{ann}"),
+            &root,
+            json!({ "role": "admin" }),
+        )
         .await;
     assert_eq!(promoted.status, StatusCode::OK);
 
     let incremental = read_models(&app).await;
     assert!(incremental.iter().any(|r| r.starts_with("challenges")));
-    assert!(incremental.iter().any(|r| r.starts_with("two_factor_counts")));
+    assert!(incremental
+        .iter()
+        .any(|r| r.starts_with("two_factor_counts")));
     assert_eq!(
-        incremental.iter().filter(|r| r.starts_with("audit_log")).count() as i64,
+        incremental
+            .iter()
+            .filter(|r| r.starts_with("audit_log"))
+            .count() as i64,
         app.event_count().await
     );
     let output = std::process::Command::new(binary())

@@ -131,10 +131,10 @@ fn parse(query: AuditQuery) -> Result<(AuditFilter, Output), ApiError> {
 pub async fn audit_trail(
     State(state): State<AppState>,
     FullSession(session): FullSession,
-    ReadQuery(query): ReadQuery<AuditQuery>,
+    query: ReadQuery<AuditQuery>,
 ) -> Result<Response, ApiError> {
     session.require(Role::can_read_reports)?;
-    let (filter, output) = parse(query)?;
+    let (filter, output) = parse(query.caught_up(&state).await?)?;
     let db = state.projector.db().clone();
     match output {
         Output::Page => {

@@ -26,9 +26,10 @@ pub struct ReportQuery {
 pub async fn two_factor_report(
     State(state): State<AppState>,
     FullSession(session): FullSession,
-    ReadQuery(query): ReadQuery<ReportQuery>,
+    query: ReadQuery<ReportQuery>,
 ) -> Result<Response, ApiError> {
     session.require(Role::can_read_reports)?;
+    let query = query.caught_up(&state).await?;
     match query.format.as_deref() {
         None | Some("json") => {}
         Some("csv") => {

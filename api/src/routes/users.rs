@@ -277,9 +277,10 @@ pub struct SearchQuery {
 pub async fn list_users(
     State(state): State<AppState>,
     FullSession(session): FullSession,
-    ReadQuery(query): ReadQuery<SearchQuery>,
+    query: ReadQuery<SearchQuery>,
 ) -> Result<Json<Value>, ApiError> {
     session.require(Role::can_read_reports)?;
+    let query = query.caught_up(&state).await?;
     let limit = query.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
         return Err(ApiError::InvalidRequest("limit is 1 to 500".into()));
