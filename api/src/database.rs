@@ -38,11 +38,40 @@ pub async fn connect(url: &str) -> anyhow::Result<Db> {
 }
 
 pub async fn migrate(db: &Db) -> anyhow::Result<()> {
+    let migrator = match db {
+        Db::Sqlite(_) => sqlx::migrate!("../migrations/sqlite"),
+        Db::Postgres(_) => sqlx::migrate!("../migrations/postgres"),
+    };
+    if up_to_date(db, &migrator).await {
+        return Ok(());
+    }
     match db {
-        Db::Sqlite(pool) => sqlx::migrate!("../migrations/sqlite").run(pool).await?,
-        Db::Postgres(pool) => sqlx::migrate!("../migrations/postgres").run(pool).await?,
+        Db::Sqlite(pool) => migrator.run(pool).await?,
+        Db::Postgres(pool) => migrator.run(pool).await?,
     }
     Ok(())
+}
+
+/// Every migration already applied, unchanged. Checked with a SELECT first
+/// because sqlx's runner starts with CREATE TABLE IF NOT EXISTS, which a
+/// PostgreSQL service role without CREATE on the schema may not run even
+/// when the table exists (operations.md: the service may not change or
+/// delete events, so it does not own the schema). Anything else (first
+/// start, a new or changed migration) goes to the runner, which applies or
+/// reports it.
+async fn up_to_date(db: &Db, migrator: &sqlx::migrate::Migrator) -> bool {
+    const SQL: &str = "SELECT version, checksum FROM _sqlx_migrations WHERE success";
+    let applied: Result<Vec<(i64, Vec<u8>)>, sqlx::Error> = match db {
+        Db::Sqlite(pool) => sqlx::query_as(SQL).fetch_all(pool).await,
+        Db::Postgres(pool) => sqlx::query_as(SQL).fetch_all(pool).await,
+    };
+    applied.is_ok_and(|applied| {
+        migrator.iter().all(|migration| {
+            applied.iter().any(|(version, checksum)| {
+                *version == migration.version && checksum[..] == migration.checksum[..]
+            })
+        })
+    })
 }
 
 /// The SQLite file behind a URL, for keeping the master key beside it.

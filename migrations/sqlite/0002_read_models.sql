@@ -33,6 +33,7 @@ CREATE INDEX user_directory_email_key ON user_directory (email_key);
 -- Which user a sign-in challenge belongs to.
 CREATE TABLE challenges (
     challenge_id TEXT PRIMARY KEY,
-    user_id      TEXT NOT NULL
+    user_id      TEXT NOT NULL,
+    expires_at   TEXT NOT NULL
 );
 CREATE INDEX challenges_user ON challenges (user_id);

@@ -119,11 +119,38 @@ pub(crate) fn plan(event: &StoredEvent) -> Result<Vec<Statement>, ProjectionErro
         ],
         // A new challenge does not end the user's older ones: the aggregate
         // keeps every unexpired challenge open (two tabs, a retried sign-in)
-        // and decides whether it is spent, locked or expired.
-        UserEvent::ChallengeIssued { challenge_id, .. } => vec![statement(
-            "INSERT INTO challenges (challenge_id, user_id) VALUES ($1, $2)
-             ON CONFLICT (challenge_id) DO NOTHING",
-            vec![challenge_id.to_string().into(), user_id.into()],
+        // and decides whether it is spent, locked or expired. Rows of
+        // challenges that had expired by now are pruned.
+        UserEvent::ChallengeIssued {
+            challenge_id,
+            expires_at,
+            ..
+        } => vec![
+            statement(
+                "DELETE FROM challenges WHERE user_id = $1 AND expires_at <= $2",
+                vec![
+                    user_id.into(),
+                    (expires_at - twofold_domain::policy::challenge_lifetime()).into(),
+                ],
+            ),
+            statement(
+                "INSERT INTO challenges (challenge_id, user_id, expires_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (challenge_id) DO NOTHING",
+                vec![challenge_id.to_string().into(), user_id.into(), expires_at.into()],
+            ),
+        ],
+        // The challenge lives as long as its emailed code.
+        UserEvent::EmailCodeSent {
+            challenge_id,
+            expires_at,
+            ..
+        } => vec![statement(
+            "UPDATE challenges SET expires_at = $2 WHERE challenge_id = $1 AND expires_at < $2",
+            vec![challenge_id.to_string().into(), expires_at.into()],
+        )],
+        UserEvent::SecondFactorAccepted { challenge_id, .. } => vec![statement(
+            "DELETE FROM challenges WHERE challenge_id = $1",
+            vec![challenge_id.to_string().into()],
         )],
         UserEvent::TwoFactorEnforced { .. } => vec![statement(
             "UPDATE user_directory SET enforced = true WHERE user_id = $1",
@@ -177,10 +204,8 @@ pub(crate) fn plan(event: &StoredEvent) -> Result<Vec<Statement>, ProjectionErro
         }
         UserEvent::PasswordChanged { .. }
         | UserEvent::PasswordRejected { .. }
-        | UserEvent::SecondFactorAccepted { .. }
         | UserEvent::SecondFactorRejected { .. }
         | UserEvent::TotpCodeReplayed { .. }
-        | UserEvent::EmailCodeSent { .. }
         | UserEvent::EmailCodeRefused { .. }
         | UserEvent::SecondFactorSuspended { .. }
         | UserEvent::TotpEnrollmentCodeRejected { .. }

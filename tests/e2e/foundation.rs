@@ -447,12 +447,20 @@ async fn a_long_transaction_in_another_database_does_not_hold_the_read_models_ba
     let elsewhere = crate::helpers::fresh_postgres_database().await;
     let mut connection = sqlx::PgConnection::connect(&elsewhere).await.unwrap();
     let mut long = connection.begin().await.unwrap();
-    long.execute("CREATE TABLE unrelated (x int)").await.unwrap();
-    long.execute("INSERT INTO unrelated VALUES (1)").await.unwrap();
+    long.execute("CREATE TABLE unrelated (x int)")
+        .await
+        .unwrap();
+    long.execute("INSERT INTO unrelated VALUES (1)")
+        .await
+        .unwrap();
     // While that transaction stays open, our writes are read back at once.
     let admin = app.admin_token().await;
     let created = app
-        .post("/api/v1/users", Some(&admin), json!({ "username": "ivy", "password": "ivy-password" }))
+        .post(
+            "/api/v1/users",
+            Some(&admin),
+            json!({ "username": "ivy", "password": "ivy-password" }),
+        )
         .await;
     assert_eq!(created.status, StatusCode::CREATED, "{created:?}");
     let found = app.get("/api/v1/users?q=ivy", &admin).await;

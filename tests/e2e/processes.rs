@@ -597,9 +597,11 @@ async fn one_totp_code_sent_sixty_times_at_once_is_accepted_once() {
 
     // Each round's challenges, opened on process c % 3. Setup, not the
     // property under test: a dozen sign-ins (argon2 each) at a time.
-    let opened: Vec<String> = futures::stream::iter(users.iter().flat_map(|user| {
-        (0..CHALLENGES_PER_ROUND).map(move |c| (user, c))
-    }))
+    let opened: Vec<String> = futures::stream::iter(
+        users
+            .iter()
+            .flat_map(|user| (0..CHALLENGES_PER_ROUND).map(move |c| (user, c))),
+    )
     .map(|(user, c)| {
         let cluster = &cluster;
         async move {
