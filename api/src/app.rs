@@ -156,6 +156,7 @@ fn metrics_handle() -> PrometheusHandle {
 /// Everything `serve` needs, resolved from flags.
 pub struct ServeConfig {
     pub database_url: String,
+    pub database_max_connections: u32,
     pub mail: MailConfig,
     pub listen: SocketAddr,
     pub master_key_file: std::path::PathBuf,
@@ -202,6 +203,7 @@ impl ServeConfig {
             .map_err(|error| anyhow::anyhow!("TOTP settings: {error}"))?;
         Ok(ServeConfig {
             database_url: url,
+            database_max_connections: args.database.database_max_connections,
             mail,
             listen: args.listen,
             master_key_file,
@@ -262,7 +264,7 @@ impl Running {
 }
 
 pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
-    let db = database::connect(&config.database_url).await?;
+    let db = database::connect(&config.database_url, config.database_max_connections).await?;
     database::migrate(&db).await.context("migrations failed")?;
     let key = security::load_or_create_master_key(&config.master_key_file)?;
     security::prepare().await;

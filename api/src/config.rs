@@ -99,6 +99,15 @@ pub struct DatabaseArgs {
         default_value = "sqlite://twofold.db"
     )]
     pub database_url: String,
+    /// Connections the process keeps to the store at most.
+    #[arg(long, env = "TWOFOLD_DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
+    pub database_max_connections: u32,
+}
+
+impl DatabaseArgs {
+    pub async fn connect(&self) -> anyhow::Result<twofold_projections::Db> {
+        crate::database::connect(&self.database_url, self.database_max_connections).await
+    }
 }
 
 #[derive(Clone, Debug, Args)]

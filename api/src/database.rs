@@ -8,7 +8,7 @@ use twofold_projections::Db;
 
 /// Opens the store named by the URL: SQLite (created when missing, WAL,
 /// synchronous=FULL so an acknowledged write survives power loss) or PostgreSQL.
-pub async fn connect(url: &str) -> anyhow::Result<Db> {
+pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Db> {
     if url.starts_with("sqlite:") {
         let options = SqliteConnectOptions::from_str(url)
             .with_context(|| format!("bad SQLite URL {url}"))?
@@ -18,7 +18,7 @@ pub async fn connect(url: &str) -> anyhow::Result<Db> {
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
-            .max_connections(8)
+            .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options)
             .await
@@ -26,7 +26,7 @@ pub async fn connect(url: &str) -> anyhow::Result<Db> {
         Ok(Db::Sqlite(pool))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
         let pool = PgPoolOptions::new()
-            .max_connections(16)
+            .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(3))
             .connect(url)
             .await

@@ -65,7 +65,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Migrate(args) => {
-            let db = database::connect(&args.database_url).await?;
+            let db = args.connect().await?;
             database::migrate(&db).await?;
             tracing::info!("migrations applied");
             Ok(())
@@ -73,7 +73,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Projections {
             action: ProjectionsAction::Rebuild(args),
         } => {
-            let db = database::connect(&args.database_url).await?;
+            let db = args.connect().await?;
             database::migrate(&db).await?;
             let projector = twofold_projections::Projector::new(db).await?;
             let progress = progress_bar("rebuilding read models");
@@ -93,7 +93,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
 async fn audit(action: AuditAction) -> anyhow::Result<()> {
     match action {
         AuditAction::Verify(args) => {
-            let db = database::connect(&args.database.database_url).await?;
+            let db = args.database.connect().await?;
             let progress = progress_bar("verifying the audit trail");
             let report = db
                 .verify_audit_trail(args.expect_head.as_ref(), |count| {
@@ -109,7 +109,7 @@ async fn audit(action: AuditAction) -> anyhow::Result<()> {
             use futures::TryStreamExt;
             use tokio::io::AsyncWriteExt;
 
-            let db = database::connect(&args.database.database_url).await?;
+            let db = args.database.connect().await?;
             let format = match args.format {
                 ExportFormat::Csv => export::AuditFormat::Csv,
                 ExportFormat::Jsonl => export::AuditFormat::JsonLines,

@@ -210,6 +210,15 @@ impl Projector {
             let _round = self.round.lock().await;
             crate::on_pool!(&self.db, pool => {
                 let mut tx = pool.begin().await?;
+                if matches!(self.db, Db::Postgres(_)) {
+                    // Wait for a batch another process is applying: it read
+                    // the old checkpoint and would write its rows and move
+                    // the checkpoint past the events this rebuild empties.
+                    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                        .bind(POSTGRES_LOCK_KEY)
+                        .execute(&mut *tx)
+                        .await?;
+                }
                 for table in TABLES {
                     sqlx::query(&format!("DELETE FROM {table}")).execute(&mut *tx).await?;
                 }

@@ -103,6 +103,8 @@ pub async fn spawn_app_mailing(
     let clock = Arc::new(ManualClock(Mutex::new(chrono::Utc::now())));
     let running = twofold_api::start(ServeConfig {
         database_url: database_url.clone(),
+        // Tests run side by side on one PostgreSQL (max_connections 100).
+        database_max_connections: 4,
         mail: MailConfig {
             smtp_url,
             directory: dir.path().join("mail"),

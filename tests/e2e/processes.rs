@@ -125,6 +125,8 @@ impl Processes {
                 .arg(self.dir.path().join("master.key"))
                 .arg("--login-rate-per-ip")
                 .arg("1000000")
+                .arg("--database-max-connections")
+                .arg("8")
                 .arg("--mail-dir")
                 .arg(self.dir.path().join(format!("mail-{index}")));
             // Only what this test says: nothing inherited from the caller.
@@ -577,6 +579,31 @@ async fn enroll(cluster: &Processes, admin: &str, round: usize) -> Enrolled {
     }
 }
 
+/// One round's 60 sends of `code`, all at once: send i goes to challenge
+/// i % 6, and each challenge's ten sends go to the three processes in turn.
+/// Answers come back as (challenge, process, answer).
+async fn send_round(
+    cluster: &Processes,
+    challenges: &[String],
+    code: &str,
+) -> Vec<(usize, usize, Answer)> {
+    join_all((0..SENDS_PER_ROUND).map(|i| async move {
+        let challenge = i % CHALLENGES_PER_ROUND;
+        let process = (i / CHALLENGES_PER_ROUND) % 3;
+        let answer = cluster
+            .call(
+                process,
+                Method::POST,
+                &format!("/api/v1/login/challenges/{}/verify", challenges[challenge]),
+                None,
+                Some(json!({ "method": "totp", "code": code, "remember_device": false })),
+            )
+            .await;
+        (challenge, process, answer)
+    }))
+    .await
+}
+
 /// Design: a code can be accepted once per user and step, and steps last
 /// 30 s, so 20 rounds one after another on one user would take 10 minutes.
 /// Instead each round has a user of its own (enrolled first, through
@@ -641,30 +668,12 @@ async fn one_totp_code_sent_sixty_times_at_once_is_accepted_once() {
     assert_eq!(totp_step(Utc::now()), step);
 
     let blast = Instant::now();
-    let results: Vec<Vec<(usize, usize, Answer)>> = join_all(users.iter().zip(&challenges).zip(&codes).map(
-        |((_, challenges), code)| {
-            join_all((0..SENDS_PER_ROUND).map(|i| {
-                // Challenge i % 6, and each challenge's ten sends go to the
-                // three processes in turn.
-                let challenge = i % CHALLENGES_PER_ROUND;
-                let process = (i / CHALLENGES_PER_ROUND) % 3;
-                let path = format!("/api/v1/login/challenges/{}/verify", challenges[challenge]);
-                let cluster = &cluster;
-                async move {
-                    let answer = cluster
-                        .call(
-                            process,
-                            Method::POST,
-                            &path,
-                            None,
-                            Some(json!({ "method": "totp", "code": code, "remember_device": false })),
-                        )
-                        .await;
-                    (challenge, process, answer)
-                }
-            }))
-        },
-    ))
+    let results: Vec<Vec<(usize, usize, Answer)>> = join_all(
+        challenges
+            .iter()
+            .zip(&codes)
+            .map(|(challenges, code)| send_round(&cluster, challenges, code)),
+    )
     .await;
     let blast_took = blast.elapsed();
     assert!(
@@ -1036,6 +1045,7 @@ async fn two_servers_on_one_database_retry_conflicting_commands(backend: Backend
     let first = spawn_app(backend).await;
     let second = twofold_api::start(twofold_api::ServeConfig {
         database_url: first.database_url.clone(),
+        database_max_connections: 4,
         mail: twofold_api::MailConfig {
             smtp_url: None,
             directory: first.dir.path().join("mail-of-the-second-server"),
