@@ -21,6 +21,7 @@ on_both_backends!(
     five_codes_per_quarter_hour_at_most,
     wrong_email_codes_lock_the_challenge,
     failed_delivery_stores_no_usable_code,
+    login_as_and_turning_two_factor_off_are_told_to_the_user,
 );
 
 /// A real SMTP server (Python's aiosmtpd) writing what it receives to a Maildir.
@@ -320,5 +321,32 @@ async fn failed_delivery_stores_no_usable_code(backend: Backend) {
             .await,
         0
     );
+    app.stop().await;
+}
+
+async fn login_as_and_turning_two_factor_off_are_told_to_the_user(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let id = app.create_user("tess", "tess-password", Some("tess@example.com"), "user").await;
+    let admin = app.admin_token().await;
+    let acting = app
+        .post(
+            &format!("/api/v1/users/{id}/impersonation"),
+            Some(&admin),
+            json!({ "reason": "ticket 7: cannot sign in" }),
+        )
+        .await;
+    assert_eq!(acting.status, StatusCode::CREATED);
+    let messages = mail_dir_messages(&app);
+    assert_eq!(messages.len(), 1);
+    assert!(messages[0].contains("tess@example.com"));
+    assert!(messages[0].contains("root"), "names the administrator");
+    assert!(messages[0].contains("ticket 7: cannot sign in"), "gives the reason");
+    let reset = app
+        .delete(&format!("/api/v1/users/{id}/two-factor"), &admin, Some(json!({ "reason": "lost phone" })))
+        .await;
+    assert_eq!(reset.status, StatusCode::NO_CONTENT);
+    let messages = mail_dir_messages(&app);
+    assert_eq!(messages.len(), 2);
+    assert!(messages[1].contains("Two-factor authentication"));
     app.stop().await;
 }
