@@ -113,3 +113,47 @@ impl FromRequestParts<AppState> for FullSession {
         Ok(FullSession(session))
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::bearer;
+    use axum::http::{HeaderValue, Request};
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        /// Any Authorization header: a trimmed, non-empty token or none.
+        #[test]
+        fn bearer_headers_never_panic(
+            value in prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..80),
+                "(Bearer|bearer|BEARER|Basic|) {0,3}[ -~]{0,40}".prop_map(String::into_bytes),
+            ],
+        ) {
+            let Ok(value) = HeaderValue::from_bytes(&value) else {
+                return Ok(());
+            };
+            let (parts, ()) = Request::builder()
+                .header("authorization", value)
+                .body(())
+                .unwrap()
+                .into_parts();
+            if let Some(token) = bearer(&parts) {
+                prop_assert!(!token.is_empty());
+                prop_assert_eq!(token, token.trim());
+            }
+        }
+
+        #[test]
+        fn tokens_are_read_from_bearer_headers(token in "[A-Za-z0-9_-]{1,64}", scheme in "(Bearer|bearer|BEARER)") {
+            let (parts, ()) = Request::builder()
+                .header("authorization", format!("{scheme} {token}"))
+                .body(())
+                .unwrap()
+                .into_parts();
+            prop_assert_eq!(bearer(&parts), Some(token.as_str()));
+        }
+    }
+}

@@ -4,9 +4,10 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use serde_json::json;
+use serde::Serialize;
 use twofold_domain::UserError;
 use twofold_projections::ProjectionError;
+use utoipa::ToSchema;
 
 use crate::store::StoreError;
 
@@ -50,28 +51,74 @@ pub enum ApiError {
     Internal(String),
 }
 
+/// The machine-readable `error` of every error answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    InvalidRequest,
+    Unauthenticated,
+    InvalidCredentials,
+    InvalidCode,
+    Forbidden,
+    TwoFactorEnrollmentRequired,
+    NotFound,
+    Conflict,
+    EmailUnavailable,
+    TwoFactorEnforced,
+    ChallengeExpired,
+    ChallengeLocked,
+    AccountLocked,
+    RateLimited,
+    Unavailable,
+    Internal,
+}
+
+/// Every error answer: `{"error", "message"}`; `invalid_code` adds
+/// `attempts_remaining`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorCode,
+    /// For people; not to be parsed.
+    pub message: String,
+    /// Only with `invalid_code`: wrong codes this challenge (or enrollment)
+    /// still accepts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts_remaining: Option<u32>,
+}
+
+impl ErrorBody {
+    pub fn new(error: ErrorCode, message: impl Into<String>) -> Self {
+        ErrorBody {
+            error,
+            message: message.into(),
+            attempts_remaining: None,
+        }
+    }
+}
+
 impl ApiError {
-    fn parts(&self) -> (StatusCode, &'static str) {
+    fn parts(&self) -> (StatusCode, ErrorCode) {
         use ApiError::*;
+        use ErrorCode as C;
         match self {
-            InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
-            Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
-            PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request"),
-            Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
-            InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
-            InvalidCode { .. } => (StatusCode::UNAUTHORIZED, "invalid_code"),
-            Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
-            EnrollmentRequired => (StatusCode::FORBIDDEN, "two_factor_enrollment_required"),
-            NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            EmailUnavailable => (StatusCode::CONFLICT, "email_unavailable"),
-            TwoFactorEnforced => (StatusCode::CONFLICT, "two_factor_enforced"),
-            ChallengeExpired => (StatusCode::GONE, "challenge_expired"),
-            ChallengeLocked => (StatusCode::LOCKED, "challenge_locked"),
-            AccountLocked { .. } => (StatusCode::LOCKED, "account_locked"),
-            RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
-            Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            InvalidRequest(_) => (StatusCode::BAD_REQUEST, C::InvalidRequest),
+            Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, C::InvalidRequest),
+            PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, C::InvalidRequest),
+            Unauthenticated => (StatusCode::UNAUTHORIZED, C::Unauthenticated),
+            InvalidCredentials => (StatusCode::UNAUTHORIZED, C::InvalidCredentials),
+            InvalidCode { .. } => (StatusCode::UNAUTHORIZED, C::InvalidCode),
+            Forbidden(_) => (StatusCode::FORBIDDEN, C::Forbidden),
+            EnrollmentRequired => (StatusCode::FORBIDDEN, C::TwoFactorEnrollmentRequired),
+            NotFound(_) => (StatusCode::NOT_FOUND, C::NotFound),
+            Conflict(_) => (StatusCode::CONFLICT, C::Conflict),
+            EmailUnavailable => (StatusCode::CONFLICT, C::EmailUnavailable),
+            TwoFactorEnforced => (StatusCode::CONFLICT, C::TwoFactorEnforced),
+            ChallengeExpired => (StatusCode::GONE, C::ChallengeExpired),
+            ChallengeLocked => (StatusCode::LOCKED, C::ChallengeLocked),
+            AccountLocked { .. } => (StatusCode::LOCKED, C::AccountLocked),
+            RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, C::RateLimited),
+            Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, C::Unavailable),
+            Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, C::Internal),
         }
     }
 
@@ -92,9 +139,9 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        let mut body = json!({ "error": code, "message": message });
+        let mut body = ErrorBody::new(code, message);
         if let ApiError::InvalidCode { attempts_remaining } = &self {
-            body["attempts_remaining"] = json!(attempts_remaining);
+            body.attempts_remaining = Some(*attempts_remaining);
         }
         let retry_after = match &self {
             ApiError::AccountLocked { retry_after } => *retry_after,

@@ -108,7 +108,8 @@ pub fn two_factor_csv(db: Db) -> impl Stream<Item = Result<Vec<u8>, ExportError>
 }
 
 /// One audit row as the API and the exports show it.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = AuditEvent)]
 pub struct AuditView {
     position: i64,
     user_id: String,
@@ -116,10 +117,14 @@ pub struct AuditView {
     #[serde(rename = "type")]
     event_type: String,
     occurred_at: DateTime<Utc>,
+    /// Who acted (the administrator during "Login as").
     actor_id: Option<String>,
+    /// Set during "Login as".
     impersonator_id: Option<String>,
     ip: Option<String>,
     user_agent: Option<String>,
+    /// The event's fields without secrets, codes or hashes.
+    #[schema(value_type = Object)]
     data: Value,
 }
 

@@ -10,6 +10,7 @@ mod error;
 mod export;
 mod extract;
 mod mail;
+mod openapi;
 mod qr;
 mod read_query;
 mod respond;
@@ -18,13 +19,14 @@ mod security;
 mod state;
 mod store;
 mod telemetry;
+mod web;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-pub use app::{start, MailConfig, Running, ServeConfig};
+pub use app::{openapi, start, MailConfig, Running, ServeConfig};
 pub use clock::Clock;
 pub use state::Settings;
 

@@ -11,6 +11,17 @@ use twofold_projections::ProjectionError;
 use crate::error::ApiError;
 use crate::state::{AppState, READ_YOUR_WRITES_TIMEOUT};
 
+/// `min_position`, as the OpenAPI document lists it for every read endpoint.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct MinPosition {
+    /// Answer once the read models have applied the event at this position
+    /// (a `Twofold-Position`); 503 `unavailable` after 5 s.
+    #[param(minimum = 1)]
+    min_position: Option<i64>,
+}
+
 /// How often to look again for an event not yet visible to this process.
 const LOOK_AGAIN: std::time::Duration = std::time::Duration::from_millis(25);
 
@@ -97,6 +108,34 @@ impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ReadQuery<T> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::split_min_position;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        /// Any query string: split or 400, never a panic; what is left has
+        /// no `min_position` and keeps every other pair in order.
+        #[test]
+        fn min_position_splitting_never_panics(
+            pairs in proptest::collection::vec(
+                prop_oneof![
+                    any::<String>(),
+                    "min_position=[0-9-]{0,20}",
+                    "[a-z_]{1,12}=[a-zA-Z0-9%+]{0,12}",
+                ],
+                0..6,
+            ),
+        ) {
+            let query = pairs.join("&");
+            if let Ok((position, rest)) = split_min_position(&query) {
+                prop_assert!(position.is_none_or(|p| p >= 1));
+                prop_assert!(rest.split('&').all(|pair| !pair.starts_with("min_position=")));
+                let (again, same) = split_min_position(&rest).unwrap();
+                prop_assert_eq!(again, None);
+                prop_assert_eq!(same, rest);
+            }
+        }
+    }
 
     #[test]
     fn min_position_is_split_off_and_checked() {

@@ -446,6 +446,13 @@ impl Timeline {
         row
     }
 
+    /// The challenge still open at the end of the history, if it ends
+    /// right after one was issued (an accepted one is gone from the model).
+    pub fn open_challenge(&self, user: &SeedUser) -> Option<SeedEvent> {
+        let last = self.event(user, user.events);
+        matches!(last.event, UserEvent::ChallengeIssued { .. }).then_some(last)
+    }
+
     /// The session still open at the end of the history, if it ends right
     /// after a sign-in.
     pub fn open_session(&self, user: &SeedUser) -> Option<SeedEvent> {

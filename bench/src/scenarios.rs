@@ -78,6 +78,10 @@ pub struct RunArgs {
     /// Overload: the most requests the driver keeps open at once.
     #[arg(long, default_value_t = 256)]
     pub max_in_flight: usize,
+    /// TOTP verify: how many pool users to verify (default: half the pool,
+    /// so that a full sign-in run right after finds fresh codes).
+    #[arg(long)]
+    pub verify_users: Option<usize>,
     /// History: measured commands per user.
     #[arg(long, default_value_t = 200)]
     pub history_commands: usize,
@@ -366,12 +370,24 @@ impl Pool {
         ))
     }
 
-    fn max_step(&self) -> u64 {
+    /// How many users have a fresh code in the current step.
+    fn claimable(&self) -> usize {
+        let now = unix_now();
         self.users
             .iter()
-            .map(|u| u.last_step.load(Ordering::SeqCst))
-            .max()
-            .unwrap_or(0)
+            .filter(|u| u.last_step.load(Ordering::SeqCst) < u.entry.parameters.step_at(now))
+            .count()
+    }
+
+    /// Waits (untimed) until `wanted` users have a fresh code.
+    async fn wait_for_claimable(&self, wanted: usize) {
+        let wanted = wanted.min(self.users.len());
+        for _ in 0..3 {
+            if self.claimable() >= wanted {
+                return;
+            }
+            tokio::time::sleep(self.until_next_step()).await;
+        }
     }
 }
 
@@ -648,6 +664,8 @@ async fn totp_verify_call(
 
 async fn full_signin(ctx: &Ctx) -> anyhow::Result<Value> {
     let pool = Arc::new(Pool::load(&ctx.args.pool)?);
+    pool.wait_for_claimable((pool.users.len() / 2).max(ctx.args.concurrency * 4))
+        .await;
     let before = store_counters(ctx).await?;
     let logins = Arc::new(std::sync::Mutex::new(Samples::default()));
     let verifies = Arc::new(std::sync::Mutex::new(Samples::default()));
@@ -751,10 +769,22 @@ async fn full_signin(ctx: &Ctx) -> anyhow::Result<Value> {
 
 async fn totp_verify(ctx: &Ctx) -> anyhow::Result<Value> {
     let pool = Arc::new(Pool::load(&ctx.args.pool)?);
-    // Untimed: one open challenge per pool user.
-    let queue = Arc::new(std::sync::Mutex::new(
-        (0..pool.users.len()).collect::<Vec<_>>(),
-    ));
+    // Untimed: one open challenge per chosen user, those whose codes were
+    // used longest ago first.
+    let wanted = ctx
+        .args
+        .verify_users
+        .unwrap_or(pool.users.len() / 2)
+        .clamp(1, pool.users.len());
+    let mut chosen: Vec<usize> = (0..pool.users.len()).collect();
+    chosen.sort_by_key(|index| pool.users[*index].last_step.load(Ordering::SeqCst));
+    chosen.truncate(wanted);
+    let latest_used = chosen
+        .iter()
+        .map(|index| pool.users[*index].last_step.load(Ordering::SeqCst))
+        .max()
+        .unwrap_or(0);
+    let queue = Arc::new(std::sync::Mutex::new(chosen));
     let mut workers = Vec::new();
     for _ in 0..ctx.args.concurrency {
         let (queue, pool, target) = (
@@ -796,7 +826,7 @@ async fn totp_verify(ctx: &Ctx) -> anyhow::Result<Value> {
             .first()
             .map_or(0, |u| u.entry.parameters.step_at(unix_now()))
     };
-    while step_now() <= pool.max_step() {
+    while step_now() <= latest_used {
         tokio::time::sleep(pool.until_next_step()).await;
     }
     let before = store_counters(ctx).await?;
@@ -954,24 +984,29 @@ async fn history(ctx: &Ctx) -> anyhow::Result<Value> {
     Ok(record)
 }
 
-/// The last `password` throughput of this label in the results file.
-fn measured_capacity(args: &RunArgs) -> Option<f64> {
-    let text = std::fs::read_to_string(args.out.as_ref()?).ok()?;
-    text.lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|record| record["name"] == "password" && record["label"] == args.label.as_str())
-        .filter_map(|record| record["throughput"].as_f64())
-        .next_back()
-}
-
 async fn overload(ctx: &Ctx) -> anyhow::Result<Value> {
-    let capacity = measured_capacity(&ctx.args);
+    // Capacity is measured right before (closed loop, same users), since
+    // what else runs on the machine changes it from minute to minute.
+    let capacity = match ctx.args.rate {
+        Some(_) => None,
+        None => {
+            let probe = password(&Ctx {
+                args: RunArgs {
+                    duration: (ctx.args.duration / 2.0).clamp(3.0, 8.0),
+                    label: format!("{} (capacity probe)", ctx.args.label),
+                    ..ctx.args.clone()
+                },
+                target: Arc::clone(&ctx.target),
+                db: None,
+            })
+            .await?;
+            probe["throughput"].as_f64()
+        }
+    };
     let rate = match (ctx.args.rate, capacity) {
         (Some(rate), _) => rate,
         (None, Some(capacity)) => capacity * ctx.args.overload_factor,
-        (None, None) => {
-            bail!("give --rate, or run --scenario password with the same --out and --label first")
-        }
+        (None, None) => bail!("could not measure the capacity: give --rate"),
     };
     anyhow::ensure!(rate > 0.0, "the offered rate must be positive");
     let users = Arc::new(password_users(&ctx.args));

@@ -69,7 +69,7 @@ impl std::str::FromStr for ExpectedHead {
 }
 
 /// Where the stored history and the trail first disagree.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Mismatch {
     pub user_id: Option<String>,
     pub sequence: Option<i64>,
@@ -88,7 +88,8 @@ pub struct Mismatch {
     pub problem: &'static str,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// What `twofold audit verify` and `GET /audit/verify` report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct VerifyReport {
     pub ok: bool,
     pub events_checked: u64,
@@ -367,7 +368,26 @@ SELECT id, position, user_id, sequence, chain_hash, head_hash
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::ExpectedHead;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        /// `--expect-head`: any text is a head or an error, never a panic;
+        /// an accepted head prints back to itself.
+        #[test]
+        fn expected_heads_never_panic_and_round_trip(
+            text in prop_oneof![any::<String>(), " ?-?[0-9]{1,20} ?: ?[0-9a-fA-F]{62,66} ?"],
+        ) {
+            if let Ok(head) = text.parse::<ExpectedHead>() {
+                prop_assert_eq!(head.hash.len(), 64);
+                let again: ExpectedHead = format!("{}:{}", head.position, head.hash).parse().unwrap();
+                prop_assert_eq!(again, head);
+            }
+        }
+    }
 
     #[test]
     fn expected_heads_parse_as_position_colon_hex() {

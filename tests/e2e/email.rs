@@ -326,7 +326,9 @@ async fn failed_delivery_stores_no_usable_code(backend: Backend) {
 
 async fn login_as_and_turning_two_factor_off_are_told_to_the_user(backend: Backend) {
     let app = spawn_app(backend).await;
-    let id = app.create_user("tess", "tess-password", Some("tess@example.com"), "user").await;
+    let id = app
+        .create_user("tess", "tess-password", Some("tess@example.com"), "user")
+        .await;
     let admin = app.admin_token().await;
     let acting = app
         .post(
@@ -340,9 +342,16 @@ async fn login_as_and_turning_two_factor_off_are_told_to_the_user(backend: Backe
     assert_eq!(messages.len(), 1);
     assert!(messages[0].contains("tess@example.com"));
     assert!(messages[0].contains("root"), "names the administrator");
-    assert!(messages[0].contains("ticket 7: cannot sign in"), "gives the reason");
+    assert!(
+        messages[0].contains("ticket 7: cannot sign in"),
+        "gives the reason"
+    );
     let reset = app
-        .delete(&format!("/api/v1/users/{id}/two-factor"), &admin, Some(json!({ "reason": "lost phone" })))
+        .delete(
+            &format!("/api/v1/users/{id}/two-factor"),
+            &admin,
+            Some(json!({ "reason": "lost phone" })),
+        )
         .await;
     assert_eq!(reset.status, StatusCode::NO_CONTENT);
     let messages = mail_dir_messages(&app);

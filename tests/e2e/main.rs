@@ -6,8 +6,12 @@ mod helpers;
 
 mod administration;
 mod authorization;
+mod browser;
 mod email;
 mod foundation;
+mod hygiene;
+mod malformed;
+mod openapi;
 mod processes;
 mod read_models;
 mod two_factor;

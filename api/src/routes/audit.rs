@@ -8,34 +8,59 @@ use axum::response::{IntoResponse, Response};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use twofold_domain::Role;
 use twofold_projections::{AuditFilter, VerifyReport};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::auth::FullSession;
 use crate::error::ApiError;
 use crate::export::{self, AuditFormat, AuditView};
 use crate::extract::Json;
-use crate::read_query::ReadQuery;
+use crate::openapi::{BadRequest, SessionErrors, Unavailable};
+use crate::read_query::{MinPosition, ReadQuery};
 use crate::state::AppState;
 
 /// Every field is text so that an empty value (`user_id=`) means "no
 /// filter", as in the contract's URL template, and a bad one gets a message
 /// naming it.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
+    /// Whose events (empty: everyone's).
+    #[param(value_type = Option<String>, format = Uuid)]
     user_id: Option<String>,
+    /// Who acted (empty: anyone).
+    #[param(value_type = Option<String>, format = Uuid)]
     actor_id: Option<String>,
+    /// An event name such as `TwoFactorDisabled`.
     #[serde(rename = "type")]
+    #[param(pattern = "^[A-Za-z0-9]{0,64}$")]
     event_type: Option<String>,
+    /// `occurred_at` from this time on (RFC 3339).
+    #[param(value_type = Option<String>, format = DateTime)]
     from: Option<String>,
+    /// `occurred_at` before this time (RFC 3339).
+    #[param(value_type = Option<String>, format = DateTime)]
     to: Option<String>,
+    /// 1-500, default 100 (pages only).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 500)]
     limit: Option<String>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// `json` (a page, the default), `csv` or `jsonl` (every row, streamed).
+    #[param(pattern = "^(json|csv|jsonl)?$")]
     format: Option<String>,
+}
+
+/// A page of the audit trail.
+#[derive(Serialize, ToSchema)]
+pub struct AuditPage {
+    events: Vec<AuditView>,
+    /// `null` on the last page.
+    next_cursor: Option<String>,
 }
 
 fn given(value: Option<String>) -> Option<String> {
@@ -128,6 +153,24 @@ fn parse(query: AuditQuery) -> Result<(AuditFilter, Output), ApiError> {
     Ok((filter, output))
 }
 
+/// The audit trail in stored order: a page, or every row as CSV or JSON lines.
+#[utoipa::path(
+    get,
+    path = "/audit",
+    tag = "reports",
+    security(("bearer" = [])),
+    params(AuditQuery, MinPosition),
+    responses(
+        (status = 200, description = "A page (JSON), or the export (`format=csv|jsonl`)", content(
+            (AuditPage = "application/json"),
+            (String = "text/csv"),
+            (String = "application/x-ndjson"),
+        )),
+        BadRequest,
+        SessionErrors,
+        Unavailable,
+    ),
+)]
 pub async fn audit_trail(
     State(state): State<AppState>,
     FullSession(session): FullSession,
@@ -144,7 +187,11 @@ pub async fn audit_trail(
                 .filter(|_| more)
                 .map(|last| encode_cursor(last.id));
             let events: Vec<AuditView> = entries.into_iter().map(AuditView::from).collect();
-            Ok(Json(json!({ "events": events, "next_cursor": next_cursor })).into_response())
+            Ok(Json(AuditPage {
+                events,
+                next_cursor,
+            })
+            .into_response())
         }
         Output::Export(format) => {
             let (content_type, file) = match format {
@@ -168,6 +215,18 @@ pub async fn audit_trail(
 
 /// Recomputes the chains over everything applied so far (catching up
 /// first, so the answer covers every event committed before the request).
+/// Recompute the tamper-evidence chains over the stored events.
+#[utoipa::path(
+    get,
+    path = "/audit/verify",
+    operation_id = "verify_audit_trail",
+    tag = "reports",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Whether the trail matches the events", body = VerifyReport),
+        SessionErrors,
+    ),
+)]
 pub async fn verify(
     State(state): State<AppState>,
     FullSession(session): FullSession,
@@ -189,6 +248,48 @@ pub async fn verify(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn field() -> impl Strategy<Value = Option<String>> {
+        proptest::option::of(prop_oneof![
+            any::<String>(),
+            Just(String::new()),
+            Just(Uuid::new_v4().to_string()),
+            Just("2024-05-01T00:00:00Z".to_string()),
+            "[0-9]{1,4}",
+            "(json|csv|jsonl|xml)",
+            "[A-Za-z]{1,70}",
+        ])
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        #[test]
+        fn cursors_never_panic_and_accepted_ones_round_trip(junk in any::<String>(), id in 0_i64..=i64::MAX) {
+            if let Ok(after) = decode_cursor(&junk) {
+                prop_assert!(after >= 0);
+                prop_assert_eq!(decode_cursor(&encode_cursor(after)).unwrap(), after);
+            }
+            prop_assert_eq!(decode_cursor(&encode_cursor(id)).unwrap(), id);
+        }
+
+        /// Any query string values: a filter or a 400, never a panic.
+        #[test]
+        fn audit_queries_never_panic(
+            user_id in field(), actor_id in field(), event_type in field(), from in field(),
+            to in field(), limit in field(), cursor in field(), format in field(),
+        ) {
+            let query = AuditQuery { user_id, actor_id, event_type, from, to, limit, cursor, format };
+            if let Ok((filter, _)) = parse(query) {
+                prop_assert!((1..=500).contains(&filter.limit));
+                prop_assert!(filter.after_id >= 0);
+                if let Some(kind) = &filter.event_type {
+                    prop_assert!(kind.bytes().all(|b| b.is_ascii_alphanumeric()));
+                }
+            }
+        }
+    }
 
     #[test]
     fn cursors_round_trip_and_junk_is_refused() {

@@ -4,29 +4,55 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 use twofold_domain::user::email_code_hash;
 use twofold_domain::{
     Email, NewDevice, NewSession, SecondFactorMethod, TokenHash, User, UserCommand, UserError,
     UserEvent, Username,
 };
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::Session;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Json, Path, RequestOrigin};
 use crate::mail::OutgoingMail;
+use crate::openapi::{BadRequest, BodyErrors, MethodSchema, SessionErrors, Unavailable};
 use crate::respond::Written;
 use crate::security;
 use crate::state::AppState;
 use crate::store::{EventMetadata, StoreError};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     username: String,
     password: String,
+    /// The `device_token` of a remembered device: no second factor is asked
+    /// while it is valid for this user.
     device_token: Option<String>,
+}
+
+/// What `POST /login` answers, by `status`.
+#[derive(Serialize, ToSchema)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum LoginAnswer {
+    /// No second factor is due: a full session.
+    Authenticated {
+        session_token: String,
+        expires_at: DateTime<Utc>,
+    },
+    /// Verify a second factor on this challenge.
+    TwoFactorRequired {
+        challenge_id: Uuid,
+        #[schema(value_type = Vec<MethodSchema>)]
+        methods: Vec<SecondFactorMethod>,
+        expires_at: DateTime<Utc>,
+    },
+    /// 2FA is required and not active: this session may only enroll.
+    EnrollmentRequired {
+        session_token: String,
+        expires_at: DateTime<Utc>,
+    },
 }
 
 fn origin_metadata(origin: &RequestOrigin, actor: Uuid, state: &AppState) -> EventMetadata {
@@ -62,11 +88,27 @@ fn new_session(state: &AppState, lifetime: chrono::Duration) -> (String, NewSess
     (token, session)
 }
 
+/// Sign in with a password.
+#[utoipa::path(
+    post,
+    path = "/login",
+    tag = "sign-in",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Signed in, or a second factor or enrollment is due", body = LoginAnswer),
+        BadRequest,
+        BodyErrors,
+        (status = 401, description = "`invalid_credentials`: unknown user or wrong password", body = ErrorBody),
+        (status = 423, description = "`account_locked` (`Retry-After`)", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many attempts from this address", body = ErrorBody),
+        Unavailable,
+    ),
+)]
 pub async fn login(
     State(state): State<AppState>,
     origin: RequestOrigin,
     Json(request): Json<LoginRequest>,
-) -> Result<Written<Json<Value>>, ApiError> {
+) -> Result<Written<Json<LoginAnswer>>, ApiError> {
     state.admit_login(origin.ip)?;
     let user_id = match Username::parse(&request.username) {
         Ok(username) => state.store.find_username(&username).await?,
@@ -108,21 +150,26 @@ pub async fn login(
             enrollment_required,
             expires_at,
             ..
-        } => Some(Ok(json!({
-            "status": if *enrollment_required { "enrollment_required" } else { "authenticated" },
-            "session_token": token,
-            "expires_at": expires_at,
-        }))),
+        } => Some(Ok(if *enrollment_required {
+            LoginAnswer::EnrollmentRequired {
+                session_token: token.clone(),
+                expires_at: *expires_at,
+            }
+        } else {
+            LoginAnswer::Authenticated {
+                session_token: token.clone(),
+                expires_at: *expires_at,
+            }
+        })),
         UserEvent::ChallengeIssued {
             challenge_id,
             methods,
             expires_at,
-        } => Some(Ok(json!({
-            "status": "two_factor_required",
-            "challenge_id": challenge_id,
-            "methods": methods,
-            "expires_at": expires_at,
-        }))),
+        } => Some(Ok(LoginAnswer::TwoFactorRequired {
+            challenge_id: *challenge_id,
+            methods: methods.clone(),
+            expires_at: *expires_at,
+        })),
         _ => None,
     });
     match body {
@@ -150,8 +197,9 @@ async fn address_shared(state: &AppState, email: &Email) -> Result<bool, ApiErro
     Ok(state.projector.db().users_with_email(&email.key()).await? > 1)
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct EmailCodeSent {
+    /// The address, masked: `j***@example.com`.
     sent_to: String,
     expires_at: DateTime<Utc>,
 }
@@ -162,6 +210,23 @@ fn new_email_code() -> String {
     format!("{:06}", rand::rngs::OsRng.gen_range(0..1_000_000))
 }
 
+/// Email a one-time code for this challenge.
+#[utoipa::path(
+    post,
+    path = "/login/challenges/{challenge_id}/email",
+    tag = "sign-in",
+    params(("challenge_id" = Uuid, Path, description = "From `POST /login`")),
+    responses(
+        (status = 202, description = "A fresh 6-digit code was emailed", body = EmailCodeSent),
+        BadRequest,
+        (status = 404, description = "`not_found`: no such challenge", body = ErrorBody),
+        (status = 409, description = "`email_unavailable`: no address, or one another user shares", body = ErrorBody),
+        (status = 410, description = "`challenge_expired`", body = ErrorBody),
+        (status = 423, description = "`challenge_locked` or `account_locked`", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many codes (`Retry-After`)", body = ErrorBody),
+        Unavailable,
+    ),
+)]
 pub async fn send_email_code(
     State(state): State<AppState>,
     origin: RequestOrigin,
@@ -233,17 +298,20 @@ fn remember_by_default() -> bool {
     true
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VerifyRequest {
+    #[schema(value_type = MethodSchema)]
     method: SecondFactorMethod,
     code: String,
+    /// Remember this device for 23 hours (default true).
     #[serde(default = "remember_by_default")]
     remember_device: bool,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct Authenticated {
+    #[schema(value_type = String, pattern = "^authenticated$")]
     status: &'static str,
     session_token: String,
     expires_at: DateTime<Utc>,
@@ -253,6 +321,26 @@ pub struct Authenticated {
     device_expires_at: Option<DateTime<Utc>>,
 }
 
+/// Verify the second factor of a sign-in.
+#[utoipa::path(
+    post,
+    path = "/login/challenges/{challenge_id}/verify",
+    operation_id = "verify_second_factor",
+    tag = "sign-in",
+    params(("challenge_id" = Uuid, Path, description = "From `POST /login`")),
+    request_body = VerifyRequest,
+    responses(
+        (status = 200, description = "Signed in; with a device token when remembered", body = Authenticated),
+        BadRequest,
+        BodyErrors,
+        (status = 401, description = "`invalid_code`, with `attempts_remaining`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such challenge", body = ErrorBody),
+        (status = 409, description = "`conflict`: the challenge is used up", body = ErrorBody),
+        (status = 410, description = "`challenge_expired`", body = ErrorBody),
+        (status = 423, description = "`challenge_locked`, or `account_locked` while the factor backs off", body = ErrorBody),
+        Unavailable,
+    ),
+)]
 pub async fn verify(
     State(state): State<AppState>,
     origin: RequestOrigin,
@@ -322,6 +410,17 @@ pub async fn verify(
     ))
 }
 
+/// Sign out: the token stops working at once (a "Login as" session ends).
+#[utoipa::path(
+    post,
+    path = "/logout",
+    tag = "sign-in",
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Signed out"),
+        SessionErrors,
+    ),
+)]
 pub async fn logout(
     State(state): State<AppState>,
     origin: RequestOrigin,

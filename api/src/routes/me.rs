@@ -4,15 +4,18 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 use twofold_domain::policy::RECOVERY_CODE_COUNT;
 use twofold_domain::user::normalize_recovery_code;
-use twofold_domain::{TokenHash, TwoFactorStatus, User, UserCommand, UserEvent};
+use twofold_domain::{Role, TokenHash, TwoFactorStatus, User, UserCommand, UserEvent};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::{FullSession, Session};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Json, RequestOrigin};
+use crate::openapi::{
+    BadRequest, BodyErrors, MethodSchema, RoleSchema, SessionErrors, TwoFactorStatusSchema,
+};
 use crate::qr;
 use crate::respond::Written;
 use crate::routes::login::email_eligible;
@@ -21,11 +24,16 @@ use crate::routes::users::{two_factor_off_notice, user_email, TWO_FACTOR_OFF_SUB
 use crate::security;
 use crate::state::AppState;
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct TwoFactorView {
+    #[schema(value_type = TwoFactorStatusSchema)]
     status: TwoFactorStatus,
+    /// The factors the user could use to sign in now.
+    #[schema(value_type = Vec<MethodSchema>)]
     methods: Vec<&'static str>,
+    /// An administrator enforces 2FA for this user.
     enforced: bool,
+    /// Enforced, or mandatory platform-wide by now.
     required: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     enabled_at: Option<DateTime<Utc>>,
@@ -51,23 +59,62 @@ pub fn two_factor_view(user: &User, state: &AppState, email_eligible: bool) -> T
     }
 }
 
-pub async fn me(State(state): State<AppState>, session: Session) -> Result<Json<Value>, ApiError> {
+/// The administrator acting as the user during "Login as".
+#[derive(Serialize, ToSchema)]
+pub struct Impersonator {
+    id: Uuid,
+    username: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct MeView {
+    id: Uuid,
+    username: String,
+    email: Option<String>,
+    #[schema(value_type = RoleSchema)]
+    role: Role,
+    two_factor: TwoFactorView,
+    /// Only on a "Login as" session.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    impersonator: Option<Impersonator>,
+}
+
+/// The signed-in user and their 2FA.
+#[utoipa::path(
+    get,
+    path = "/me",
+    tag = "me",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The signed-in user", body = MeView),
+        SessionErrors,
+    ),
+)]
+pub async fn me(State(state): State<AppState>, session: Session) -> Result<Json<MeView>, ApiError> {
     let loaded = state.store.load(session.record.user_id).await?;
     let profile = loaded.user.profile().ok_or(ApiError::Unauthenticated)?;
-    let mut body = json!({
-        "id": profile.id,
-        "username": profile.username,
-        "email": profile.email,
-        "role": profile.role,
-        "two_factor": two_factor_view(&loaded.user, &state, email_eligible(&state, &loaded.user).await?),
-    });
-    if let (Some(id), Some(username)) = (
+    let eligible = email_eligible(&state, &loaded.user).await?;
+    let impersonator = match (
         session.record.impersonator_id,
         session.record.impersonator_username.as_ref(),
     ) {
-        body["impersonator"] = json!({ "id": id, "username": username });
-    }
-    Ok(Json(body))
+        (Some(id), Some(username)) => Some(Impersonator {
+            id,
+            username: username.clone(),
+        }),
+        _ => None,
+    };
+    Ok(Json(MeView {
+        id: profile.id,
+        username: profile.username.as_str().to_string(),
+        email: profile
+            .email
+            .as_ref()
+            .map(|email| email.as_str().to_string()),
+        role: profile.role,
+        two_factor: two_factor_view(&loaded.user, &state, eligible),
+        impersonator,
+    }))
 }
 
 /// An administrator acting as the user must not hold the user's second
@@ -81,13 +128,27 @@ fn refuse_impersonation(session: &Session) -> Result<(), ApiError> {
     Ok(())
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct EnrollmentStarted {
+    /// The TOTP secret, base32 without padding.
     secret: String,
     otpauth_uri: String,
+    /// The `otpauth_uri` as a QR code.
     qr_svg: String,
 }
 
+/// Start (or restart) a pending TOTP enrollment.
+#[utoipa::path(
+    post,
+    path = "/me/two-factor/totp",
+    tag = "me",
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "A pending enrollment: show the QR code", body = EnrollmentStarted),
+        SessionErrors,
+        (status = 409, description = "`conflict`: 2FA is already enabled", body = ErrorBody),
+    ),
+)]
 pub async fn start_totp_enrollment(
     State(state): State<AppState>,
     origin: RequestOrigin,
@@ -131,18 +192,37 @@ pub async fn start_totp_enrollment(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConfirmRequest {
+    /// The code the authenticator app shows.
     code: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct Enabled {
+    #[schema(value_type = TwoFactorStatusSchema)]
     status: TwoFactorStatus,
+    /// Shown once: `xxxx-xxxx-xxxx`, each usable once.
     recovery_codes: Vec<String>,
 }
 
+/// Confirm the pending enrollment with a code: 2FA is on.
+#[utoipa::path(
+    post,
+    path = "/me/two-factor/totp/confirm",
+    tag = "me",
+    security(("bearer" = [])),
+    request_body = ConfirmRequest,
+    responses(
+        (status = 200, description = "2FA is enabled; the recovery codes are shown once", body = Enabled),
+        BadRequest,
+        BodyErrors,
+        SessionErrors,
+        (status = 401, description = "`invalid_code` with `attempts_remaining`, or `unauthenticated`", body = ErrorBody),
+        (status = 409, description = "`conflict`: no pending enrollment", body = ErrorBody),
+    ),
+)]
 pub async fn confirm_totp_enrollment(
     State(state): State<AppState>,
     origin: RequestOrigin,
@@ -194,6 +274,18 @@ pub async fn confirm_totp_enrollment(
     ))
 }
 
+/// Turn 2FA off (all factors, recovery codes and remembered devices).
+#[utoipa::path(
+    delete,
+    path = "/me/two-factor",
+    tag = "me",
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "2FA is off"),
+        SessionErrors,
+        (status = 409, description = "`two_factor_enforced`: an administrator enforces 2FA", body = ErrorBody),
+    ),
+)]
 pub async fn disable_two_factor(
     State(state): State<AppState>,
     origin: RequestOrigin,
@@ -224,7 +316,7 @@ pub async fn disable_two_factor(
     ))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct DeviceView {
     id: Uuid,
     created_at: DateTime<Utc>,
@@ -233,7 +325,12 @@ pub struct DeviceView {
     user_agent: Option<String>,
 }
 
-pub async fn device_list(state: &AppState, user_id: Uuid) -> Result<Json<Value>, ApiError> {
+#[derive(Serialize, ToSchema)]
+pub struct DeviceList {
+    devices: Vec<DeviceView>,
+}
+
+pub async fn device_list(state: &AppState, user_id: Uuid) -> Result<Json<DeviceList>, ApiError> {
     let loaded = state.store.load(user_id).await?;
     let devices: Vec<DeviceView> = loaded
         .user
@@ -246,13 +343,24 @@ pub async fn device_list(state: &AppState, user_id: Uuid) -> Result<Json<Value>,
             user_agent: device.user_agent.clone(),
         })
         .collect();
-    Ok(Json(json!({ "devices": devices })))
+    Ok(Json(DeviceList { devices }))
 }
 
+/// The user's remembered devices that are still valid.
+#[utoipa::path(
+    get,
+    path = "/me/remembered-devices",
+    tag = "me",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Remembered devices", body = DeviceList),
+        SessionErrors,
+    ),
+)]
 pub async fn remembered_devices(
     State(state): State<AppState>,
     FullSession(session): FullSession,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DeviceList>, ApiError> {
     device_list(&state, session.record.user_id).await
 }
 
@@ -274,6 +382,17 @@ pub async fn forget_devices(
     ))
 }
 
+/// Forget every remembered device: each must pass the second factor again.
+#[utoipa::path(
+    delete,
+    path = "/me/remembered-devices",
+    tag = "me",
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Forgotten"),
+        SessionErrors,
+    ),
+)]
 pub async fn revoke_remembered_devices(
     State(state): State<AppState>,
     origin: RequestOrigin,
@@ -287,15 +406,32 @@ pub async fn revoke_remembered_devices(
     .await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PasswordChange {
     current_password: String,
+    /// 8 characters or more, at most 1024 bytes.
+    #[schema(min_length = 8, max_length = 256)]
     new_password: String,
 }
 
 /// Changing the password forgets the user's remembered devices. An
 /// administrator acting as the user may not do it.
+/// Change the password (forgets remembered devices).
+#[utoipa::path(
+    post,
+    path = "/me/password",
+    tag = "me",
+    security(("bearer" = [])),
+    request_body = PasswordChange,
+    responses(
+        (status = 204, description = "Changed"),
+        BadRequest,
+        BodyErrors,
+        SessionErrors,
+        (status = 401, description = "`invalid_credentials`: wrong current password, or `unauthenticated`", body = ErrorBody),
+    ),
+)]
 pub async fn change_password(
     State(state): State<AppState>,
     origin: RequestOrigin,

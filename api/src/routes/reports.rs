@@ -7,22 +7,65 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use twofold_domain::Role;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::FullSession;
 use crate::error::ApiError;
 use crate::export;
-use crate::read_query::ReadQuery;
+use crate::openapi::{BadRequest, SessionErrors, Unavailable};
+use crate::read_query::{MinPosition, ReadQuery};
 use crate::state::AppState;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ReportQuery {
+    /// `json` (counts, the default) or `csv` (one row per user).
+    #[param(pattern = "^(json|csv)$")]
     format: Option<String>,
 }
 
+/// Users and those with 2FA enabled, for one role.
+#[derive(Serialize, ToSchema)]
+pub struct RoleCount {
+    total: i64,
+    enabled: i64,
+}
+
+/// Counts of users by 2FA status.
+#[derive(Serialize, ToSchema)]
+pub struct TwoFactorReport {
+    total: i64,
+    enabled: i64,
+    pending: i64,
+    disabled: i64,
+    enforced: i64,
+    enforced_not_enabled: i64,
+    /// Every role, always listed.
+    by_role: BTreeMap<String, RoleCount>,
+    /// When the counts were read.
+    as_of: chrono::DateTime<chrono::Utc>,
+}
+
+/// The 2FA report: counts, or one CSV row per user.
+#[utoipa::path(
+    get,
+    path = "/reports/two-factor",
+    tag = "reports",
+    security(("bearer" = [])),
+    params(ReportQuery, MinPosition),
+    responses(
+        (status = 200, description = "Counts (JSON), or one row per user (`format=csv`)", content(
+            (TwoFactorReport = "application/json"),
+            (String = "text/csv"),
+        )),
+        BadRequest,
+        SessionErrors,
+        Unavailable,
+    ),
+)]
 pub async fn two_factor_report(
     State(state): State<AppState>,
     FullSession(session): FullSession,
@@ -75,24 +118,19 @@ pub async fn two_factor_report(
             role.1 += count.users;
         }
     }
-    let by_role: serde_json::Map<String, serde_json::Value> = by_role
+    let by_role = by_role
         .into_iter()
-        .map(|(role, (total, enabled))| {
-            (
-                role.to_string(),
-                json!({ "total": total, "enabled": enabled }),
-            )
-        })
+        .map(|(role, (total, enabled))| (role.to_string(), RoleCount { total, enabled }))
         .collect();
-    Ok(axum::Json(json!({
-        "total": total,
-        "enabled": enabled,
-        "pending": pending,
-        "disabled": disabled,
-        "enforced": enforced,
-        "enforced_not_enabled": enforced_not_enabled,
-        "by_role": by_role,
-        "as_of": state.now(),
-    }))
+    Ok(axum::Json(TwoFactorReport {
+        total,
+        enabled,
+        pending,
+        disabled,
+        enforced,
+        enforced_not_enabled,
+        by_role,
+        as_of: state.now(),
+    })
     .into_response())
 }

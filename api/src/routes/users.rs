@@ -6,27 +6,34 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
-use serde_json::{json, Value};
 use twofold_domain::{Email, NewSession, Role, TokenHash, UserCommand, Username};
 use twofold_projections::{DirectoryEntry, DirectoryFilter};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::auth::FullSession;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Json, Path, RequestOrigin};
-use crate::read_query::ReadQuery;
+use crate::openapi::{
+    BadRequest, BodyErrors, RoleSchema, SessionErrors, TwoFactorStatusSchema, Unavailable,
+};
+use crate::read_query::{MinPosition, ReadQuery};
 use crate::respond::Written;
 use crate::security;
 use crate::state::AppState;
 use crate::store::EventMetadata;
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = User)]
 pub struct UserView {
     id: Uuid,
     username: String,
     email: Option<String>,
+    #[schema(value_type = RoleSchema)]
     role: String,
+    #[schema(value_type = TwoFactorStatusSchema)]
     two_factor_status: String,
+    /// An administrator enforces 2FA for this user.
     enforced: bool,
     enabled_at: Option<DateTime<Utc>>,
     last_login_at: Option<DateTime<Utc>>,
@@ -83,12 +90,19 @@ fn parse_role(role: &str) -> Result<Role, ApiError> {
     role.parse::<Role>().map_err(ApiError::from)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
+    /// 1-64 of `a-z 0-9 . _ - @`, any case (stored lower case).
+    #[schema(pattern = "^[A-Za-z0-9._@-]{1,64}$")]
     username: String,
+    /// 8 characters or more, at most 1024 bytes.
+    #[schema(min_length = 8, max_length = 256)]
     password: String,
+    #[schema(format = Email)]
     email: Option<String>,
+    /// `user` by default; only a super admin gives another role.
+    #[schema(value_type = Option<RoleSchema>)]
     role: Option<String>,
 }
 
@@ -137,6 +151,21 @@ pub async fn register(
     Ok((user_id, committed.last_position))
 }
 
+/// Create a user.
+#[utoipa::path(
+    post,
+    path = "/users",
+    tag = "users",
+    security(("bearer" = [])),
+    request_body = CreateUser,
+    responses(
+        (status = 201, description = "Created", body = UserView),
+        BadRequest,
+        BodyErrors,
+        SessionErrors,
+        (status = 409, description = "`conflict`: the username is taken", body = ErrorBody),
+    ),
+)]
 pub async fn create_user(
     State(state): State<AppState>,
     origin: RequestOrigin,
@@ -165,6 +194,20 @@ pub async fn create_user(
     ))
 }
 
+/// One user, as the search shows it.
+#[utoipa::path(
+    get,
+    path = "/users/{id}",
+    tag = "users",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The user's id")),
+    responses(
+        (status = 200, description = "The user", body = UserView),
+        BadRequest,
+        SessionErrors,
+        (status = 404, description = "`not_found`", body = ErrorBody),
+    ),
+)]
 pub async fn get_user(
     State(state): State<AppState>,
     FullSession(session): FullSession,
@@ -179,13 +222,19 @@ fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Option<S
     Option::<String>::deserialize(deserializer).map(Some)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateUser {
+    /// Needs a super admin.
     enforce_two_factor: Option<bool>,
+    /// `null` clears the address; leave the field out to keep it.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, format = Email)]
     email: Option<Option<String>>,
+    /// Needs a super admin.
+    #[schema(value_type = Option<RoleSchema>)]
     role: Option<String>,
+    /// Recorded with an enforcement change.
     reason: Option<String>,
 }
 
@@ -208,6 +257,23 @@ impl Change {
     }
 }
 
+/// Change a user's email, role or 2FA enforcement.
+#[utoipa::path(
+    patch,
+    path = "/users/{id}",
+    tag = "users",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The user's id")),
+    request_body = UpdateUser,
+    responses(
+        (status = 200, description = "The user after the change", body = UserView),
+        BadRequest,
+        BodyErrors,
+        SessionErrors,
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`conflict`: the change does not apply now", body = ErrorBody),
+    ),
+)]
 pub async fn update_user(
     State(state): State<AppState>,
     origin: RequestOrigin,
@@ -263,22 +329,65 @@ pub async fn update_user(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct SearchQuery {
+    /// Prefix of the username or the email address, any case.
     q: Option<String>,
+    #[param(value_type = Option<TwoFactorStatusSchema>)]
     two_factor: Option<String>,
     enforced: Option<bool>,
+    #[param(value_type = Option<RoleSchema>)]
     role: Option<String>,
+    /// 1-500, default 50.
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
+
+/// The cursor is the last username of the page; opaque to clients.
+fn encode_cursor(username: &str) -> String {
+    URL_SAFE_NO_PAD.encode(username.as_bytes())
+}
+
+fn decode_cursor(cursor: &str) -> Result<String, ApiError> {
+    URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or(ApiError::InvalidRequest("bad cursor".into()))
+}
+
+/// A page of the user search.
+#[derive(Serialize, ToSchema)]
+pub struct UserPage {
+    users: Vec<UserView>,
+    /// `null` on the last page.
+    next_cursor: Option<String>,
+}
+
+/// The user search in username order, with the 2FA column.
+#[utoipa::path(
+    get,
+    path = "/users",
+    tag = "users",
+    security(("bearer" = [])),
+    params(SearchQuery, MinPosition),
+    responses(
+        (status = 200, description = "A page of users", body = UserPage),
+        BadRequest,
+        SessionErrors,
+        Unavailable,
+    ),
+)]
 
 pub async fn list_users(
     State(state): State<AppState>,
     FullSession(session): FullSession,
     query: ReadQuery<SearchQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<UserPage>, ApiError> {
     session.require(Role::can_read_reports)?;
     let query = query.caught_up(&state).await?;
     let limit = query.limit.unwrap_or(50);
@@ -295,17 +404,7 @@ pub async fn list_users(
     if let Some(role) = &query.role {
         parse_role(role)?;
     }
-    let after_username = query
-        .cursor
-        .as_deref()
-        .map(|cursor| {
-            URL_SAFE_NO_PAD
-                .decode(cursor)
-                .ok()
-                .and_then(|bytes| String::from_utf8(bytes).ok())
-                .ok_or(ApiError::InvalidRequest("bad cursor".into()))
-        })
-        .transpose()?;
+    let after_username = query.cursor.as_deref().map(decode_cursor).transpose()?;
     let filter = DirectoryFilter {
         query: query.q.filter(|q| !q.is_empty()),
         two_factor_status: query.two_factor,
@@ -316,30 +415,50 @@ pub async fn list_users(
     };
     let (entries, more) = state.projector.db().search_directory(&filter).await?;
     let next_cursor = more
-        .then(|| {
-            entries
-                .last()
-                .map(|e| URL_SAFE_NO_PAD.encode(e.username.as_bytes()))
-        })
+        .then(|| entries.last().map(|e| encode_cursor(&e.username)))
         .flatten();
     let users: Vec<UserView> = entries.into_iter().map(UserView::from).collect();
-    Ok(Json(json!({ "users": users, "next_cursor": next_cursor })))
+    Ok(Json(UserPage { users, next_cursor }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImpersonationRequest {
+    /// Required, not blank.
+    #[schema(required = true, pattern = "\\S")]
     reason: Option<String>,
     ticket: Option<String>,
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct ImpersonationStarted {
+    session_token: String,
+    expires_at: DateTime<Utc>,
+}
+
+/// "Login as": a session acting as the user, for 30 minutes at most.
+#[utoipa::path(
+    post,
+    path = "/users/{id}/impersonation",
+    tag = "users",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The user's id")),
+    request_body = ImpersonationRequest,
+    responses(
+        (status = 201, description = "A session acting as the user", body = ImpersonationStarted),
+        BadRequest,
+        BodyErrors,
+        SessionErrors,
+        (status = 404, description = "`not_found`", body = ErrorBody),
+    ),
+)]
 pub async fn start_impersonation(
     State(state): State<AppState>,
     origin: RequestOrigin,
     FullSession(session): FullSession,
     Path(id): Path<Uuid>,
     Json(request): Json<ImpersonationRequest>,
-) -> Result<Written<Json<Value>>, ApiError> {
+) -> Result<Written<Json<ImpersonationStarted>>, ApiError> {
     session.require(Role::is_administrator)?;
     if session.is_impersonation() {
         return Err(ApiError::Forbidden("end the current impersonation first"));
@@ -390,10 +509,25 @@ pub async fn start_impersonation(
     Ok(Written::new(
         StatusCode::CREATED,
         committed.last_position,
-        Json(json!({ "session_token": token, "expires_at": new_session.expires_at })),
+        Json(ImpersonationStarted {
+            session_token: token,
+            expires_at: new_session.expires_at,
+        }),
     ))
 }
 
+/// End the "Login as" session this token belongs to.
+#[utoipa::path(
+    delete,
+    path = "/impersonation",
+    tag = "users",
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Ended"),
+        SessionErrors,
+        (status = 404, description = "`not_found`: this session is not an impersonation", body = ErrorBody),
+    ),
+)]
 pub async fn end_impersonation(
     State(state): State<AppState>,
     origin: RequestOrigin,
@@ -418,12 +552,29 @@ pub async fn end_impersonation(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResetRequest {
     reason: Option<String>,
 }
 
+/// A super admin's reset of the user's second factor.
+#[utoipa::path(
+    delete,
+    path = "/users/{id}/two-factor",
+    tag = "users",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The user's id")),
+    request_body = ResetRequest,
+    responses(
+        (status = 204, description = "Every factor, recovery code and remembered device is gone"),
+        BadRequest,
+        BodyErrors,
+        SessionErrors,
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`conflict`: the user has no 2FA", body = ErrorBody),
+    ),
+)]
 pub async fn reset_two_factor(
     State(state): State<AppState>,
     origin: RequestOrigin,
@@ -461,16 +612,44 @@ pub async fn reset_two_factor(
     ))
 }
 
+/// A user's remembered devices.
+#[utoipa::path(
+    get,
+    path = "/users/{id}/remembered-devices",
+    tag = "users",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The user's id")),
+    responses(
+        (status = 200, description = "Remembered devices", body = super::me::DeviceList),
+        BadRequest,
+        SessionErrors,
+        (status = 404, description = "`not_found`", body = ErrorBody),
+    ),
+)]
 pub async fn user_remembered_devices(
     State(state): State<AppState>,
     FullSession(session): FullSession,
     Path(id): Path<Uuid>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<super::me::DeviceList>, ApiError> {
     session.require(Role::is_administrator)?;
     user_view(&state, id).await?;
     super::me::device_list(&state, id).await
 }
 
+/// Forget all of a user's remembered devices.
+#[utoipa::path(
+    delete,
+    path = "/users/{id}/remembered-devices",
+    tag = "users",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The user's id")),
+    responses(
+        (status = 204, description = "Forgotten"),
+        BadRequest,
+        SessionErrors,
+        (status = 404, description = "`not_found`", body = ErrorBody),
+    ),
+)]
 pub async fn revoke_user_remembered_devices(
     State(state): State<AppState>,
     origin: RequestOrigin,
@@ -480,4 +659,43 @@ pub async fn revoke_user_remembered_devices(
     session.require(Role::is_administrator)?;
     user_view(&state, id).await?;
     super::me::forget_devices(&state, id, &session.metadata(&origin, &state)).await
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        #[test]
+        fn cursors_never_panic_and_round_trip(junk in any::<String>(), name in "[a-z0-9._@-]{1,64}") {
+            if let Ok(after) = decode_cursor(&junk) {
+                prop_assert_eq!(decode_cursor(&encode_cursor(&after)).unwrap(), after);
+            }
+            prop_assert_eq!(decode_cursor(&encode_cursor(&name)).unwrap(), name);
+        }
+
+        #[test]
+        fn passwords_are_checked_without_panicking(password in any::<String>()) {
+            let accepted = check_password(&password).is_ok();
+            let chars = password.chars().count();
+            prop_assert_eq!(
+                accepted,
+                chars >= security::PASSWORD_MIN_CHARS && password.len() <= security::PASSWORD_MAX_BYTES
+            );
+        }
+
+        #[test]
+        fn emails_and_roles_from_requests_never_panic(email in any::<String>(), role in any::<String>()) {
+            if let Ok(Some(parsed)) = parse_email(Some(&email)) {
+                prop_assert_eq!(parsed.as_str(), email.trim());
+            }
+            if let Ok(parsed) = parse_role(&role) {
+                prop_assert_eq!(parsed.as_str(), role);
+            }
+        }
+    }
 }

@@ -1,0 +1,235 @@
+//! The pages' way to the API: an in-process call of the API router, as the
+//! visitor (their session token as bearer token, their address and user
+//! agent), so the API's rules, errors and event metadata apply unchanged.
+
+use std::net::SocketAddr;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, Method, Request, StatusCode};
+use axum::response::Response;
+use axum::Router;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tower::ServiceExt;
+
+use super::cookies::{self, Cookies};
+use super::pages::PageError;
+
+/// JSON answers are small; a page never needs more than this of one.
+const ANSWER_LIMIT: usize = 4 * 1024 * 1024;
+
+/// Who is asking for a page, and from where.
+#[derive(Clone, Debug, Default)]
+pub struct Visitor {
+    pub cookies: Cookies,
+    connect: Option<ConnectInfo<SocketAddr>>,
+    user_agent: Option<HeaderValue>,
+    /// The page came over HTTPS (directly, or through a proxy that says so):
+    /// cookies are then marked `Secure`.
+    pub secure: bool,
+}
+
+impl Visitor {
+    /// The API session token kept in the session cookie.
+    pub fn session(&self) -> Option<&str> {
+        self.cookies.get(cookies::SESSION)
+    }
+}
+
+fn came_over_https(parts: &Parts) -> bool {
+    let header_says = |name: &str, wanted: &dyn Fn(&str) -> bool| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(wanted)
+    };
+    parts.uri.scheme_str() == Some("https")
+        || header_says("x-forwarded-proto", &|value| {
+            value
+                .split(',')
+                .next()
+                .is_some_and(|first| first.trim().eq_ignore_ascii_case("https"))
+        })
+        || header_says("forwarded", &|value| {
+            value
+                .to_ascii_lowercase()
+                .split([';', ','])
+                .any(|pair| pair.trim() == "proto=https")
+        })
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Visitor {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Visitor {
+            cookies: Cookies::from_headers(&parts.headers),
+            connect: parts.extensions.get::<ConnectInfo<SocketAddr>>().cloned(),
+            user_agent: parts.headers.get(header::USER_AGENT).cloned(),
+            secure: came_over_https(parts),
+        })
+    }
+}
+
+/// An API answer: its status and JSON body (`Null` when empty).
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+impl Answer {
+    pub fn is_success(&self) -> bool {
+        self.status.is_success()
+    }
+
+    /// The API's error code (`invalid_code`, `forbidden`, ...).
+    pub fn error(&self) -> &str {
+        self.body["error"].as_str().unwrap_or("")
+    }
+
+    /// The API's message for people.
+    pub fn message(&self) -> String {
+        self.body["message"]
+            .as_str()
+            .unwrap_or("the request failed")
+            .to_string()
+    }
+
+    /// The answer as the type a page expects; a shape it does not expect is
+    /// a fault of ours, shown as an internal error.
+    pub fn parse<T: DeserializeOwned>(self) -> Result<T, PageError> {
+        serde_json::from_value(self.body)
+            .map_err(|error| PageError::Internal(format!("unexpected API answer: {error}")))
+    }
+
+    /// Success as `T`; an error becomes the page error the API's code calls
+    /// for (sign in again, go to enrollment, or an error page).
+    pub fn into_result<T: DeserializeOwned>(self) -> Result<T, PageError> {
+        if self.is_success() {
+            self.parse()
+        } else {
+            Err(PageError::from_answer(&self))
+        }
+    }
+
+    /// Success with no body of interest.
+    pub fn into_done(self) -> Result<(), PageError> {
+        if self.is_success() {
+            Ok(())
+        } else {
+            Err(PageError::from_answer(&self))
+        }
+    }
+}
+
+/// The API router, called in-process.
+#[derive(Clone)]
+pub struct ApiClient {
+    router: Router,
+}
+
+impl ApiClient {
+    pub fn new(router: Router) -> Self {
+        Self { router }
+    }
+
+    /// Sends one request to `/api/v1{path}` and returns the raw response
+    /// (streamed bodies such as CSV exports pass through as they are).
+    pub async fn send(
+        &self,
+        visitor: &Visitor,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<Response, PageError> {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("/api/v1{path}"));
+        if let Some(agent) = &visitor.user_agent {
+            request = request.header(header::USER_AGENT, agent.clone());
+        }
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let body = match body {
+            Some(value) => {
+                request = request.header(header::CONTENT_TYPE, "application/json");
+                Body::from(value.to_string())
+            }
+            None => Body::empty(),
+        };
+        let mut request = request
+            .body(body)
+            .map_err(|error| PageError::Internal(format!("bad API request: {error}")))?;
+        if let Some(connect) = visitor.connect {
+            request.extensions_mut().insert(connect);
+        }
+        match self.router.clone().oneshot(request).await {
+            Ok(response) => Ok(response),
+            Err(never) => match never {},
+        }
+    }
+
+    /// Passes a request the pages do not handle to the API as it is.
+    pub async fn forward(&self, request: axum::extract::Request) -> Response {
+        match self.router.clone().oneshot(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        }
+    }
+
+    /// Sends one request and reads its JSON answer.
+    pub async fn call(
+        &self,
+        visitor: &Visitor,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<Answer, PageError> {
+        let response = self.send(visitor, method, path, token, body).await?;
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), ANSWER_LIMIT)
+            .await
+            .map_err(|error| PageError::Internal(format!("API answer unreadable: {error}")))?;
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+        };
+        Ok(Answer { status, body })
+    }
+
+    /// A call made with the visitor's session; no session means "sign in".
+    pub async fn as_visitor(
+        &self,
+        visitor: &Visitor,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Answer, PageError> {
+        let token = visitor.session().ok_or(PageError::SignIn)?;
+        self.call(visitor, method, path, Some(token), body).await
+    }
+
+    pub async fn get(&self, visitor: &Visitor, path: &str) -> Result<Answer, PageError> {
+        self.as_visitor(visitor, Method::GET, path, None).await
+    }
+}
+
+/// A query string for the API or a page link from (name, value) pairs,
+/// leaving out empty values (the API reads `name=` as a bad value for most
+/// filters).
+pub fn query(pairs: &[(&str, &str)]) -> String {
+    let given: Vec<(&str, &str)> = pairs
+        .iter()
+        .copied()
+        .filter(|(_, value)| !value.is_empty())
+        .collect();
+    serde_urlencoded::to_string(given).unwrap_or_default()
+}

@@ -1,0 +1,415 @@
+//! Sign-in: username and password, then (when the API asks for it) the
+//! code step; and sign-out.
+
+use askama::Template;
+use axum::extract::rejection::FormRejection;
+use axum::extract::{Form, Query, State};
+use axum::http::{Method, StatusCode};
+use serde::Deserialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::client::{Answer, Visitor};
+use super::cookies;
+use super::pages::{capitalized, notice_text, Chrome, PageError, Reply};
+use super::Web;
+
+#[derive(Deserialize)]
+pub struct NoticeQuery {
+    pub notice: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "signin.html")]
+struct SignInPage {
+    chrome: Chrome,
+    username: String,
+}
+
+fn sign_in_form(
+    visitor: &Visitor,
+    status: StatusCode,
+    username: &str,
+    notice: Option<String>,
+    error: Option<String>,
+) -> Result<Reply, PageError> {
+    let (chrome, anchor) = Chrome::anonymous(visitor);
+    let page = SignInPage {
+        chrome: chrome.notice(notice).error(error),
+        username: username.to_string(),
+    };
+    Ok(Reply::render(status, &page)?.maybe_cookie(anchor))
+}
+
+/// `GET /`: the sign-in form, or home for a visitor already signed in.
+pub async fn sign_in_page(
+    State(web): State<Web>,
+    visitor: Visitor,
+    Query(query): Query<NoticeQuery>,
+) -> Result<Reply, PageError> {
+    let notice = notice_text(query.notice.as_deref());
+    if visitor.session().is_some() {
+        match web.api.get(&visitor, "/me").await?.into_done() {
+            Ok(()) => return Ok(Reply::redirect("/home")),
+            Err(PageError::SignIn) => {
+                // The API no longer knows the session: forget it here too.
+                return Ok(sign_in_form(&visitor, StatusCode::OK, "", notice, None)?
+                    .cookie(cookies::clear(cookies::SESSION, visitor.secure))
+                    .cookie(cookies::clear(cookies::ADMIN_SESSION, visitor.secure)));
+            }
+            Err(other) => return Err(other),
+        }
+    }
+    sign_in_form(&visitor, StatusCode::OK, "", notice, None)
+}
+
+#[derive(Deserialize)]
+pub struct SignInForm {
+    username: String,
+    password: String,
+}
+
+#[derive(Deserialize)]
+struct LoginAnswer {
+    status: String,
+    session_token: Option<String>,
+    challenge_id: Option<Uuid>,
+    #[serde(default)]
+    methods: Vec<String>,
+}
+
+/// Signed in: keep the API's session token; no challenge, no older
+/// "Login as" state.
+fn start_session(visitor: &Visitor, token: &str, to: &str) -> Reply {
+    Reply::redirect(to)
+        .cookie(cookies::set(cookies::SESSION, token, None, visitor.secure))
+        .cookie(cookies::clear(cookies::ADMIN_SESSION, visitor.secure))
+        .cookie(cookies::clear(cookies::CHALLENGE, visitor.secure))
+}
+
+fn form<T>(form: Result<Form<T>, FormRejection>) -> Result<T, PageError> {
+    form.map(|Form(form)| form)
+        .map_err(|rejection| PageError::BadForm(rejection.body_text()))
+}
+
+/// `POST /login`: `POST /api/v1/login` with the remembered-device cookie.
+pub async fn sign_in(
+    State(web): State<Web>,
+    visitor: Visitor,
+    request: Result<Form<SignInForm>, FormRejection>,
+) -> Result<Reply, PageError> {
+    let request = form(request)?;
+    let mut body = json!({ "username": request.username, "password": request.password });
+    if let Some(device) = visitor.cookies.get(cookies::DEVICE) {
+        body["device_token"] = json!(device);
+    }
+    let answer = web
+        .api
+        .call(&visitor, Method::POST, "/login", None, Some(&body))
+        .await?;
+    if !answer.is_success() {
+        let message = capitalized(&answer.message());
+        return sign_in_form(
+            &visitor,
+            answer.status,
+            &request.username,
+            None,
+            Some(message),
+        );
+    }
+    let login: LoginAnswer = answer.parse()?;
+    match (
+        login.status.as_str(),
+        login.session_token,
+        login.challenge_id,
+    ) {
+        ("authenticated", Some(token), _) => Ok(start_session(&visitor, &token, "/home")),
+        ("enrollment_required", Some(token), _) => Ok(start_session(&visitor, &token, "/enroll")),
+        ("two_factor_required", _, Some(challenge_id)) => {
+            let challenge = Challenge {
+                id: challenge_id,
+                methods: login.methods,
+            };
+            Ok(Reply::redirect("/login/code").cookie(cookies::set(
+                cookies::CHALLENGE,
+                &challenge.to_cookie(),
+                None,
+                visitor.secure,
+            )))
+        }
+        (status, _, _) => Err(PageError::Internal(format!(
+            "unexpected sign-in status {status}"
+        ))),
+    }
+}
+
+/// The sign-in challenge between the password and the code, as the API
+/// issued it.
+struct Challenge {
+    id: Uuid,
+    methods: Vec<String>,
+}
+
+impl Challenge {
+    fn to_cookie(&self) -> String {
+        format!("{}:{}", self.id, self.methods.join("+"))
+    }
+
+    fn from_visitor(visitor: &Visitor) -> Option<Self> {
+        let (id, methods) = visitor.cookies.get(cookies::CHALLENGE)?.split_once(':')?;
+        Some(Challenge {
+            id: Uuid::parse_str(id).ok()?,
+            methods: methods
+                .split('+')
+                .filter(|m| !m.is_empty())
+                .map(str::to_string)
+                .collect(),
+        })
+    }
+
+    fn offers(&self, method: &str) -> bool {
+        self.methods.iter().any(|m| m == method)
+    }
+}
+
+#[derive(Template)]
+#[template(path = "code.html")]
+struct CodePage {
+    chrome: Chrome,
+    offers_totp: bool,
+    offers_email: bool,
+    offers_recovery: bool,
+    /// The method picked (radio button checked).
+    method: String,
+    remember: bool,
+    remember_hours: i64,
+}
+
+struct CodeState<'a> {
+    method: &'a str,
+    remember: bool,
+    notice: Option<String>,
+    error: Option<String>,
+}
+
+fn code_form(
+    web: &Web,
+    visitor: &Visitor,
+    challenge: &Challenge,
+    status: StatusCode,
+    state: CodeState<'_>,
+) -> Result<Reply, PageError> {
+    let (chrome, anchor) = Chrome::anonymous(visitor);
+    let method = if challenge.offers(state.method) {
+        state.method
+    } else {
+        challenge
+            .methods
+            .iter()
+            .map(String::as_str)
+            .find(|m| *m != "recovery_code")
+            .unwrap_or("totp")
+    };
+    let page = CodePage {
+        chrome: chrome.notice(state.notice).error(state.error),
+        offers_totp: challenge.offers("totp"),
+        offers_email: challenge.offers("email"),
+        offers_recovery: challenge.offers("recovery_code"),
+        method: method.to_string(),
+        remember: state.remember,
+        remember_hours: web.remember_hours,
+    };
+    Ok(Reply::render(status, &page)?.maybe_cookie(anchor))
+}
+
+/// `GET /login/code`: the code step.
+pub async fn code_page(State(web): State<Web>, visitor: Visitor) -> Result<Reply, PageError> {
+    let Some(challenge) = Challenge::from_visitor(&visitor) else {
+        return Ok(Reply::redirect("/"));
+    };
+    code_form(
+        &web,
+        &visitor,
+        &challenge,
+        StatusCode::OK,
+        CodeState {
+            method: "totp",
+            remember: true,
+            notice: None,
+            error: None,
+        },
+    )
+}
+
+/// The challenge is over (expired, locked, unknown): sign in again.
+fn challenge_over(answer: &Answer) -> bool {
+    matches!(
+        answer.error(),
+        "challenge_expired" | "challenge_locked" | "not_found"
+    )
+}
+
+fn restart_sign_in(visitor: &Visitor, answer: &Answer) -> Result<Reply, PageError> {
+    Ok(sign_in_form(
+        visitor,
+        answer.status,
+        "",
+        None,
+        Some(capitalized(&answer.message())),
+    )?
+    .cookie(cookies::clear(cookies::CHALLENGE, visitor.secure)))
+}
+
+#[derive(Deserialize)]
+pub struct CodeForm {
+    method: Option<String>,
+    #[serde(default)]
+    code: String,
+    /// A checkbox: present when ticked.
+    remember_device: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Authenticated {
+    session_token: String,
+    device_token: Option<String>,
+    device_expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// `POST /login/code`: `POST /api/v1/login/challenges/{id}/verify`.
+pub async fn verify_code(
+    State(web): State<Web>,
+    visitor: Visitor,
+    request: Result<Form<CodeForm>, FormRejection>,
+) -> Result<Reply, PageError> {
+    let request = form(request)?;
+    let Some(challenge) = Challenge::from_visitor(&visitor) else {
+        return Ok(Reply::redirect("/"));
+    };
+    let method = request.method.as_deref().unwrap_or("totp");
+    let remember = request.remember_device.is_some();
+    let body = json!({
+        "method": method,
+        "code": request.code.trim(),
+        "remember_device": remember,
+    });
+    let path = format!("/login/challenges/{}/verify", challenge.id);
+    let answer = web
+        .api
+        .call(&visitor, Method::POST, &path, None, Some(&body))
+        .await?;
+    if answer.is_success() {
+        let done: Authenticated = answer.parse()?;
+        let mut reply = start_session(&visitor, &done.session_token, "/home");
+        if let (Some(token), Some(until)) = (done.device_token, done.device_expires_at) {
+            let max_age = (until - web.clock.now()).num_seconds();
+            reply = reply.cookie(cookies::set(
+                cookies::DEVICE,
+                &token,
+                Some(max_age),
+                visitor.secure,
+            ));
+        }
+        return Ok(reply);
+    }
+    if challenge_over(&answer) {
+        return restart_sign_in(&visitor, &answer);
+    }
+    let mut message = capitalized(&answer.message());
+    if let Some(left) = answer.body["attempts_remaining"].as_u64() {
+        message.push_str(&format!(
+            " {left} attempt{} left.",
+            if left == 1 { "" } else { "s" }
+        ));
+    }
+    code_form(
+        &web,
+        &visitor,
+        &challenge,
+        answer.status,
+        CodeState {
+            method,
+            remember,
+            notice: None,
+            error: Some(message),
+        },
+    )
+}
+
+#[derive(Deserialize)]
+struct EmailSent {
+    sent_to: String,
+}
+
+/// `POST /login/code/email` ("Send code by email"):
+/// `POST /api/v1/login/challenges/{id}/email`.
+pub async fn send_email_code(
+    State(web): State<Web>,
+    visitor: Visitor,
+    request: Result<Form<CodeForm>, FormRejection>,
+) -> Result<Reply, PageError> {
+    let request = form(request)?;
+    let Some(challenge) = Challenge::from_visitor(&visitor) else {
+        return Ok(Reply::redirect("/"));
+    };
+    let path = format!("/login/challenges/{}/email", challenge.id);
+    let answer = web
+        .api
+        .call(&visitor, Method::POST, &path, None, None)
+        .await?;
+    let remember = request.remember_device.is_some();
+    if answer.is_success() {
+        let sent: EmailSent = answer.parse()?;
+        return code_form(
+            &web,
+            &visitor,
+            &challenge,
+            StatusCode::OK,
+            CodeState {
+                method: "email",
+                remember,
+                notice: Some(format!(
+                    "We sent a code to {}. It works once, for the next 10 minutes.",
+                    sent.sent_to
+                )),
+                error: None,
+            },
+        );
+    }
+    if challenge_over(&answer) {
+        return restart_sign_in(&visitor, &answer);
+    }
+    code_form(
+        &web,
+        &visitor,
+        &challenge,
+        answer.status,
+        CodeState {
+            method: "email",
+            remember,
+            notice: None,
+            error: Some(capitalized(&answer.message())),
+        },
+    )
+}
+
+/// `POST /logout`: ends the session (and an administrator's own session
+/// kept during "Login as"); the remembered device stays remembered.
+pub async fn sign_out(State(web): State<Web>, visitor: Visitor) -> Result<Reply, PageError> {
+    for name in [cookies::SESSION, cookies::ADMIN_SESSION] {
+        if let Some(token) = visitor.cookies.get(name) {
+            // An unknown or expired session is signed out already.
+            let answer = web
+                .api
+                .call(&visitor, Method::POST, "/logout", Some(token), None)
+                .await?;
+            if answer.status.is_server_error() {
+                return Err(PageError::from_answer(&answer));
+            }
+        }
+    }
+    Ok(Reply::redirect("/?notice=signed-out")
+        .cookie(cookies::clear(cookies::SESSION, visitor.secure))
+        .cookie(cookies::clear(cookies::ADMIN_SESSION, visitor.secure))
+        .cookie(cookies::clear(cookies::CHALLENGE, visitor.secure)))
+}
