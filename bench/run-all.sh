@@ -25,7 +25,7 @@ SCALE_EVENTS=${SCALE_EVENTS:-1000000}
 DURATION=${DURATION:-15}
 CONCURRENCY=${CONCURRENCY:-16}
 POOL=${POOL:-1500}
-PORT=${PORT:-18080}
+PORT=${PORT:-28080}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 BIN=$TARGET_DIR/release
 OUT=${OUT:-$TARGET_DIR/bench/$(date -u +%Y%m%dT%H%M%SZ)}
@@ -47,10 +47,16 @@ stop_servers() {
 }
 trap stop_servers EXIT
 
+port_taken() { ss -Htln "sport = :$1" | grep -q .; }
+
 # start_server NAME DATABASE_URL PORT: starts one `twofold serve`, waits
 # until it answers, and appends its pid to SERVERS.
 start_server() {
     local name=$1 url=$2 port=$3
+    if port_taken "$port"; then
+        echo "port $port is taken by another process; set PORT=... to another base" >&2
+        return 1
+    fi
     "$BIN/twofold" serve --database-url "$url" --listen "127.0.0.1:$port" \
         --master-key-file "$OUT/master.key" --mail-dir "$OUT/mail" \
         --login-rate-per-ip 1000000000 >"$OUT/$name.log" 2>&1 &
@@ -58,7 +64,10 @@ start_server() {
     SERVERS+=("$pid")
     for _ in $(seq 1 600); do
         if curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; then
-            return 0
+            # Ours, not something that took the port meanwhile.
+            kill -0 "$pid" 2>/dev/null && return 0
+            cat "$OUT/$name.log" >&2
+            return 1
         fi
         kill -0 "$pid" 2>/dev/null || { cat "$OUT/$name.log" >&2; return 1; }
         sleep 0.1
