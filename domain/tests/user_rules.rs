@@ -518,7 +518,6 @@ fn email_is_offered_only_when_the_caller_says_the_address_is_unique() {
 /// option will not be available". The aggregate knows the profile has no
 /// address but trusts the caller's `email_offered` flag anyway.
 #[test]
-#[ignore = "domain gap: user.rs challenge_methods offers Email when the profile has no address"]
 fn email_is_not_offered_to_a_user_without_an_address() {
     let mut history = alice();
     history.push(UserEvent::EmailChanged { email: None });
