@@ -83,6 +83,10 @@ fresh_db() {
 
 load() { "$BIN/twofold-load" "$@"; }
 
+# SECTIONS="baseline criterion pg rebuild scaleout sqlite" (default: all).
+SECTIONS=${SECTIONS:-baseline criterion pg rebuild scaleout sqlite}
+want() { [[ " $SECTIONS " == *" $1 "* ]]; }
+
 log "build (release)"
 cargo build --release -q -p twofold -p twofold-bench
 {
@@ -94,15 +98,22 @@ cargo build --release -q -p twofold -p twofold-bench
     echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo none)"
 } | tee "$OUT/machine.txt"
 
+if want baseline; then
 log "baselines: H (argon2id on one core) and C (durable commits)"
 fresh_db twofold_bench_base
 load baseline --postgres-url "$PG/twofold_bench_base" --dir "$OUT" --out "$RESULTS"
 
+fi
+
+if want criterion; then
 log "criterion micro-benchmarks (short measurement)"
 cargo bench -q -p twofold-bench --bench domain -- \
     --warm-up-time 0.3 --measurement-time 1 --noplot 2>/dev/null | tee "$OUT/criterion.txt" |
     grep -E 'time:' -B1 | grep -v '^--$' || true
 
+fi
+
+if want pg; then
 log "seed PostgreSQL: $SCALE_USERS users / $SCALE_EVENTS events"
 fresh_db twofold_bench
 BENCH_DB=$PG/twofold_bench
@@ -127,13 +138,20 @@ load mem --server-pid "$PID" --label "after load, $SCALE_USERS users" --out "$RE
 load run --scenario overload --duration 10 --max-in-flight 256 "${COMMON[@]}"
 stop_servers
 
-log "rebuild and verify (PostgreSQL, 10,000 users / 100,000 events)"
+fi
+
+if want rebuild; then
+# A live database: read models built and analysed, then rebuilt from scratch.
+log "rebuild and verify (PostgreSQL, 20,000 users / 60,000 events)"
 fresh_db twofold_bench_rebuild
-load seed --database-url "$PG/twofold_bench_rebuild" --users 10000 --events 100000 \
-    --no-history-users --read-models none --out "$RESULTS"
+load seed --database-url "$PG/twofold_bench_rebuild" --users 20000 --events 60000 \
+    --no-history-users --out "$RESULTS"
 load rebuild --twofold-bin "$BIN/twofold" --database-url "$PG/twofold_bench_rebuild" \
     --label pg --out "$RESULTS"
 
+fi
+
+if want scaleout; then
 log "scale out: 1 then 3 servers on one PostgreSQL"
 fresh_db twofold_bench_scale
 SCALE_DB=$PG/twofold_bench_scale
@@ -155,11 +173,14 @@ load run --scenario full-signin --duration "$DURATION" --concurrency "$CONCURREN
     --commit-stats "${SCALE_COMMON[@]}" --label scale-3
 stop_servers
 
+fi
+
+if want sqlite; then
 log "SQLite: 20,000 users / 200,000 events"
 SQLITE_DB=sqlite://$OUT/bench.db
 load seed --database-url "$SQLITE_DB" --users 20000 --events 200000 --out "$RESULTS"
 start_server sqlite "$SQLITE_DB" "$PORT"
-SQLITE_COMMON=(--url "$URL" --server-pid "${SERVERS[0]}" --database-url "$SQLITE_DB" --users 20000
+SQLITE_COMMON=(--url "http://127.0.0.1:$PORT" --server-pid "${SERVERS[0]}" --database-url "$SQLITE_DB" --users 20000
     --pool "$OUT/pool-sqlite.json" --pool-size 600 --out "$RESULTS" --label sqlite)
 load run --scenario password --duration 10 --concurrency "$CONCURRENCY" "${SQLITE_COMMON[@]}"
 load run --scenario enroll --concurrency 8 "${SQLITE_COMMON[@]}"
@@ -167,6 +188,8 @@ load run --scenario totp-verify --concurrency "$CONCURRENCY" "${SQLITE_COMMON[@]
 load run --scenario commands --duration 10 --concurrency "$CONCURRENCY" "${SQLITE_COMMON[@]}"
 load run --scenario history --history-commands 100 "${SQLITE_COMMON[@]}"
 stop_servers
+
+fi
 
 log "results ($RESULTS)"
 load report "$RESULTS" | tee "$OUT/table.md"

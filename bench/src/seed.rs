@@ -267,14 +267,22 @@ async fn seed_into(
     let started_analyze = Instant::now();
     if let Db::Postgres(pool) = db {
         let bar = spinner("VACUUM ANALYZE");
-        for table in [
-            "events",
-            "audit_log",
-            "user_directory",
-            "sessions",
-            "challenges",
-            "two_factor_counts",
-        ] {
+        // Empty read models are left unanalysed: statistics saying "0 rows"
+        // would make the projector's cached plans scan instead of seek
+        // once it fills them (measured: a rebuild ten times slower).
+        let tables: &[&str] = if args.read_models == ReadModels::None {
+            &["events"]
+        } else {
+            &[
+                "events",
+                "audit_log",
+                "user_directory",
+                "sessions",
+                "challenges",
+                "two_factor_counts",
+            ]
+        };
+        for table in tables {
             sqlx::raw_sql(&format!("VACUUM ANALYZE {table}"))
                 .execute(pool)
                 .await?;

@@ -26,11 +26,15 @@ pub struct StoredEvent {
     pub recorded_at: DateTime<Utc>,
 }
 
+/// `+aggregate_type` keeps SQLite off the primary key's index, which it
+/// would otherwise pick for the equality and then read and sort every event
+/// of the store on each round (0.43 s at 210,000 events, inside the
+/// round's write lock); this way it range-scans `events_position` (0.1 ms).
 pub(crate) const SQLITE_FEED: &str = "
 SELECT position AS transaction_id, position, aggregate_id, sequence, event_type, event_version,
        payload, metadata, recorded_at
   FROM events
- WHERE aggregate_type = 'user' AND position > $2
+ WHERE +aggregate_type = 'user' AND position > $2
  ORDER BY position
  LIMIT $3";
 
