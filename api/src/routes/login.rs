@@ -20,7 +20,7 @@ use crate::openapi::{BadRequest, BodyErrors, MethodSchema, SessionErrors, Unavai
 use crate::respond::Written;
 use crate::security;
 use crate::state::AppState;
-use crate::store::{EventMetadata, StoreError};
+use crate::store::{EventMetadata, Loaded, StoreError};
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -210,6 +210,17 @@ fn new_email_code() -> String {
     format!("{:06}", rand::rngs::OsRng.gen_range(0..1_000_000))
 }
 
+/// The user a sign-in challenge belongs to, loaded.
+async fn challenge_owner(state: &AppState, challenge_id: Uuid) -> Result<Loaded, ApiError> {
+    let user_id = state
+        .projector
+        .db()
+        .challenge_owner(challenge_id)
+        .await?
+        .ok_or(ApiError::NotFound("no such sign-in challenge"))?;
+    Ok(state.store.load(user_id).await?)
+}
+
 /// Email a one-time code for this challenge.
 #[utoipa::path(
     post,
@@ -232,13 +243,8 @@ pub async fn send_email_code(
     origin: RequestOrigin,
     Path(challenge_id): Path<Uuid>,
 ) -> Result<Written<Json<EmailCodeSent>>, ApiError> {
-    let user_id = state
-        .projector
-        .db()
-        .challenge_owner(challenge_id)
-        .await?
-        .ok_or(ApiError::NotFound("no such sign-in challenge"))?;
-    let loaded = state.store.load(user_id).await?;
+    let loaded = challenge_owner(&state, challenge_id).await?;
+    let user_id = loaded.id;
     let now = state.now();
     let email = loaded.user.profile().and_then(|p| p.email.clone());
     let address_shared = match &email {
@@ -347,13 +353,8 @@ pub async fn verify(
     Path(challenge_id): Path<Uuid>,
     Json(request): Json<VerifyRequest>,
 ) -> Result<Written<Json<Authenticated>>, ApiError> {
-    let user_id = state
-        .projector
-        .db()
-        .challenge_owner(challenge_id)
-        .await?
-        .ok_or(ApiError::NotFound("no such sign-in challenge"))?;
-    let loaded = state.store.load(user_id).await?;
+    let loaded = challenge_owner(&state, challenge_id).await?;
+    let user_id = loaded.id;
     let totp_secret = match (request.method, loaded.user.active_totp()) {
         (SecondFactorMethod::Totp, Some(totp)) => {
             Some(state.vault.fetch(user_id, totp.enrollment_id).await?)
