@@ -203,6 +203,9 @@ impl ServeConfig {
         };
         totp.validate()
             .map_err(|error| anyhow::anyhow!("TOTP settings: {error}"))?;
+        let password_hash_workers = args
+            .password_hash_workers
+            .unwrap_or_else(security::default_hashing_workers);
         Ok(ServeConfig {
             database_url: url,
             database_max_connections: args.database.database_max_connections,
@@ -219,6 +222,10 @@ impl ServeConfig {
                 totp,
                 totp_issuer: args.totp_issuer,
                 login_rate_per_ip: args.login_rate_per_ip,
+                password_hash_workers,
+                password_hash_queue: args
+                    .password_hash_queue
+                    .unwrap_or_else(|| security::default_hashing_queue(password_hash_workers)),
             },
             bootstrap_admin: args.bootstrap_admin,
             clock: Arc::new(SystemClock),
@@ -269,7 +276,6 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     let db = database::connect(&config.database_url, config.database_max_connections).await?;
     database::migrate(&db).await.context("migrations failed")?;
     let key = security::load_or_create_master_key(&config.master_key_file)?;
-    security::prepare().await;
     let mailer = config.mail.mailer()?;
     let projector = Projector::new(db.clone()).await?;
     let state = AppState::new(
@@ -280,7 +286,8 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         config.settings,
         metrics_handle(),
         mailer,
-    );
+    )
+    .context("cannot start the password hashing threads")?;
     if let Some(spec) = &config.bootstrap_admin {
         bootstrap_admin(&state, &db, spec).await?;
     }

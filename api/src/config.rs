@@ -1,6 +1,7 @@
 //! The `twofold` command line: every flag also read from its environment variable.
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
@@ -137,6 +138,14 @@ pub struct ServeArgs {
     /// Sign-in attempts a minute from one address.
     #[arg(long, env = "TWOFOLD_LOGIN_RATE_PER_IP", default_value_t = 300)]
     pub login_rate_per_ip: u32,
+    /// Threads that hash passwords, each keeping a 19 MiB buffer (default: one per core).
+    #[arg(long, env = "TWOFOLD_PASSWORD_HASH_WORKERS")]
+    pub password_hash_workers: Option<NonZeroUsize>,
+    /// Password checks (sign-in, password change, new user) admitted beyond
+    /// what the workers run at once; more are answered 503 at once
+    /// (default: 32 per worker).
+    #[arg(long, env = "TWOFOLD_PASSWORD_HASH_QUEUE")]
+    pub password_hash_queue: Option<usize>,
     /// Key that encrypts TOTP secrets at rest; created (mode 0600) when missing.
     /// Default: next to the SQLite file; required with PostgreSQL.
     #[arg(long, env = "TWOFOLD_MASTER_KEY_FILE")]

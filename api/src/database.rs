@@ -3,7 +3,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::postgres::PgPoolOptions;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions,
+    SqliteSynchronous, SqliteTransactionManager,
+};
+use sqlx::{Connection, Executor, TransactionManager};
 use twofold_projections::Db;
 
 /// Opens the store named by the URL: SQLite (created when missing, WAL,
@@ -20,6 +24,8 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Db> {
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(5))
+            .after_connect(|connection, _| Box::pin(refuse_read_only(connection)))
+            .before_acquire(|connection, _| Box::pin(end_stray_transaction(connection)))
             .connect_with(options)
             .await
             .with_context(|| format!("cannot open {url}"))?;
@@ -35,6 +41,39 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Db> {
     } else {
         anyhow::bail!("--database-url must start with sqlite:// or postgres://")
     }
+}
+
+/// SQLite opens a file it may not write read-only instead of failing, and
+/// such a connection goes on refusing writes after the file is writable
+/// again. Setting the user version to itself in a transaction that is
+/// rolled back touches a page without writing anything to disk, and fails
+/// on such a connection; the pool then opens another until its acquire
+/// time-out (a 503 meanwhile).
+async fn refuse_read_only(connection: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+    let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+        .fetch_one(&mut *connection)
+        .await?;
+    let mut probe = connection.begin().await?;
+    sqlx::query(&format!("PRAGMA user_version = {version}"))
+        .execute(&mut *probe)
+        .await?;
+    probe.rollback().await
+}
+
+/// SQLite may end a transaction by itself on a full disk or an I/O error;
+/// sqlx's ROLLBACK then fails and it goes on counting the transaction as
+/// open, so its next `begin` on that connection would be a savepoint that
+/// never commits (an acknowledged write could vanish, the write lock stay
+/// taken). Before the connection is used again both are brought back to no
+/// transaction: a hand-made BEGIN (refused harmlessly while SQLite's own is
+/// still open) gives sqlx's ROLLBACK a transaction to end.
+async fn end_stray_transaction(connection: &mut SqliteConnection) -> Result<bool, sqlx::Error> {
+    while SqliteTransactionManager::get_transaction_depth(connection) > 0 {
+        tracing::warn!("ending a transaction that SQLite had already rolled back");
+        drop(connection.execute("BEGIN").await);
+        SqliteTransactionManager::rollback(connection).await?;
+    }
+    Ok(true)
 }
 
 pub async fn migrate(db: &Db) -> anyhow::Result<()> {

@@ -9,7 +9,7 @@ use twofold_domain::UserError;
 use twofold_projections::ProjectionError;
 use utoipa::ToSchema;
 
-use crate::store::StoreError;
+use crate::store::{is_unavailable, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -208,7 +208,12 @@ impl From<StoreError> for ApiError {
 
 impl From<ProjectionError> for ApiError {
     fn from(error: ProjectionError) -> Self {
-        if error.is_unavailable() {
+        let unavailable = match &error {
+            ProjectionError::Database(cause) => is_unavailable(cause),
+            ProjectionError::Lagging => true,
+            ProjectionError::Corrupt { .. } => false,
+        };
+        if unavailable {
             tracing::warn!(%error, "read models unavailable");
             ApiError::Unavailable { retry_after: 1 }
         } else {

@@ -77,10 +77,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
         } => {
             let db = args.connect().await?;
             database::migrate(&db).await?;
-            let projector = twofold_projections::Projector::new(db).await?;
+            // No `Projector` here: its constructor would first apply the
+            // whole backlog one event at a time, only for it to be rebuilt.
             let progress = progress_bar("rebuilding read models");
-            let applied = projector
-                .rebuild(|count| progress.set_position(count))
+            let applied = db
+                .rebuild_read_models(|count| progress.set_position(count))
                 .await?;
             progress.finish_and_clear();
             println!("rebuilt read models from {applied} events");

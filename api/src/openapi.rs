@@ -152,7 +152,8 @@ pub enum SessionErrors {
     /// `two_factor_enrollment_required` (the session is held on enrollment).
     #[response(status = 403)]
     Forbidden(ErrorBody),
-    /// `unavailable`: the store does not answer (`Retry-After`).
+    /// `unavailable`: the store does not answer or cannot be written, or the
+    /// password checks are at capacity (`Retry-After`).
     #[response(status = 503)]
     Unavailable(ErrorBody),
 }
@@ -161,8 +162,9 @@ pub enum SessionErrors {
 #[derive(IntoResponses)]
 #[allow(dead_code)]
 pub enum Unavailable {
-    /// `unavailable`: the store does not answer, or (with `min_position`)
-    /// the read models have not reached it within 5 s; see `Retry-After`.
+    /// `unavailable`: the store does not answer or cannot be written, the
+    /// password checks are at capacity, or (with `min_position`) the read
+    /// models have not reached it within 5 s; see `Retry-After`.
     #[response(status = 503)]
     Unavailable(ErrorBody),
 }

@@ -1,19 +1,21 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use metrics_exporter_prometheus::PrometheusHandle;
 use twofold_domain::totp::TotpParameters;
-use twofold_domain::TwoFactorPolicy;
+use twofold_domain::{TwoFactorPolicy, User, UserCommand};
 use twofold_projections::{EventPosition, Projector};
 
 use crate::clock::Clock;
 use crate::error::ApiError;
 use crate::mail::{Mailer, OutgoingMail};
-use crate::security::SecretVault;
-use crate::store::EventStore;
+use crate::routes::login::RecentRejections;
+use crate::security::{PasswordHasher, SecretVault, LONGEST_HASHING_WAIT};
+use crate::store::{Committed, EventMetadata, EventStore, Loaded};
 
 /// Deployment choices that shape the rules.
 #[derive(Clone, Debug)]
@@ -25,6 +27,11 @@ pub struct Settings {
     pub totp: TotpParameters,
     pub totp_issuer: String,
     pub login_rate_per_ip: u32,
+    /// Threads that hash passwords, each keeping a 19 MiB buffer.
+    pub password_hash_workers: NonZeroUsize,
+    /// Password checks admitted beyond what the workers run at once; more
+    /// are answered 503 at once.
+    pub password_hash_queue: usize,
 }
 
 #[derive(Clone)]
@@ -38,6 +45,9 @@ pub struct Inner {
     pub settings: Settings,
     pub metrics: PrometheusHandle,
     pub mailer: Mailer,
+    pub passwords: PasswordHasher,
+    /// How long wrong passwords took to store (unknown usernames wait as long).
+    pub rejections: RecentRejections,
     login_limiter: LoginLimiter,
 }
 
@@ -61,9 +71,14 @@ impl AppState {
         settings: Settings,
         metrics: PrometheusHandle,
         mailer: Mailer,
-    ) -> Self {
+    ) -> std::io::Result<Self> {
         let login_limiter = LoginLimiter::new(settings.login_rate_per_ip);
-        AppState(Arc::new(Inner {
+        let passwords = PasswordHasher::start(
+            settings.password_hash_workers,
+            settings.password_hash_queue,
+            LONGEST_HASHING_WAIT,
+        )?;
+        Ok(AppState(Arc::new(Inner {
             store,
             projector,
             vault,
@@ -71,12 +86,27 @@ impl AppState {
             settings,
             metrics,
             mailer,
+            passwords,
+            rejections: RecentRejections::default(),
             login_limiter,
-        }))
+        })))
     }
 
     pub fn now(&self) -> DateTime<Utc> {
         self.clock.now()
+    }
+
+    /// Runs `command` against the loaded user and answers once the read
+    /// models hold its events, so the caller's next read sees them.
+    pub async fn execute(
+        &self,
+        loaded: Loaded,
+        metadata: &EventMetadata,
+        command: impl FnMut(&User) -> UserCommand,
+    ) -> Result<Committed, ApiError> {
+        let committed = self.store.execute(loaded, metadata, command).await?;
+        self.settle(committed.last_position).await;
+        Ok(committed)
     }
 
     /// Returns once the read models hold `position`, so the caller's next

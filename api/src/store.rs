@@ -68,7 +68,9 @@ impl From<serde_json::Error> for StoreError {
     }
 }
 
-/// Connection trouble and lock time-outs are worth a 503 and a retry later.
+/// The store cannot serve now but its data is intact: connection trouble,
+/// lock time-outs, a full or read-only disk. Worth a 503 and a retry later;
+/// anything else is a fault of ours (500).
 pub fn is_unavailable(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::Io(_)
@@ -77,13 +79,20 @@ pub fn is_unavailable(error: &sqlx::Error) -> bool {
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Database(db) => {
-            // SQLITE_BUSY / SQLITE_LOCKED and their extended codes; PostgreSQL
-            // admin shutdown, cannot connect now, read-only transaction.
             let code = db.code().unwrap_or_default();
-            matches!(
-                code.as_ref(),
-                "5" | "6" | "261" | "517" | "57P01" | "57P03" | "25006"
-            ) || code.starts_with("08")
+            if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                // Extended result codes keep the primary code in the low
+                // byte: BUSY, LOCKED, READONLY, IOERR, FULL, CANTOPEN.
+                code.parse::<i32>()
+                    .is_ok_and(|code| matches!(code & 0xff, 5 | 6 | 8 | 10 | 13 | 14))
+            } else {
+                // PostgreSQL SQLSTATE: connection exception, insufficient
+                // resources (disk full, out of memory, too many connections),
+                // shutting down or starting up, read-only transaction.
+                code.starts_with("08")
+                    || code.starts_with("53")
+                    || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "25006")
+            }
         }
         _ => false,
     }

@@ -3,7 +3,6 @@
 //! and the results table. The binary is `twofold-load`; see
 //! docs/benchmarks.md.
 
-pub mod audit;
 pub mod baseline;
 pub mod http;
 pub mod model;

@@ -36,6 +36,10 @@ pub enum Scenario {
     History,
     /// Password sign-ins offered at a fixed rate (open loop), e.g. 2x capacity.
     Overload,
+    /// Sign-ins of unknown usernames alternating with known users' wrong
+    /// passwords: both medians and their difference (account enumeration
+    /// by timing).
+    PasswordTiming,
     /// Report, user search and one user's audit page.
     Reads,
 }
@@ -157,6 +161,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Vec<Value>> {
         Scenario::Commands => Ok(vec![commands(&ctx).await?]),
         Scenario::History => Ok(vec![history(&ctx).await?]),
         Scenario::Overload => Ok(vec![overload(&ctx).await?]),
+        Scenario::PasswordTiming => Ok(vec![password_timing(&ctx).await?]),
         Scenario::Reads => reads(&ctx).await,
     }
 }
@@ -264,6 +269,107 @@ async fn password(ctx: &Ctx) -> anyhow::Result<Value> {
     .await;
     let record = ctx.record("password", &samples, seconds, cpu.stop());
     print("password", &record);
+    Ok(record)
+}
+
+/// A password no seeded user has.
+const WRONG_PASSWORD: &str = "not-the-load-password";
+
+/// Both failures of the password step, timed side by side: each worker
+/// alternates an unknown username with a known user's wrong password, so
+/// the two see the same load. Known users are taken in turn from a random
+/// starting point, so that each gets at most one wrong password a run as
+/// long as the run makes fewer attempts than there are plain users (the
+/// lock starts at the fifth failure in a row; a seeded history ends with at
+/// most one). Only 401 answers are timed; anything else is counted.
+async fn password_timing(ctx: &Ctx) -> anyhow::Result<Value> {
+    let users = Arc::new(password_users(&ctx.args));
+    anyhow::ensure!(!users.is_empty(), "no plain users outside the TOTP pool");
+    let start = StdRng::from_entropy().gen_range(0..users.len());
+    let next_known = Arc::new(AtomicUsize::new(start));
+    let deadline = ctx.deadline();
+    let cpu = CpuWatch::start(&ctx.args.server_pids);
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for worker in 0..ctx.args.concurrency {
+        let (target, users, next_known) = (
+            Arc::clone(&ctx.target),
+            Arc::clone(&users),
+            Arc::clone(&next_known),
+        );
+        workers.push(tokio::spawn(async move {
+            // [unknown user, wrong password]: 401s timed, every answer counted.
+            let mut timed = [Samples::default(), Samples::default()];
+            let mut answered = [Samples::default(), Samples::default()];
+            let mut rng = StdRng::from_entropy();
+            // Half the workers begin with each kind.
+            let mut kind = worker % 2;
+            while Instant::now() < deadline {
+                let username = if kind == 0 {
+                    format!("ghost-{:016x}", rng.gen::<u64>())
+                } else {
+                    let n = next_known.fetch_add(1, Ordering::Relaxed);
+                    model::username(users[n % users.len()])
+                };
+                let body = json!({ "username": username, "password": WRONG_PASSWORD });
+                let server = target.pick();
+                let one = Instant::now();
+                let answer = target.post(server, "/api/v1/login", None, &body).await;
+                let latency = one.elapsed();
+                let outcome = answer.outcome();
+                if outcome == "401" {
+                    timed[kind].record(&outcome, latency);
+                }
+                answered[kind].record(&outcome, latency);
+                kind = 1 - kind;
+            }
+            (timed, answered)
+        }));
+    }
+    let mut timed = [Samples::default(), Samples::default()];
+    let mut answered = [Samples::default(), Samples::default()];
+    for worker in workers {
+        let (part_timed, part_answered) = worker.await?;
+        for (total, part) in timed.iter_mut().zip(part_timed) {
+            total.merge(part);
+        }
+        for (total, part) in answered.iter_mut().zip(part_answered) {
+            total.merge(part);
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let [unknown, wrong_password] = timed;
+    let mut all = answered[0].clone();
+    all.merge(answered[1].clone());
+    let (u, w) = (unknown.summary(), wrong_password.summary());
+    let ms = |summary: &Value, key: &str| summary[key].as_f64().unwrap_or(0.0);
+    let known_attempts = answered[1].count();
+    let mut record = ctx.record("password-timing", &all, seconds, cpu.stop());
+    record["unknown_user"] = json!({ "latency": u, "outcomes": answered[0].outcomes });
+    record["wrong_password"] = json!({ "latency": w, "outcomes": answered[1].outcomes });
+    record["p50_difference_ms"] = json!(ms(&w, "p50_ms") - ms(&u, "p50_ms"));
+    record["p95_difference_ms"] = json!(ms(&w, "p95_ms") - ms(&u, "p95_ms"));
+    record["known_users"] = json!(users.len());
+    record["most_failures_per_user"] = json!(known_attempts.div_ceil(users.len() as u64));
+    println!(
+        "password-timing unknown user p50 {:.2} ms p95 {:.2} ms ({} timed) | wrong password p50 {:.2} ms p95 {:.2} ms ({} timed) | p50 difference {:+.2} ms, p95 {:+.2} ms | answers {} / {}",
+        ms(&u, "p50_ms"),
+        ms(&u, "p95_ms"),
+        unknown.count(),
+        ms(&w, "p50_ms"),
+        ms(&w, "p95_ms"),
+        wrong_password.count(),
+        record["p50_difference_ms"].as_f64().unwrap_or(0.0),
+        record["p95_difference_ms"].as_f64().unwrap_or(0.0),
+        record["unknown_user"]["outcomes"],
+        record["wrong_password"]["outcomes"],
+    );
+    if known_attempts > users.len() as u64 {
+        println!(
+            "password-timing: {known_attempts} wrong passwords over {} users: some were hit more than once (a lock after five answers 423, which is not timed)",
+            users.len()
+        );
+    }
     Ok(record)
 }
 

@@ -7,10 +7,20 @@
 //!    (and any event stream, however odd, folds without panicking);
 //! c. the password failure count only grows, one at a time, until a success
 //!    (SessionStarted other than "Login as", ChallengeIssued or PasswordChanged) resets it, and a
-//!    locked account answers a right password as it answers a wrong one.
+//!    locked account answers a right password as it answers a wrong one;
+//! d. no session goes beyond the user's rights: the password step never
+//!    starts one while the password is locked; a user with an authenticator
+//!    gets one only through an open challenge (or a remembered device), never
+//!    with a factor that is suspended or backing off; a user who must have
+//!    2FA (enforced, or past the platform date) and has none gets only an
+//!    enrollment-only session; "Login as" sessions come only from an
+//!    administrator's impersonation and carry the administrator.
+//!
+//! Every run checks all four; each property below names the generator that
+//! leans towards its states.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Duration, Utc};
 use cqrs_es::Aggregate;
@@ -20,6 +30,7 @@ use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use uuid::Uuid;
 
 use twofold_domain::command::{NewDevice, NewSession};
+use twofold_domain::policy;
 use twofold_domain::totp::{normalize_code, TotpAlgorithm, TotpParameters, TotpSecret};
 use twofold_domain::{
     AuthenticatedBy, Email, PasswordHash, Role, SecondFactorMethod, TokenHash, TwoFactorPolicy,
@@ -195,6 +206,9 @@ struct Script {
     /// TOTP failures already on record (the stream's earlier history), so
     /// that runs reach the 100-failure suspension.
     prior_failures: Option<u32>,
+    /// The platform-wide date from which every user must have 2FA, in
+    /// seconds from the start of the run.
+    mandatory_from: Option<i64>,
     steps: Vec<(i64, Op)>,
 }
 
@@ -220,12 +234,48 @@ fn guessing_op() -> impl Strategy<Value = Op> {
 fn script(op: impl Strategy<Value = Op>, max_len: usize) -> impl Strategy<Value = Script> {
     (
         prop::option::weighted(0.7, any::<u8>()),
+        prop::option::weighted(0.2, -600_i64..3_000),
         prop::collection::vec((delay(), op), 1..max_len),
     )
-        .prop_map(|(enrolled_with, steps)| Script {
+        .prop_map(|(enrolled_with, mandatory_from, steps)| Script {
             enrolled_with,
             prior_failures: None,
+            mandatory_from,
             steps,
+        })
+}
+
+/// An administrator enforcing and lifting 2FA while the user signs in,
+/// enrolls, gives up and is helped ("Login as"); mostly without an
+/// authenticator to begin with, often under a platform date.
+fn enforcement_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        8 => (prop::bool::weighted(0.9), prop::option::weighted(0.6, 0_u8..2), any::<bool>())
+            .prop_map(|(right, device, email)| Op::SignIn { right, device, email }),
+        3 => Just(Op::Enforce),
+        2 => Just(Op::Lift),
+        2 => any::<u8>().prop_map(|parameters| Op::StartEnrollment { parameters }),
+        2 => code().prop_map(|code| Op::ConfirmEnrollment { code }),
+        4 => (challenge_pick(), code(), prop::option::weighted(0.7, 0_u8..2))
+            .prop_map(|(challenge, code, remember)| Op::VerifyTotp { challenge, code, remember }),
+        1 => Just(Op::Disable),
+        1 => Just(Op::Reset),
+        1 => Just(Op::RevokeDevices),
+        1 => (1_i64..120).prop_map(|minutes| Op::Impersonate { minutes }),
+        1 => any::<usize>().prop_map(|pick| Op::EndImpersonation { pick }),
+    ]
+}
+
+fn enforcement_script() -> impl Strategy<Value = Script> {
+    (
+        script(enforcement_op(), 60),
+        prop::bool::weighted(0.2),
+        prop::option::weighted(0.5, -600_i64..1_200),
+    )
+        .prop_map(|(script, enrolled, mandatory_from)| Script {
+            enrolled_with: script.enrolled_with.filter(|_| enrolled),
+            mandatory_from,
+            ..script
         })
 }
 
@@ -254,6 +304,45 @@ struct PasswordWatch {
     failures: u32,
 }
 
+/// Property d: what the user may do, as the events so far say.
+#[derive(Default)]
+struct RightsWatch {
+    enforced: bool,
+    challenges: HashMap<Uuid, ChallengeWatch>,
+    factors: BTreeMap<SecondFactorMethod, FactorWatch>,
+    devices: Vec<DeviceWatch>,
+    /// The factor the current command's events accepted, for its session.
+    accepted: Option<SecondFactorMethod>,
+    /// The session the current command's "Login as" started.
+    impersonation: Option<Uuid>,
+}
+
+struct ChallengeWatch {
+    methods: Vec<SecondFactorMethod>,
+    expires_at: DateTime<Utc>,
+    attempts_remaining: u32,
+}
+
+#[derive(Default)]
+struct FactorWatch {
+    locked_until: Option<DateTime<Utc>>,
+    suspended: bool,
+}
+
+struct DeviceWatch {
+    id: Uuid,
+    token_hash: TokenHash,
+    expires_at: DateTime<Utc>,
+}
+
+impl RightsWatch {
+    fn forget_second_factors(&mut self) {
+        self.challenges.clear();
+        self.factors.clear();
+        self.devices.clear();
+    }
+}
+
 /// What a step counted, to show the generator reaches the interesting states.
 #[derive(Default, Debug, Clone, Copy)]
 struct Tally {
@@ -267,6 +356,9 @@ struct Tally {
     enrollments_confirmed: usize,
     challenges_issued: usize,
     refusals: usize,
+    enrollment_only_sessions: usize,
+    second_factor_sessions: usize,
+    remembered_device_sessions: usize,
 }
 
 impl Tally {
@@ -281,6 +373,9 @@ impl Tally {
         self.enrollments_confirmed += other.enrollments_confirmed;
         self.challenges_issued += other.challenges_issued;
         self.refusals += other.refusals;
+        self.enrollment_only_sessions += other.enrollment_only_sessions;
+        self.second_factor_sessions += other.second_factor_sessions;
+        self.remembered_device_sessions += other.remembered_device_sessions;
     }
 }
 
@@ -302,13 +397,22 @@ struct World {
     last_accepted: Option<String>,
     seeds: HashMap<Uuid, u8>,
     next_id: u128,
+    policy: TwoFactorPolicy,
     guard: ReplayGuard,
     password: PasswordWatch,
+    rights: RightsWatch,
     tally: Tally,
 }
 
+/// The command whose events are being observed.
+struct Decision<'a> {
+    op: &'a Op,
+    typed: Option<&'a Typed>,
+    password_locked: bool,
+}
+
 impl World {
-    fn new() -> Self {
+    fn new(policy: TwoFactorPolicy) -> Self {
         let mut world = Self {
             user: User::default(),
             now: 0,
@@ -320,8 +424,10 @@ impl World {
             last_accepted: None,
             seeds: HashMap::new(),
             next_id: 0x1000,
+            policy,
             guard: ReplayGuard::default(),
             password: PasswordWatch::default(),
+            rights: RightsWatch::default(),
             tally: Tally::default(),
         };
         let registered = world
@@ -429,7 +535,7 @@ impl World {
                     email_offered: *email,
                     session,
                     challenge_id,
-                    policy: TwoFactorPolicy::default(),
+                    policy: self.policy,
                     at,
                 })
             }
@@ -577,7 +683,7 @@ impl World {
                     email_offered: false,
                     session,
                     challenge_id: UNKNOWN,
-                    policy: TwoFactorPolicy::default(),
+                    policy: self.policy,
                     at,
                 });
                 prop_assert_eq!(&flipped, &expected);
@@ -593,11 +699,24 @@ impl World {
             }
         }
 
+        let decision = Decision {
+            op,
+            typed: typed.as_ref(),
+            password_locked: locked.is_some(),
+        };
         for event in result.unwrap_or_default() {
-            self.observe(&event, typed.as_ref())?;
+            self.observe(&event, &decision)?;
             self.user.apply(event.clone());
             self.events.push(event);
         }
+        prop_assert!(
+            self.rights.accepted.is_none(),
+            "a factor accepted without a session"
+        );
+        prop_assert!(
+            self.rights.impersonation.is_none(),
+            "\"Login as\" without its session"
+        );
         prop_assert_eq!(
             self.user.active_totp().map(|a| a.enrollment_id),
             self.guard.active
@@ -611,7 +730,9 @@ impl World {
         Ok(())
     }
 
-    fn observe(&mut self, event: &UserEvent, typed: Option<&Typed>) -> Result<(), TestCaseError> {
+    fn observe(&mut self, event: &UserEvent, decision: &Decision) -> Result<(), TestCaseError> {
+        let typed = decision.typed;
+        self.watch_rights(event, decision)?;
         match event {
             // a: confirming an enrollment accepts its first step.
             UserEvent::TotpEnrollmentConfirmed {
@@ -711,21 +832,220 @@ impl World {
                     self.tally.password_locks += 1;
                 }
             }
+            // "Login as" proves nothing about who guesses the password.
             UserEvent::SessionStarted {
-                authenticated_by,
-                enrollment_required,
-                ..
-            } => {
-                // "Login as" proves nothing about who guesses the password.
-                if *authenticated_by != AuthenticatedBy::Impersonation {
-                    self.password.failures = 0;
-                }
-                if *authenticated_by == AuthenticatedBy::Password {
-                    prop_assert_eq!(*enrollment_required, self.user.is_enforced());
-                }
+                authenticated_by, ..
+            } if *authenticated_by != AuthenticatedBy::Impersonation => {
+                self.password.failures = 0;
             }
             UserEvent::PasswordChanged { .. } => self.password.failures = 0,
             _ => {}
+        }
+        Ok(())
+    }
+
+    /// d: keeps what the user may do up to date, and checks each acceptance
+    /// and each session against it.
+    fn watch_rights(
+        &mut self,
+        event: &UserEvent,
+        decision: &Decision,
+    ) -> Result<(), TestCaseError> {
+        let at = self.at();
+        let rights = &mut self.rights;
+        match event {
+            UserEvent::ChallengeIssued {
+                challenge_id,
+                methods,
+                expires_at,
+            } => {
+                rights.challenges.insert(
+                    *challenge_id,
+                    ChallengeWatch {
+                        methods: methods.clone(),
+                        expires_at: *expires_at,
+                        attempts_remaining: policy::CHALLENGE_ATTEMPTS,
+                    },
+                );
+            }
+            UserEvent::SecondFactorRejected {
+                challenge_id,
+                method,
+                attempts_remaining,
+                locked_until,
+                ..
+            } => {
+                if let Some(challenge) = rights.challenges.get_mut(challenge_id) {
+                    challenge.attempts_remaining = *attempts_remaining;
+                }
+                rights.factors.entry(*method).or_default().locked_until = *locked_until;
+            }
+            UserEvent::SecondFactorSuspended { method, .. } => {
+                rights.factors.entry(*method).or_default().suspended = true;
+            }
+            UserEvent::SecondFactorAccepted {
+                challenge_id,
+                method,
+                ..
+            } => {
+                let challenge = rights.challenges.remove(challenge_id);
+                let challenge = challenge.ok_or_else(|| {
+                    TestCaseError::fail(format!("accepted on a challenge never issued: {event:?}"))
+                })?;
+                prop_assert!(
+                    at < challenge.expires_at,
+                    "accepted on an expired challenge"
+                );
+                prop_assert!(
+                    challenge.attempts_remaining > 0,
+                    "accepted on a locked challenge"
+                );
+                prop_assert!(
+                    challenge.methods.contains(method),
+                    "{:?} was not offered",
+                    method
+                );
+                let factor = rights.factors.remove(method).unwrap_or_default();
+                prop_assert!(!factor.suspended, "a suspended {:?} was accepted", method);
+                prop_assert!(
+                    factor.locked_until.is_none_or(|until| until <= at),
+                    "{:?} accepted while backing off until {:?}",
+                    method,
+                    factor.locked_until
+                );
+                rights.accepted = Some(*method);
+            }
+            UserEvent::TotpEnrollmentConfirmed { .. } => rights.factors.clear(),
+            UserEvent::TwoFactorDisabled | UserEvent::TwoFactorReset { .. } => {
+                rights.forget_second_factors();
+            }
+            UserEvent::DeviceRemembered {
+                device_id,
+                token_hash,
+                remembered_at,
+                expires_at,
+                ..
+            } => {
+                rights
+                    .devices
+                    .retain(|device| device.expires_at > *remembered_at);
+                rights.devices.push(DeviceWatch {
+                    id: *device_id,
+                    token_hash: token_hash.clone(),
+                    expires_at: *expires_at,
+                });
+            }
+            UserEvent::RememberedDevicesRevoked | UserEvent::PasswordChanged { .. } => {
+                rights.devices.clear();
+            }
+            UserEvent::TwoFactorEnforced { .. } => rights.enforced = true,
+            UserEvent::TwoFactorEnforcementLifted { .. } => rights.enforced = false,
+            UserEvent::ImpersonationStarted {
+                impersonator_id,
+                session_id,
+                ..
+            } => {
+                let from_login_as = matches!(decision.op, Op::Impersonate { .. });
+                prop_assert!(from_login_as, "\"Login as\" from {:?}", decision.op);
+                prop_assert_eq!(*impersonator_id, ADMIN);
+                rights.impersonation = Some(*session_id);
+            }
+            UserEvent::SessionStarted {
+                session_id,
+                authenticated_by,
+                enrollment_required,
+                impersonator_id,
+                device_id,
+                ..
+            } => self.check_session(
+                decision,
+                *session_id,
+                *authenticated_by,
+                *enrollment_required,
+                *impersonator_id,
+                *device_id,
+            )?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// d: a session is one the user (or the administrator acting for them)
+    /// may have, as the rights stood when the command was decided.
+    fn check_session(
+        &mut self,
+        decision: &Decision,
+        session_id: Uuid,
+        authenticated_by: AuthenticatedBy,
+        enrollment_required: bool,
+        impersonator_id: Option<Uuid>,
+        device_id: Option<Uuid>,
+    ) -> Result<(), TestCaseError> {
+        let at = self.at();
+        if authenticated_by == AuthenticatedBy::Impersonation {
+            prop_assert_eq!(self.rights.impersonation.take(), Some(session_id));
+            prop_assert_eq!(impersonator_id, Some(ADMIN));
+            prop_assert!(
+                !enrollment_required,
+                "\"Login as\" is never held on enrollment"
+            );
+            return Ok(());
+        }
+        prop_assert_eq!(impersonator_id, None);
+        let has_authenticator = self.guard.active.is_some();
+        match (authenticated_by, decision.op) {
+            (AuthenticatedBy::Password, Op::SignIn { right: true, .. }) => {
+                prop_assert!(!decision.password_locked, "signed in while locked");
+                prop_assert!(
+                    !has_authenticator,
+                    "the password alone passed an authenticator"
+                );
+                let must_have_two_factor = self.rights.enforced || self.policy.mandatory_at(at);
+                prop_assert_eq!(
+                    enrollment_required,
+                    must_have_two_factor,
+                    "enforced {}, platform date {:?}",
+                    self.rights.enforced,
+                    self.policy.mandatory_from
+                );
+                if enrollment_required {
+                    self.tally.enrollment_only_sessions += 1;
+                }
+            }
+            (
+                AuthenticatedBy::RememberedDevice,
+                Op::SignIn {
+                    right: true,
+                    device: Some(device),
+                    ..
+                },
+            ) => {
+                prop_assert!(!decision.password_locked, "signed in while locked");
+                prop_assert!(has_authenticator);
+                prop_assert!(!enrollment_required);
+                let token_hash = TokenHash::of(&format!("device {device}"));
+                prop_assert!(
+                    self.rights
+                        .devices
+                        .iter()
+                        .any(|remembered| Some(remembered.id) == device_id
+                            && remembered.token_hash == token_hash
+                            && remembered.expires_at > at),
+                    "device {:?} is not remembered for this user now",
+                    device_id
+                );
+                self.tally.remembered_device_sessions += 1;
+            }
+            (
+                AuthenticatedBy::Totp | AuthenticatedBy::RecoveryCode | AuthenticatedBy::Email,
+                Op::VerifyTotp { .. } | Op::VerifyRecovery { .. },
+            ) => {
+                let accepted = self.rights.accepted.take().map(AuthenticatedBy::from);
+                prop_assert_eq!(accepted, Some(authenticated_by));
+                prop_assert!(!enrollment_required);
+                self.tally.second_factor_sessions += 1;
+            }
+            (by, op) => prop_assert!(false, "a {:?} session from {:?}", by, op),
         }
         Ok(())
     }
@@ -746,7 +1066,9 @@ impl World {
 }
 
 fn play(script: &Script) -> Result<World, TestCaseError> {
-    let mut world = World::new();
+    let mut world = World::new(TwoFactorPolicy {
+        mandatory_from: script.mandatory_from.map(t),
+    });
     if let Some(parameters) = script.enrolled_with {
         world.step(0, &Op::StartEnrollment { parameters })?;
         world.step(
@@ -964,9 +1286,10 @@ proptest! {
         play(&script)?;
     }
 
-    /// a. The same, under long runs of guessing, back-off and suspension.
+    /// a and d. The same under long runs of guessing: and a factor that
+    /// backs off or is suspended, or a locked challenge, starts no session.
     #[test]
-    fn a_used_totp_step_is_never_accepted_again_under_guessing(
+    fn guessed_codes_never_replay_a_step_nor_pass_a_locked_or_suspended_factor(
         script in guessing_script()
     ) {
         play(&script)?;
@@ -976,6 +1299,17 @@ proptest! {
     /// and a locked account answers both passwords alike.
     #[test]
     fn password_lock_counter_is_monotone_until_a_success(script in script(password_op(), 60)) {
+        play(&script)?;
+    }
+
+    /// d. A user held on enrollment (enforced, or past the platform date,
+    /// without an authenticator) gets only an enrollment-only session, and
+    /// no session goes beyond the user's rights, while an administrator
+    /// enforces, lifts and logs in as them.
+    #[test]
+    fn enforced_user_without_two_factor_only_gets_an_enrollment_session(
+        script in enforcement_script()
+    ) {
         play(&script)?;
     }
 }
@@ -1001,7 +1335,9 @@ proptest! {
 
 /// The properties above are only as good as the states the generator
 /// reaches: over a fixed sample it must accept TOTP codes, refuse replays,
-/// lock passwords and refuse sign-ins while locked.
+/// lock passwords and refuse sign-ins while locked, back off and suspend
+/// factors, and start enrollment-only, second-factor and remembered-device
+/// sessions.
 #[test]
 fn the_generators_reach_the_states_the_properties_are_about() {
     let mut total = Tally::default();
@@ -1013,10 +1349,21 @@ fn the_generators_reach_the_states_the_properties_are_about() {
         script(any_op(), 80).boxed(),
         script(password_op(), 60).boxed(),
         guessing_script().boxed(),
+        enforcement_script().boxed(),
     ] {
         for _ in 0..64 {
             let script = strategy.new_tree(&mut runner).unwrap().current();
-            total.add(play(&script).unwrap().tally);
+            let w = play(&script).unwrap();
+            let rem = w
+                .events
+                .iter()
+                .filter(|e| matches!(e, UserEvent::DeviceRemembered { .. }))
+                .count();
+            println!(
+                "totp {} remembered {} rds {}",
+                w.tally.totp_accepted, rem, w.tally.remembered_device_sessions
+            );
+            total.add(w.tally);
         }
     }
     println!("{total:?}");
@@ -1027,4 +1374,7 @@ fn the_generators_reach_the_states_the_properties_are_about() {
     assert!(total.factor_backoffs >= 10, "{total:?}");
     assert!(total.factor_locks >= 10, "{total:?}");
     assert!(total.suspensions >= 5, "{total:?}");
+    assert!(total.enrollment_only_sessions >= 20, "{total:?}");
+    assert!(total.second_factor_sessions >= 20, "{total:?}");
+    assert!(total.remembered_device_sessions >= 5, "{total:?}");
 }

@@ -20,23 +20,6 @@ pub enum ProjectionError {
     Lagging,
 }
 
-impl ProjectionError {
-    /// True when the store is unreachable rather than the data being wrong.
-    pub fn is_unavailable(&self) -> bool {
-        match self {
-            ProjectionError::Database(error) => matches!(
-                error,
-                sqlx::Error::Io(_)
-                    | sqlx::Error::PoolTimedOut
-                    | sqlx::Error::PoolClosed
-                    | sqlx::Error::Tls(_)
-            ),
-            ProjectionError::Lagging => true,
-            ProjectionError::Corrupt { .. } => false,
-        }
-    }
-}
-
 /// Runs the same code against whichever pool `db` holds; the block is
 /// type-checked once per backend, so one query text serves both.
 #[macro_export]

@@ -3,8 +3,12 @@
 //! checkpointed in the same transaction as its rows.
 
 mod audit;
+mod bulk;
+mod cores;
 mod db;
 mod feed;
+mod json;
+mod pages;
 mod queries;
 mod read_models;
 mod report;
@@ -19,3 +23,20 @@ pub use queries::{DirectoryEntry, DirectoryFilter, SessionRecord};
 pub use report::TwoFactorCount;
 pub use runner::Projector;
 pub use verify::{ExpectedHead, Mismatch, VerifyReport};
+
+/// An empty SQLite store with the schema, for unit tests: in memory, on
+/// one connection (an in-memory database lives and dies with it).
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) async fn memory_store() -> sqlx::SqlitePool {
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect("sqlite::memory:")
+        .await
+        .unwrap();
+    sqlx::migrate!("../migrations/sqlite")
+        .run(&pool)
+        .await
+        .unwrap();
+    pool
+}

@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 use crate::db::{Db, ProjectionError};
 use crate::on_pool;
+use crate::statement::{bind_all, Arg};
 
 /// A live session with what authorisation needs about its user.
 #[derive(Clone, Debug)]
@@ -75,17 +76,151 @@ macro_rules! directory_entry {
     }};
 }
 
-/// `%` and `_` typed by a user are literal characters, not wildcards.
-fn like_prefix(prefix: &str) -> String {
-    let mut pattern = String::with_capacity(prefix.len() + 1);
-    for c in prefix.to_lowercase().chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            pattern.push('\\');
+/// How each backend is asked for what the user search needs.
+struct SearchDialect {
+    /// Makes text compare by code point, the order in which the values that
+    /// start with a prefix form one range: SQLite's default, and `C` on
+    /// PostgreSQL whatever collation the database was created with. Pages
+    /// are in that order too, the same on both backends.
+    code_point_order: &'static str,
+    /// Keeps a term out of index selection. SQLite plans without statistics
+    /// and would rather walk every user of a 2FA status than the few that
+    /// match a prefix; PostgreSQL weighs the terms by its statistics.
+    unindexed: &'static str,
+}
+
+impl SearchDialect {
+    fn of(db: &Db) -> Self {
+        match db {
+            Db::Sqlite(_) => Self {
+                code_point_order: "",
+                unindexed: "+",
+            },
+            Db::Postgres(_) => Self {
+                code_point_order: " COLLATE \"C\"",
+                unindexed: "",
+            },
         }
-        pattern.push(c);
     }
-    pattern.push('%');
-    pattern
+}
+
+/// The least string above every string that starts with `prefix` (in code
+/// point order), if there is one.
+fn prefix_successor(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        if let Some(next) = (u32::from(last) + 1..=u32::from(char::MAX)).find_map(char::from_u32) {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
+impl DirectoryFilter {
+    /// Only the filters given become conditions, so that a planner can match
+    /// each search to an index (`$n IS NULL OR ...` matches none). A prefix is
+    /// two ranges, of usernames and of addresses, compared by code point: the
+    /// characters typed are never patterns, so `%` and `_` mean themselves.
+    ///
+    /// With a prefix, the page's usernames come first, from the indexes
+    /// alone (PostgreSQL's cover the filtered columns): one page of the
+    /// username range in order, merged with the users whose address alone is
+    /// in its range; only then are the page's rows read. Read as one `OR`,
+    /// every match would cost a table page, and PostgreSQL would walk the
+    /// whole username index in order whenever a prefix matches many users
+    /// (half the table for `m`). Without a prefix, a 2FA status, role or
+    /// `enforced` index (each ordered by username) or the username index
+    /// itself is read from the cursor, one page long.
+    fn sql(&self, dialect: &SearchDialect) -> (String, Vec<Arg>) {
+        let SearchDialect {
+            code_point_order,
+            unindexed,
+        } = dialect;
+        let mut args: Vec<Arg> = Vec::new();
+        let mut param = |arg: Arg| {
+            args.push(arg);
+            format!("${}", args.len())
+        };
+        let prefix_range = self.query.as_ref().map(|query| {
+            let prefix = query.to_lowercase();
+            let upper = prefix_successor(&prefix);
+            let from = param(prefix.into());
+            let below = upper.map(|upper| param(upper.into()));
+            move |column: &str| {
+                let column = format!("{column}{code_point_order}");
+                match &below {
+                    Some(below) => format!("{column} >= {from} AND {column} < {below}"),
+                    None => format!("{column} >= {from}"),
+                }
+            }
+        });
+        // With a prefix, the prefix's ranges lead.
+        let filter_only = if prefix_range.is_some() {
+            *unindexed
+        } else {
+            ""
+        };
+        let mut conditions = Vec::new();
+        let equal_to: [(&str, Option<Arg>); 3] = [
+            (
+                "two_factor_status",
+                self.two_factor_status.as_deref().map(Arg::from),
+            ),
+            ("enforced", self.enforced.map(Arg::from)),
+            ("role", self.role.as_deref().map(Arg::from)),
+        ];
+        for (column, value) in equal_to {
+            if let Some(value) = value {
+                conditions.push(format!("{filter_only}{column} = {}", param(value)));
+            }
+        }
+        if let Some(after) = &self.after_username {
+            conditions.push(format!(
+                "{filter_only}username{code_point_order} > {}",
+                param(after.as_str().into())
+            ));
+        }
+        let limit = param((i64::from(self.limit) + 1).into());
+        let order = format!("ORDER BY username{code_point_order}");
+        let select = |columns: &str, range: Option<String>| {
+            let terms: Vec<String> = range.into_iter().chain(conditions.clone()).collect();
+            let filter = if terms.is_empty() {
+                String::new()
+            } else {
+                format!(" WHERE {}", terms.join(" AND "))
+            };
+            format!("SELECT {columns} FROM user_directory{filter}")
+        };
+        let sql = match prefix_range {
+            None => format!("{} {order} LIMIT {limit}", select(DIRECTORY_COLUMNS, None)),
+            Some(starts_with) => {
+                let by_username = select("username", Some(starts_with("username")));
+                // Users whose username is in the range are on the first
+                // branch's page or sort after it: the branches never overlap.
+                let by_address_only = select(
+                    "username",
+                    Some(format!(
+                        "{} AND NOT ({})",
+                        starts_with("email_key"),
+                        starts_with("username")
+                    )),
+                );
+                format!(
+                    "SELECT {DIRECTORY_COLUMNS} FROM user_directory
+                      WHERE username IN (
+                          SELECT username FROM (
+                              SELECT username FROM ({by_username} {order} LIMIT {limit}) AS page
+                              UNION ALL
+                              {by_address_only}
+                          ) AS matches
+                          {order} LIMIT {limit})
+                      {order}"
+                )
+            }
+        };
+        (sql, args)
+    }
 }
 
 impl Db {
@@ -160,28 +295,10 @@ SELECT s.session_id, s.user_id, u.username, u.email, u.role, u.two_factor_status
         &self,
         filter: &DirectoryFilter,
     ) -> Result<(Vec<DirectoryEntry>, bool), ProjectionError> {
-        let sql = format!(
-            "SELECT {DIRECTORY_COLUMNS} FROM user_directory
-              WHERE ($1 IS NULL OR username LIKE $1 ESCAPE '\\' OR email_key LIKE $1 ESCAPE '\\')
-                AND ($2 IS NULL OR two_factor_status = $2)
-                AND ($3 IS NULL OR enforced = $3)
-                AND ($4 IS NULL OR role = $4)
-                AND ($5 IS NULL OR username > $5)
-              ORDER BY username
-              LIMIT $6"
-        );
-        let limit = i64::from(filter.limit);
+        let (sql, args) = filter.sql(&SearchDialect::of(self));
         on_pool!(self, pool => {
-            let rows = sqlx::query(&sql)
-                .bind(filter.query.as_deref().map(like_prefix))
-                .bind(filter.two_factor_status.as_deref())
-                .bind(filter.enforced)
-                .bind(filter.role.as_deref())
-                .bind(filter.after_username.as_deref())
-                .bind(limit + 1)
-                .fetch_all(pool)
-                .await?;
-            let more = rows.len() as i64 > limit;
+            let rows = bind_all!(sqlx::query(&sql), args).fetch_all(pool).await?;
+            let more = rows.len() > filter.limit as usize;
             let mut entries = Vec::with_capacity(rows.len());
             for row in rows.into_iter().take(filter.limit as usize) {
                 entries.push(directory_entry!(row));
@@ -225,11 +342,283 @@ SELECT s.session_id, s.user_id, u.username, u.email, u.role, u.two_factor_status
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
-    use super::like_prefix;
+    use super::*;
+    use proptest::prelude::*;
+    use sqlx::sqlite::SqlitePoolOptions;
+
+    proptest! {
+        /// Rust compares strings by code point, as the search's ranges do.
+        #[test]
+        fn a_prefix_range_holds_exactly_the_strings_that_start_with_it(
+            prefix in "[a\\x{7f}\\x{d7ff}\\x{e000}\\x{10ffff}%_]{0,3}",
+            rest in "[a\\x{7f}\\x{d7ff}\\x{e000}\\x{10ffff}%_]{0,3}",
+            other in "[a\\x{7f}\\x{d7ff}\\x{e000}\\x{10ffff}%_]{0,6}",
+        ) {
+            let upper = prefix_successor(&prefix);
+            let in_range = |text: &str| {
+                text >= prefix.as_str() && upper.as_deref().is_none_or(|upper| text < upper)
+            };
+            let extended = format!("{prefix}{rest}");
+            prop_assert!(in_range(&extended));
+            prop_assert_eq!(in_range(&other), other.starts_with(&prefix));
+        }
+    }
 
     #[test]
-    fn typed_wildcards_are_literal() {
-        assert_eq!(like_prefix("A_b%"), "a\\_b\\%%");
+    fn the_successor_skips_surrogates_and_carries_past_the_last_code_point() {
+        assert_eq!(prefix_successor("ab").as_deref(), Some("ac"));
+        assert_eq!(prefix_successor("a\u{d7ff}").as_deref(), Some("a\u{e000}"));
+        assert_eq!(prefix_successor("a\u{10ffff}").as_deref(), Some("b"));
+        assert_eq!(prefix_successor("\u{10ffff}"), None);
+        assert_eq!(prefix_successor(""), None);
+    }
+
+    async fn sqlite_directory() -> Db {
+        // One connection: an in-memory database lives and dies with it.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await
+            .unwrap();
+        sqlx::migrate!("../migrations/sqlite")
+            .run(&pool)
+            .await
+            .unwrap();
+        Db::Sqlite(pool)
+    }
+
+    /// Every combination of the filters, on the first page.
+    fn every_filter() -> Vec<DirectoryFilter> {
+        let mut filters = Vec::new();
+        for query in [
+            None,
+            Some("a"),
+            Some("A_"),
+            Some("a_"),
+            Some("%"),
+            Some("b."),
+            Some("é"),
+        ] {
+            for two_factor_status in [None, Some("enabled"), Some("pending"), Some("disabled")] {
+                for enforced in [None, Some(true), Some(false)] {
+                    for role in [None, Some("user"), Some("admin")] {
+                        filters.push(DirectoryFilter {
+                            query: query.map(str::to_string),
+                            two_factor_status: two_factor_status.map(str::to_string),
+                            enforced,
+                            role: role.map(str::to_string),
+                            after_username: None,
+                            limit: 2,
+                        });
+                    }
+                }
+            }
+        }
+        filters
+    }
+
+    /// SQLite has no statistics to weigh the terms with, so the plan must not
+    /// need them: a prefix reads the username and address ranges of their
+    /// indexes, then the page's rows by username; anything else reads one
+    /// index in username order from the cursor, and stops after a page.
+    #[tokio::test]
+    async fn every_sqlite_search_reads_index_ranges() {
+        let db = sqlite_directory().await;
+        let Db::Sqlite(pool) = &db else {
+            unreachable!()
+        };
+        for mut filter in every_filter() {
+            for after in [None, Some("m")] {
+                filter.after_username = after.map(str::to_string);
+                let (sql, args) = filter.sql(&SearchDialect::of(&db));
+                let explain = format!("EXPLAIN QUERY PLAN {sql}");
+                let plan: Vec<String> = bind_all!(sqlx::query(&explain), args)
+                    .fetch_all(pool)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|row| row.get::<String, _>("detail"))
+                    .collect();
+                let reads: Vec<&String> = plan
+                    .iter()
+                    .filter(|step| step.contains("user_directory"))
+                    .collect();
+                let range_reads = reads
+                    .iter()
+                    .filter(|step| step.starts_with("SEARCH user_directory USING"))
+                    .count();
+                let sorted = plan.iter().any(|step| step.contains("TEMP B-TREE"));
+                let filtered = filter.two_factor_status.is_some()
+                    || filter.enforced.is_some()
+                    || filter.role.is_some()
+                    || filter.after_username.is_some();
+                if filter.query.is_some() {
+                    // The two ranges, then the page's rows by username.
+                    assert_eq!((reads.len(), range_reads), (3, 3), "{filter:?}: {plan:?}");
+                    for range in [
+                        "(username>? AND username<?)",
+                        "(email_key>? AND email_key<?)",
+                    ] {
+                        assert!(
+                            reads.iter().any(|step| step.ends_with(range)),
+                            "{range} in {filter:?}: {plan:?}"
+                        );
+                    }
+                } else if filtered {
+                    assert_eq!((reads.len(), range_reads), (1, 1), "{filter:?}: {plan:?}");
+                    assert!(!sorted, "{filter:?}: {plan:?}");
+                } else {
+                    assert_eq!(
+                        plan,
+                        ["SCAN user_directory USING INDEX sqlite_autoindex_user_directory_2"],
+                        "the username index, in order"
+                    );
+                }
+            }
+        }
+    }
+
+    struct User {
+        username: String,
+        email: Option<String>,
+        role: &'static str,
+        two_factor_status: &'static str,
+        enforced: bool,
+    }
+
+    impl User {
+        fn matches(&self, filter: &DirectoryFilter) -> bool {
+            let starts_with = |prefix: &str| {
+                let prefix = prefix.to_lowercase();
+                self.username.starts_with(&prefix)
+                    || self
+                        .email
+                        .as_ref()
+                        .is_some_and(|email| email.to_lowercase().starts_with(&prefix))
+            };
+            filter.query.as_deref().is_none_or(starts_with)
+                && filter
+                    .two_factor_status
+                    .as_deref()
+                    .is_none_or(|status| status == self.two_factor_status)
+                && filter
+                    .enforced
+                    .is_none_or(|enforced| enforced == self.enforced)
+                && filter.role.as_deref().is_none_or(|role| role == self.role)
+        }
+    }
+
+    /// Short names over a few characters, so that prefixes share rows, with
+    /// addresses that start elsewhere and hold `%`, backslashes and capitals.
+    fn directory() -> Vec<User> {
+        let alphabet = ["a", "b", "_", "."];
+        let mut names: Vec<String> = alphabet.iter().map(|c| c.to_string()).collect();
+        for first in alphabet {
+            for second in alphabet {
+                names.push(format!("{first}{second}"));
+                names.push(format!("{first}{second}a"));
+            }
+        }
+        names
+            .into_iter()
+            .enumerate()
+            .map(|(index, username)| User {
+                email: match index % 4 {
+                    0 => None,
+                    1 => Some(format!("{username}@example.com")),
+                    2 => Some(format!("É{}\\%@Example.COM", username.to_uppercase())),
+                    _ => Some(format!("%{index}@example.com")),
+                },
+                username,
+                role: ["user", "admin", "auditor"][index % 3],
+                two_factor_status: ["disabled", "enabled", "pending"][index / 2 % 3],
+                enforced: index % 5 == 0,
+            })
+            .collect()
+    }
+
+    /// A new, empty PostgreSQL database on the server the end-to-end tests
+    /// use (`scripts/test` starts it and drops these databases).
+    async fn postgres_directory() -> Db {
+        let server = std::env::var("TWOFOLD_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_string());
+        let admin = sqlx::PgPool::connect(&format!("{server}/postgres"))
+            .await
+            .expect("PostgreSQL must listen on 127.0.0.1:5432 (scripts/test starts it)");
+        let name = format!("twofold_test_{}", Uuid::new_v4().simple());
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .unwrap();
+        let pool = sqlx::PgPool::connect(&format!("{server}/{name}"))
+            .await
+            .unwrap();
+        sqlx::migrate!("../migrations/postgres")
+            .run(&pool)
+            .await
+            .unwrap();
+        Db::Postgres(pool)
+    }
+
+    #[tokio::test]
+    async fn every_combination_of_filters_pages_through_exactly_its_users_in_order_on_sqlite() {
+        pages_through_exactly_the_matching_users_in_order(sqlite_directory().await).await;
+    }
+
+    #[tokio::test]
+    async fn every_combination_of_filters_pages_through_exactly_its_users_in_order_on_postgres() {
+        pages_through_exactly_the_matching_users_in_order(postgres_directory().await).await;
+    }
+
+    /// `%` and `_` typed match themselves, capitals match either case, and
+    /// every filter combines with the others and with the cursor.
+    async fn pages_through_exactly_the_matching_users_in_order(db: Db) {
+        let users = directory();
+        for user in &users {
+            on_pool!(&db, pool => {
+                sqlx::query(
+                    "INSERT INTO user_directory (user_id, username, email, email_key, role,
+                         two_factor_status, enforced, registered_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, '2024-05-01T09:00:00Z')",
+                )
+                .bind(Uuid::new_v4().to_string())
+                .bind(&user.username)
+                .bind(&user.email)
+                .bind(user.email.as_ref().map(|email| email.to_lowercase()))
+                .bind(user.role)
+                .bind(user.two_factor_status)
+                .bind(user.enforced)
+                .execute(pool)
+                .await
+                .unwrap();
+            });
+        }
+        for limit in [1, 3, 500] {
+            for mut filter in every_filter() {
+                filter.limit = limit;
+                let mut expected: Vec<&str> = users
+                    .iter()
+                    .filter(|user| user.matches(&filter))
+                    .map(|user| user.username.as_str())
+                    .collect();
+                expected.sort_unstable();
+                let mut seen = Vec::new();
+                // Each page holds a user or ends the search: a repeated page
+                // shows up in `seen` instead of looping for ever.
+                for _ in 0..=users.len() {
+                    let (page, more) = db.search_directory(&filter).await.unwrap();
+                    assert!(page.len() <= limit as usize);
+                    seen.extend(page.iter().map(|entry| entry.username.clone()));
+                    if !more {
+                        break;
+                    }
+                    filter.after_username = page.last().map(|entry| entry.username.clone());
+                    assert!(filter.after_username.is_some(), "{filter:?}");
+                }
+                assert_eq!(seen, expected, "{filter:?}");
+            }
+        }
     }
 }

@@ -33,9 +33,10 @@ fn set_status(user_id: &str, status: TwoFactorStatus) -> Statement {
 /// twice, the second run takes out and puts back the same bucket, so the
 /// counts stay idempotent like every other statement. Detected from the SQL
 /// so that a new event writing the directory is counted without anyone
-/// having to remember it.
+/// having to remember it; a write that cannot move the row between buckets
+/// (last sign-in, email) skips the two extra round trips.
 fn counted(user_id: &str, statements: Vec<Statement>) -> Vec<Statement> {
-    if !statements.iter().any(|s| s.sql.contains("user_directory")) {
+    if !statements.iter().any(|s| moves_bucket(s.sql)) {
         return statements;
     }
     let mut wrapped = Vec::with_capacity(statements.len() + 2);
@@ -58,6 +59,34 @@ fn counted(user_id: &str, statements: Vec<Statement>) -> Vec<Statement> {
         vec![user_id.into()],
     ));
     wrapped
+}
+
+/// Whether `sql` may change which `two_factor_counts` bucket a directory
+/// row is in: it inserts or deletes a row, or assigns a bucket column.
+fn moves_bucket(sql: &str) -> bool {
+    const BUCKET_COLUMNS: [&str; 3] = ["role", "two_factor_status", "enforced"];
+    let Some(at) = sql.find("user_directory") else {
+        return false;
+    };
+    let head = sql[..at].trim_start();
+    if head.starts_with("INSERT") || head.starts_with("DELETE") {
+        return true;
+    }
+    let Some(assignments) = sql[at..].split_once(" SET ").map(|(_, rest)| rest) else {
+        return true;
+    };
+    let assignments = assignments.split(" WHERE ").next().unwrap_or(assignments);
+    assignments.split(',').any(|assignment| {
+        let column = assignment.split('=').next().unwrap_or("").trim();
+        BUCKET_COLUMNS.contains(&column)
+    })
+}
+
+/// How a session was started, as the `sessions` table stores it.
+pub(crate) fn session_method(authenticated_by: AuthenticatedBy) -> Option<String> {
+    serde_json::to_value(authenticated_by)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
 }
 
 pub(crate) fn plan(event: &StoredEvent) -> Result<Vec<Statement>, ProjectionError> {
@@ -179,10 +208,7 @@ pub(crate) fn plan(event: &StoredEvent) -> Result<Vec<Statement>, ProjectionErro
                     session_id.to_string().into(),
                     token_hash.as_str().into(),
                     user_id.into(),
-                    serde_json::to_value(authenticated_by)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .into(),
+                    session_method(authenticated_by).into(),
                     impersonator_id.map(|id| id.to_string()).into(),
                     started_at.into(),
                     expires_at.into(),
@@ -214,4 +240,32 @@ pub(crate) fn plan(event: &StoredEvent) -> Result<Vec<Statement>, ProjectionErro
         | UserEvent::ImpersonationStarted { .. } => vec![],
     };
     Ok(counted(user_id, statements))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::moves_bucket;
+
+    #[test]
+    fn only_writes_to_bucket_columns_move_a_user_between_report_buckets() {
+        assert!(moves_bucket(
+            "INSERT INTO user_directory (user_id) VALUES ($1) ON CONFLICT (user_id) DO NOTHING"
+        ));
+        assert!(moves_bucket(
+            "UPDATE user_directory SET role = $2 WHERE user_id = $1"
+        ));
+        assert!(moves_bucket(
+            "UPDATE user_directory SET two_factor_status = 'enabled', enabled_at = $2 WHERE user_id = $1"
+        ));
+        assert!(moves_bucket(
+            "UPDATE user_directory SET enforced = true WHERE user_id = $1"
+        ));
+        assert!(!moves_bucket(
+            "UPDATE user_directory SET last_login_at = $2 WHERE user_id = $1"
+        ));
+        assert!(!moves_bucket(
+            "UPDATE user_directory SET email = $2, email_key = $3 WHERE user_id = $1"
+        ));
+        assert!(!moves_bucket("DELETE FROM sessions WHERE session_id = $1"));
+    }
 }

@@ -4,15 +4,26 @@ use std::time::Duration;
 use tokio::sync::{watch, Mutex};
 
 use crate::audit;
+use crate::bulk;
 use crate::db::{Db, ProjectionError};
 use crate::feed::{decode, EventPosition, POSTGRES_FEED, SQLITE_FEED};
-use crate::read_models::{plan, TABLES};
+use crate::read_models::plan;
 use crate::statement::execute_all;
 
 pub(crate) const CHECKPOINT: &str = "read_models";
 const BATCH: i64 = 500;
 /// Serialises catch-up rounds across processes sharing one PostgreSQL.
 const POSTGRES_LOCK_KEY: i64 = 0x0074_776f_666f_6c64;
+
+/// Takes the projection's lock for the rest of the transaction, so that
+/// processes sharing one PostgreSQL apply each event once, in order.
+pub(crate) async fn lock_projection(tx: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(POSTGRES_LOCK_KEY)
+        .execute(tx)
+        .await?;
+    Ok(())
+}
 
 /// Keeps the read models caught up with the event store. One per process;
 /// several processes may share a database, each applying under a lock so an
@@ -142,10 +153,7 @@ impl Projector {
             }
             Db::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
-                sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                    .bind(POSTGRES_LOCK_KEY)
-                    .execute(&mut *tx)
-                    .await?;
+                lock_projection(&mut tx).await?;
                 batch!(tx, POSTGRES_FEED)
             }
         }
@@ -203,34 +211,14 @@ impl Projector {
         })
     }
 
-    /// Empties every read model and applies the whole history again,
-    /// streaming it in batches; `progress` hears the running count.
+    /// Empties every read model and rebuilds it from the whole history in
+    /// one transaction (`Db::rebuild_read_models`); `progress` hears the
+    /// running count. Returns how many events it applied.
     pub async fn rebuild(&self, progress: impl Fn(u64)) -> Result<u64, ProjectionError> {
-        {
-            let _round = self.round.lock().await;
-            crate::on_pool!(&self.db, pool => {
-                let mut tx = pool.begin().await?;
-                if matches!(self.db, Db::Postgres(_)) {
-                    // Wait for a batch another process is applying: it read
-                    // the old checkpoint and would write its rows and move
-                    // the checkpoint past the events this rebuild empties.
-                    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                        .bind(POSTGRES_LOCK_KEY)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                for table in TABLES {
-                    sqlx::query(&format!("DELETE FROM {table}")).execute(&mut *tx).await?;
-                }
-                sqlx::query("DELETE FROM projection_checkpoints WHERE name = $1")
-                    .bind(CHECKPOINT)
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-            });
-            self.applied.send_replace(EventPosition::default());
-        }
-        self.catch_up_with(None, progress).await
+        let _round = self.round.lock().await;
+        let rebuilt = bulk::rebuild(&self.db, progress).await?;
+        self.applied.send_replace(rebuilt.applied);
+        Ok(rebuilt.events)
     }
 
     /// Picks up what other processes wrote, until `shutdown` flips.

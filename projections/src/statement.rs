@@ -58,20 +58,30 @@ impl From<Option<DateTime<Utc>>> for Arg {
     }
 }
 
+/// Binds arguments in order to a query of either backend.
+macro_rules! bind_all {
+    ($query:expr, $args:expr) => {{
+        let mut query = $query;
+        for arg in $args {
+            query = match arg {
+                $crate::statement::Arg::Text(value) => query.bind(value),
+                $crate::statement::Arg::Bool(value) => query.bind(value),
+                $crate::statement::Arg::Int(value) => query.bind(value),
+                $crate::statement::Arg::Time(value) => query.bind(value),
+            };
+        }
+        query
+    }};
+}
+pub(crate) use bind_all;
+
 /// Executes statements on a transaction of either backend.
 macro_rules! execute_all {
     ($tx:expr, $statements:expr) => {{
         for statement in $statements {
-            let mut query = sqlx::query(statement.sql);
-            for arg in statement.args {
-                query = match arg {
-                    $crate::statement::Arg::Text(value) => query.bind(value),
-                    $crate::statement::Arg::Bool(value) => query.bind(value),
-                    $crate::statement::Arg::Int(value) => query.bind(value),
-                    $crate::statement::Arg::Time(value) => query.bind(value),
-                };
-            }
-            query.execute(&mut *$tx).await?;
+            $crate::statement::bind_all!(sqlx::query(statement.sql), statement.args)
+                .execute(&mut *$tx)
+                .await?;
         }
     }};
 }

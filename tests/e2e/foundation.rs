@@ -468,3 +468,78 @@ async fn a_long_transaction_in_another_database_does_not_hold_the_read_models_ba
     long.rollback().await.unwrap();
     app.stop().await;
 }
+
+/// More sign-ins at once than one hashing worker and a one-place line can
+/// take: the excess is refused at once (503 `unavailable`, `Retry-After`),
+/// stores nothing and takes nothing from the address's quota of attempts;
+/// the others sign in. The line is in front of the store, so one backend
+/// shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_ins_beyond_the_hashing_capacity_are_refused_at_once() {
+    const QUOTA: i64 = 40;
+    const BURST: usize = 24;
+    let settings = twofold_api::Settings {
+        login_rate_per_ip: QUOTA as u32,
+        password_hash_workers: std::num::NonZeroUsize::MIN,
+        password_hash_queue: 1,
+        ..crate::helpers::default_settings()
+    };
+    let app = crate::helpers::spawn_app_with(Backend::Sqlite, settings).await;
+    // Creating the user signs the admin in: one attempt from this address.
+    let id = app.create_user("kim", "kim-password", None, "user").await;
+    let answers = join_all((0..BURST).map(|_| app.login("kim", "kim-password"))).await;
+
+    let refused: Vec<_> = answers
+        .iter()
+        .filter(|answer| answer.status == StatusCode::SERVICE_UNAVAILABLE)
+        .collect();
+    let signed_in = answers
+        .iter()
+        .filter(|answer| answer.status == StatusCode::OK)
+        .count();
+    println!(
+        "{BURST} sign-ins at once: {signed_in} signed in, {} refused",
+        refused.len()
+    );
+    assert_eq!(
+        signed_in + refused.len(),
+        BURST,
+        "only 200 or 503: {answers:?}"
+    );
+    assert!(signed_in >= 1, "{answers:?}");
+    assert!(!refused.is_empty(), "{answers:?}");
+    for answer in &refused {
+        assert_eq!(answer.error(), "unavailable", "{answer:?}");
+        assert!(answer.body["message"].is_string(), "{answer:?}");
+        assert_eq!(answer.headers["retry-after"], "1", "{answer:?}");
+    }
+    for answer in answers
+        .iter()
+        .filter(|answer| answer.status == StatusCode::OK)
+    {
+        assert_eq!(answer.body["status"], "authenticated", "{answer:?}");
+    }
+
+    let stored = |event_type: &str| {
+        format!("SELECT count(*) FROM events WHERE aggregate_id = '{id}' AND event_type = '{event_type}'")
+    };
+    assert_eq!(
+        app.scalar(&stored("SessionStarted")).await,
+        signed_in as i64
+    );
+    assert_eq!(app.scalar(&stored("PasswordRejected")).await, 0);
+
+    // What is left of the quota: every attempt but the refused ones counted.
+    let mut more = 0;
+    loop {
+        let answer = app.login("kim", "kim-password").await;
+        if answer.status == StatusCode::TOO_MANY_REQUESTS {
+            break;
+        }
+        assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+        more += 1;
+        assert!(more <= QUOTA, "the quota never ran out");
+    }
+    assert_eq!(more, QUOTA - 1 - signed_in as i64);
+    app.stop().await;
+}

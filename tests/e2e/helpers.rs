@@ -67,6 +67,8 @@ pub fn default_settings() -> Settings {
         totp: TotpParameters::default(),
         totp_issuer: "twofold".into(),
         login_rate_per_ip: 10_000,
+        password_hash_workers: std::num::NonZeroUsize::new(2).unwrap(),
+        password_hash_queue: 64,
     }
 }
 

@@ -8,6 +8,7 @@ mod administration;
 mod authorization;
 mod browser;
 mod email;
+mod faults;
 mod foundation;
 mod hygiene;
 mod malformed;

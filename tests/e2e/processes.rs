@@ -17,6 +17,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+use twofold_domain::{policy, AuthenticatedBy, TokenHash, UserEvent};
 use twofold_projections::{Db, Projector};
 use uuid::Uuid;
 
@@ -34,7 +35,7 @@ on_both_backends!(
 /// The multi-process tests each run two or three servers with their own
 /// PostgreSQL pools; one at a time keeps the server's 100 connections and
 /// the two cores from being the thing under test.
-static MULTI_PROCESS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static MULTI_PROCESS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 // ---------------------------------------------------------------------------
 // Real processes
@@ -46,14 +47,14 @@ pub struct Processes {
     pub database_url: String,
     pub client: reqwest::Client,
     pub bases: Vec<String>,
-    children: Vec<tokio::process::Child>,
-    logs: Vec<PathBuf>,
-    dir: tempfile::TempDir,
+    pub(crate) children: Vec<tokio::process::Child>,
+    pub(crate) logs: Vec<PathBuf>,
+    pub(crate) dir: tempfile::TempDir,
 }
 
 /// A port nobody listens on right now (the process may lose it to another
 /// test before it binds; `launch` then tries another).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .expect("a free port")
@@ -95,13 +96,13 @@ impl Processes {
         processes
     }
 
-    fn adopt(&mut self, (child, base, log): (tokio::process::Child, String, PathBuf)) {
+    pub(crate) fn adopt(&mut self, (child, base, log): (tokio::process::Child, String, PathBuf)) {
         self.children.push(child);
         self.bases.push(base);
         self.logs.push(log);
     }
 
-    async fn launch(
+    pub(crate) async fn launch(
         &self,
         index: usize,
         bootstrap: bool,
@@ -127,6 +128,10 @@ impl Processes {
                 .arg("1000000")
                 .arg("--database-max-connections")
                 .arg("8")
+                // These tests send bursts of sign-ins to check correctness,
+                // not to be shed: give them a line long enough to wait in.
+                .arg("--password-hash-queue")
+                .arg("512")
                 .arg("--mail-dir")
                 .arg(self.dir.path().join(format!("mail-{index}")));
             // Only what this test says: nothing inherited from the caller.
@@ -273,7 +278,7 @@ async fn call(
 
 /// Our own pools on the test's database (generous timeouts: the tests make
 /// the store busy on purpose).
-async fn open_db(url: &str) -> Db {
+pub(crate) async fn open_db(url: &str) -> Db {
     if url.starts_with("sqlite:") {
         let options = SqliteConnectOptions::from_str(url)
             .unwrap()
@@ -299,7 +304,7 @@ async fn open_db(url: &str) -> Db {
 }
 
 #[derive(Clone, Debug)]
-struct StoredRow {
+pub(crate) struct StoredRow {
     aggregate_id: String,
     sequence: i64,
     event_type: String,
@@ -307,7 +312,7 @@ struct StoredRow {
 }
 
 /// Every stored event, per aggregate in sequence order.
-async fn stored_events(db: &Db) -> Vec<StoredRow> {
+pub(crate) async fn stored_events(db: &Db) -> Vec<StoredRow> {
     let rows: Vec<(String, i64, String, String)> = twofold_projections::on_pool!(db, pool => {
         sqlx::query_as(
             "SELECT aggregate_id, sequence, event_type, CAST(payload AS TEXT)
@@ -328,7 +333,7 @@ async fn stored_events(db: &Db) -> Vec<StoredRow> {
 }
 
 /// Each aggregate's sequences are exactly 1, 2, 3 ... (no gap, no repeat).
-fn assert_sequences_contiguous(rows: &[StoredRow]) {
+pub(crate) fn assert_sequences_contiguous(rows: &[StoredRow]) {
     let mut per_aggregate: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
     for row in rows {
         per_aggregate
@@ -381,7 +386,7 @@ fn totp_step(at: DateTime<Utc>) -> i64 {
 }
 
 /// oathtool is a blocking child process; keep it off the runtime's workers.
-async fn oathtool_at(secret: &str, at: DateTime<Utc>) -> String {
+pub(crate) async fn oathtool_at(secret: &str, at: DateTime<Utc>) -> String {
     let secret = secret.to_string();
     tokio::task::spawn_blocking(move || oathtool_code(&secret, at))
         .await
@@ -583,17 +588,18 @@ async fn enroll(cluster: &Processes, admin: &str, round: usize) -> Enrolled {
     }
 }
 
-/// One round's 60 sends of `code`, all at once: send i goes to challenge
-/// i % 6, and each challenge's ten sends go to the three processes in turn.
-/// Answers come back as (challenge, process, answer).
-async fn send_round(
+/// `sends` copies of `code`, all at once: send i goes to challenge
+/// i % challenges, and each challenge's sends go to the three processes in
+/// turn. Answers come back as (challenge, process, answer).
+async fn send_at_once(
     cluster: &Processes,
     challenges: &[String],
     code: &str,
+    sends: usize,
 ) -> Vec<(usize, usize, Answer)> {
-    join_all((0..SENDS_PER_ROUND).map(|i| async move {
-        let challenge = i % CHALLENGES_PER_ROUND;
-        let process = (i / CHALLENGES_PER_ROUND) % 3;
+    join_all((0..sends).map(|i| async move {
+        let challenge = i % challenges.len();
+        let process = (i / challenges.len()) % 3;
         let answer = cluster
             .call(
                 process,
@@ -606,6 +612,19 @@ async fn send_round(
         (challenge, process, answer)
     }))
     .await
+}
+
+/// Signs the enrolled user in with the password on `process`: the
+/// challenge it opens.
+async fn open_challenge(cluster: &Processes, process: usize, user: &Enrolled) -> String {
+    let login = cluster.login(process, &user.username, &user.password).await;
+    assert_eq!(login.status, StatusCode::OK, "{login:?}");
+    assert_eq!(login.body["status"], "two_factor_required", "{login:?}");
+    assert!(login.body["methods"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("totp")));
+    login.body["challenge_id"].as_str().unwrap().to_string()
 }
 
 /// Design: a code can be accepted once per user and step, and steps last
@@ -635,19 +654,7 @@ async fn one_totp_code_sent_sixty_times_at_once_is_accepted_once() {
             .iter()
             .flat_map(|user| (0..CHALLENGES_PER_ROUND).map(move |c| (user, c))),
     )
-    .map(|(user, c)| {
-        let cluster = &cluster;
-        async move {
-            let login = cluster.login(c % 3, &user.username, &user.password).await;
-            assert_eq!(login.status, StatusCode::OK, "{login:?}");
-            assert_eq!(login.body["status"], "two_factor_required", "{login:?}");
-            assert!(login.body["methods"]
-                .as_array()
-                .unwrap()
-                .contains(&json!("totp")));
-            login.body["challenge_id"].as_str().unwrap().to_string()
-        }
-    })
+    .map(|(user, c)| open_challenge(&cluster, c % 3, user))
     .buffered(12)
     .collect()
     .await;
@@ -676,7 +683,7 @@ async fn one_totp_code_sent_sixty_times_at_once_is_accepted_once() {
     let blast = Instant::now();
     let results: Vec<Vec<(usize, usize, Answer)>> =
         futures::stream::iter(challenges.iter().zip(&codes))
-            .map(|(challenges, code)| send_round(&cluster, challenges, code))
+            .map(|(challenges, code)| send_at_once(&cluster, challenges, code, SENDS_PER_ROUND))
             .buffered(ROUNDS_AT_ONCE)
             .collect()
             .await;
@@ -813,6 +820,824 @@ async fn a_challenge_opened_on_one_process_is_answered_at_once_on_another() {
             "round {round}: opened on {opened_on}, answered on {answered_on}: {verified:?}"
         );
     }
+}
+
+// ---------------------------------------------------------------------------
+// 2b. Wrong codes, many at once
+// ---------------------------------------------------------------------------
+
+/// One stored event of a user, with its place in the user's history and in
+/// the global order.
+struct Recorded {
+    sequence: i64,
+    position: i64,
+    event: UserEvent,
+}
+
+/// A user's stored events in sequence order, read back as the domain's
+/// events; the sequences must run 1, 2, 3 ... without a gap.
+async fn user_history(db: &Db, user_id: &str) -> Vec<Recorded> {
+    let rows: Vec<(i64, i64, String)> = twofold_projections::on_pool!(db, pool => {
+        sqlx::query_as(
+            "SELECT sequence, position, CAST(payload AS TEXT) FROM events
+              WHERE aggregate_id = $1 ORDER BY sequence",
+        )
+        .bind(user_id)
+        .fetch_all(pool)
+        .await
+        .unwrap()
+    });
+    let history: Vec<Recorded> = rows
+        .into_iter()
+        .map(|(sequence, position, payload)| Recorded {
+            sequence,
+            position,
+            event: serde_json::from_str(&payload).unwrap(),
+        })
+        .collect();
+    let sequences: Vec<i64> = history.iter().map(|r| r.sequence).collect();
+    let expected: Vec<i64> = (1..=history.len() as i64).collect();
+    assert_eq!(sequences, expected, "the history of {user_id} has gaps");
+    history
+}
+
+/// Challenges opened in each round of the wrong-code test, a fresh user a
+/// round: one challenge meets its own limit; two or more meet the factor's
+/// back-off too.
+const WRONG_CODE_CHALLENGES: [usize; 8] = [1, 2, 3, 4, 1, 2, 3, 4];
+const WRONG_CODE_SENDS: usize = 60;
+
+/// What the locks let through for `challenges` fresh challenges of a user
+/// with no failures on record: five wrong codes a challenge, and none after
+/// the failure that starts the factor's back-off.
+fn wrong_codes_the_locks_allow(challenges: usize) -> usize {
+    (challenges * policy::CHALLENGE_ATTEMPTS as usize)
+        .min(policy::SECOND_FACTOR_FAILURES_BEFORE_BACKOFF as usize)
+}
+
+/// A well-formed code that none of the steps around now (±2) gives, so it
+/// is wrong whenever during the round it arrives.
+async fn wrong_code(secret: &str) -> String {
+    let now = Utc::now();
+    let around: BTreeSet<String> =
+        join_all((-2..=2).map(|k| oathtool_at(secret, now + chrono::Duration::seconds(30 * k))))
+            .await
+            .into_iter()
+            .collect();
+    (0..)
+        .map(|n| format!("{n:06}"))
+        .find(|code| !around.contains(code))
+        .unwrap()
+}
+
+/// Design: each round has a user of its own (a fresh factor budget),
+/// enrolled through process 0, with 1 to 4 challenges opened on the three
+/// processes; 60 copies of one wrong code then go out at once, spread over
+/// the challenges and the processes, four rounds at a time. The store must
+/// hold exactly the rejections the locks allow (5 a challenge, and none
+/// after the 10th that starts the back-off), each answered 401 once with the
+/// attempts left on its challenge; every other send is answered 423; then
+/// the right code is refused on every challenge too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_codes_sent_in_parallel_to_three_servers_never_exceed_the_lock() {
+    let _one_at_a_time = MULTI_PROCESS.lock().await;
+    let started = Instant::now();
+    let cluster = Processes::start(3).await;
+    let admin = cluster.admin_token().await;
+    // Setup, two at a time: a server answers 503 to password checks beyond
+    // what its hashing threads and their short queue take.
+    let users: Vec<Enrolled> = futures::stream::iter(0..WRONG_CODE_CHALLENGES.len())
+        .map(|round| enroll(&cluster, &admin, 100 + round))
+        .buffered(2)
+        .collect()
+        .await;
+    let challenges: Vec<Vec<String>> =
+        futures::stream::iter(users.iter().zip(WRONG_CODE_CHALLENGES))
+            .then(|(user, count)| {
+                let cluster = &cluster;
+                async move {
+                    futures::stream::iter(0..count)
+                        .then(|c| open_challenge(cluster, c % 3, user))
+                        .collect::<Vec<_>>()
+                        .await
+                }
+            })
+            .collect()
+            .await;
+    let codes = join_all(users.iter().map(|user| wrong_code(&user.secret))).await;
+
+    let blast = Instant::now();
+    let results: Vec<Vec<(usize, usize, Answer)>> =
+        futures::stream::iter(challenges.iter().zip(&codes))
+            .map(|(challenges, code)| send_at_once(&cluster, challenges, code, WRONG_CODE_SENDS))
+            .buffered(4)
+            .collect()
+            .await;
+    let blast_took = blast.elapsed();
+
+    let db = cluster.db().await;
+    for (round, ((user, results), challenges)) in
+        users.iter().zip(&results).zip(&challenges).enumerate()
+    {
+        let server_errors: Vec<_> = results
+            .iter()
+            .filter(|(_, _, a)| a.status.is_server_error())
+            .collect();
+        assert!(
+            server_errors.is_empty(),
+            "round {round}: 5xx answers {server_errors:?}"
+        );
+
+        let history = user_history(&db, &user.id).await;
+        // Rejections per challenge, in the order they were stored.
+        let mut stored: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
+        let mut failures_in_a_row = Vec::new();
+        for recorded in &history {
+            match &recorded.event {
+                UserEvent::SecondFactorRejected {
+                    challenge_id,
+                    attempts_remaining,
+                    consecutive_failures,
+                    locked_until,
+                    ..
+                } => {
+                    let challenge = challenges
+                        .iter()
+                        .position(|c| *c == challenge_id.to_string())
+                        .unwrap();
+                    stored
+                        .entry(challenge)
+                        .or_default()
+                        .push(*attempts_remaining);
+                    failures_in_a_row.push(*consecutive_failures);
+                    assert_eq!(
+                        locked_until.is_some(),
+                        *consecutive_failures >= policy::SECOND_FACTOR_FAILURES_BEFORE_BACKOFF,
+                        "round {round}: back-off at failure {consecutive_failures}"
+                    );
+                }
+                UserEvent::SecondFactorAccepted { .. } => {
+                    panic!("round {round}: a wrong code was accepted")
+                }
+                _ => {}
+            }
+        }
+        let allowed = wrong_codes_the_locks_allow(challenges.len());
+        assert_eq!(
+            failures_in_a_row,
+            (1..=allowed as u32).collect::<Vec<_>>(),
+            "round {round}: exactly the evaluations the locks allow, counted one by one"
+        );
+        for (challenge, attempts) in &stored {
+            let countdown: Vec<u32> = (0..policy::CHALLENGE_ATTEMPTS)
+                .rev()
+                .take(attempts.len())
+                .collect();
+            assert_eq!(attempts, &countdown, "round {round}, challenge {challenge}");
+        }
+
+        // Each 401 is one stored rejection, and tells the attempts it left.
+        let mut answered: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
+        for (challenge, process, answer) in results {
+            match (answer.status, answer.error()) {
+                (StatusCode::UNAUTHORIZED, "invalid_code") => answered
+                    .entry(*challenge)
+                    .or_default()
+                    .push(answer.body["attempts_remaining"].as_u64().unwrap() as u32),
+                (StatusCode::LOCKED, "challenge_locked") => {}
+                (StatusCode::LOCKED, "account_locked") => assert!(
+                    answer.headers.contains_key("retry-after"),
+                    "round {round}: {answer:?}"
+                ),
+                _ => {
+                    panic!("round {round}: challenge {challenge} on process {process}: {answer:?}")
+                }
+            }
+        }
+        for attempts in answered.values_mut() {
+            attempts.sort_unstable_by(|a, b| b.cmp(a));
+        }
+        assert_eq!(
+            answered, stored,
+            "round {round}: the 401s and the stored rejections"
+        );
+
+        // The right code now: refused on every challenge, and not recorded.
+        let code = oathtool_at(&user.secret, Utc::now()).await;
+        for (c, challenge) in challenges.iter().enumerate() {
+            let answer = cluster
+                .call(
+                    c % 3,
+                    Method::POST,
+                    &format!("/api/v1/login/challenges/{challenge}/verify"),
+                    None,
+                    Some(json!({ "method": "totp", "code": code, "remember_device": false })),
+                )
+                .await;
+            let spent = stored.get(&c).map_or(0, Vec::len) == policy::CHALLENGE_ATTEMPTS as usize;
+            let expected = if spent {
+                "challenge_locked"
+            } else {
+                "account_locked"
+            };
+            assert_eq!(
+                (answer.status, answer.error()),
+                (StatusCode::LOCKED, expected),
+                "round {round}: the right code on challenge {c}: {answer:?}"
+            );
+        }
+        assert_eq!(
+            user_history(&db, &user.id).await.len(),
+            history.len(),
+            "round {round}: a refused right code records nothing"
+        );
+
+        // A new sign-in offers TOTP again only if the factor is not backing off.
+        let login = cluster
+            .login(round % 3, &user.username, &user.password)
+            .await;
+        assert_eq!(login.body["status"], "two_factor_required", "{login:?}");
+        let backing_off = allowed as u32 >= policy::SECOND_FACTOR_FAILURES_BEFORE_BACKOFF;
+        let expected_methods = if backing_off {
+            json!(["recovery_code"])
+        } else {
+            json!(["totp", "recovery_code"])
+        };
+        assert_eq!(
+            login.body["methods"], expected_methods,
+            "round {round}: {login:?}"
+        );
+        eprintln!(
+            "round {round}: {} challenges, {WRONG_CODE_SENDS} wrong codes: {allowed} evaluated, {} answered 423",
+            challenges.len(),
+            WRONG_CODE_SENDS - allowed
+        );
+    }
+    eprintln!(
+        "wrong codes: {} sends in {blast_took:?}; test {:?}",
+        WRONG_CODE_CHALLENGES.len() * WRONG_CODE_SENDS,
+        started.elapsed()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 2c. Administrators at once: enforce, lift, "Login as"
+// ---------------------------------------------------------------------------
+
+/// One request of the administrators' round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Act {
+    Enforce,
+    Lift,
+    /// "Login as" by administrator 0 (the super admin) or 1 (an admin).
+    LoginAs(usize),
+    /// Ends the n-th "Login as" opened before the round; each is sent twice,
+    /// to two processes.
+    EndLoginAs(usize),
+    /// The user signs in with the password.
+    SignIn,
+}
+
+const ADMIN_ROUNDS: usize = 3;
+const ENFORCEMENTS_PER_ROUND: usize = 16;
+const LOGINS_AS_PER_ROUND: usize = 8;
+const ENDS_PER_ROUND: usize = 8;
+const SIGN_INS_PER_ROUND: usize = 6;
+
+/// A round's requests, each with the process it goes to: kinds
+/// interleaved, the n-th request of each kind on process n % 3 (the twin
+/// of an end on the next one), so every process sees every kind.
+fn administrators_round() -> Vec<(Act, usize)> {
+    let mut acts = Vec::new();
+    for n in 0..ENFORCEMENTS_PER_ROUND {
+        acts.push((Act::Enforce, n % 3));
+        acts.push((Act::Lift, (n + 1) % 3));
+        if n < LOGINS_AS_PER_ROUND {
+            acts.push((Act::LoginAs(n % 2), (n + 2) % 3));
+        }
+        if n < ENDS_PER_ROUND {
+            acts.push((Act::EndLoginAs(n), n % 3));
+            acts.push((Act::EndLoginAs(n), (n + 1) % 3));
+        }
+        if n < SIGN_INS_PER_ROUND {
+            acts.push((Act::SignIn, n % 3));
+        }
+    }
+    acts
+}
+
+const HELPED: (&str, &str) = ("helped", "helped-password");
+
+/// "Login as" the user: the session token.
+async fn login_as(cluster: &Processes, process: usize, admin: &str, user_id: &str) -> Answer {
+    cluster
+        .call(
+            process,
+            Method::POST,
+            &format!("/api/v1/users/{user_id}/impersonation"),
+            Some(admin),
+            Some(json!({ "reason": "the user asked for help", "ticket": "HELP-1" })),
+        )
+        .await
+}
+
+async fn perform(
+    cluster: &Processes,
+    process: usize,
+    act: Act,
+    admins: &[String; 2],
+    user_id: &str,
+    to_end: &[String],
+) -> Answer {
+    let user_path = format!("/api/v1/users/{user_id}");
+    let enforce = |enforce: bool| {
+        cluster.call(
+            process,
+            Method::PATCH,
+            &user_path,
+            Some(&admins[0]),
+            Some(json!({ "enforce_two_factor": enforce, "reason": "policy review" })),
+        )
+    };
+    match act {
+        Act::Enforce => enforce(true).await,
+        Act::Lift => enforce(false).await,
+        Act::LoginAs(admin) => login_as(cluster, process, &admins[admin], user_id).await,
+        Act::EndLoginAs(n) => {
+            cluster
+                .call(
+                    process,
+                    Method::DELETE,
+                    "/api/v1/impersonation",
+                    Some(&to_end[n]),
+                    None,
+                )
+                .await
+        }
+        Act::SignIn => cluster.login(process, HELPED.0, HELPED.1).await,
+    }
+}
+
+/// The user as the fold of its stored events says it ends.
+#[derive(Debug, Default)]
+struct Folded {
+    enforced: bool,
+    /// Whether 2FA was enforced after each sequence number (0: before the
+    /// first event).
+    enforced_after: Vec<bool>,
+    /// Open "Login as" sessions: session id -> administrator.
+    logins_as: BTreeMap<Uuid, Uuid>,
+}
+
+/// Folds the history in sequence order, checking on the way that each
+/// event was decided on the state before it: an enforcement only when not
+/// enforced, a lift only when enforced, an end only of an open "Login as",
+/// each "Login as" with its session, each sign-in held on enrollment exactly
+/// when 2FA was enforced.
+fn fold_administration(history: &[Recorded]) -> Folded {
+    let mut folded = Folded {
+        enforced_after: vec![false],
+        ..Folded::default()
+    };
+    for (index, recorded) in history.iter().enumerate() {
+        let at = recorded.sequence;
+        match &recorded.event {
+            UserEvent::TwoFactorEnforced { .. } => {
+                assert!(!folded.enforced, "sequence {at}: enforced twice in a row");
+                folded.enforced = true;
+            }
+            UserEvent::TwoFactorEnforcementLifted { .. } => {
+                assert!(folded.enforced, "sequence {at}: lifted while not enforced");
+                folded.enforced = false;
+            }
+            UserEvent::ImpersonationStarted {
+                impersonator_id,
+                session_id,
+                ..
+            } => {
+                let session = history.get(index + 1).map(|next| &next.event);
+                assert!(
+                    matches!(session, Some(UserEvent::SessionStarted {
+                        session_id: started,
+                        authenticated_by: AuthenticatedBy::Impersonation,
+                        impersonator_id: Some(by),
+                        ..
+                    }) if started == session_id && by == impersonator_id),
+                    "sequence {at}: \"Login as\" without its session: {session:?}"
+                );
+                folded.logins_as.insert(*session_id, *impersonator_id);
+            }
+            UserEvent::ImpersonationEnded { session_id, .. } => {
+                assert!(
+                    folded.logins_as.remove(session_id).is_some(),
+                    "sequence {at}: ended a \"Login as\" that was not open"
+                );
+            }
+            UserEvent::SessionStarted {
+                authenticated_by: AuthenticatedBy::Password,
+                enrollment_required,
+                ..
+            } => assert_eq!(
+                *enrollment_required, folded.enforced,
+                "sequence {at}: a sign-in held on enrollment iff enforced"
+            ),
+            _ => {}
+        }
+        folded.enforced_after.push(folded.enforced);
+    }
+    folded
+}
+
+/// The user's last sequence number now.
+async fn last_sequence(db: &Db, user_id: &str) -> i64 {
+    twofold_projections::on_pool!(db, pool => {
+        sqlx::query_scalar("SELECT coalesce(max(sequence), 0) FROM events WHERE aggregate_id = $1")
+            .bind(user_id)
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    })
+}
+
+fn token_hash(token: &str) -> String {
+    TokenHash::of(token).as_str().to_string()
+}
+
+/// Design: one plain user, the super admin and an admin on three
+/// processes. Each round first opens eight "Login as" sessions, then sends
+/// at once 16 enforcements, 16 lifts (super admin), 8 new "Login as" (both
+/// administrators), 8 ends of the earlier ones each sent twice to two
+/// processes, and 6 sign-ins of the user, spread over the processes. Then:
+/// the user's history has no gap and folds without contradiction (every
+/// event decided on the state before it); every 2xx answer names, by its
+/// `Twofold-Position`, exactly the stored event(s) it caused (the token's
+/// hash, the administrator, the enforcement asked for) and every stored
+/// event has its answer; and every process shows the folded state: the
+/// user row, the search, the report's counters, which "Login as" sessions
+/// still work and whether the user's sessions are held on enrollment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_enforce_lift_and_impersonate_end_in_the_state_the_event_order_gives() {
+    let _one_at_a_time = MULTI_PROCESS.lock().await;
+    let started = Instant::now();
+    let cluster = Processes::start(3).await;
+    let super_admin = cluster.admin_token().await;
+    let create = |username: &str, password: &str, role: &str| {
+        cluster.call(
+            0,
+            Method::POST,
+            "/api/v1/users",
+            Some(&super_admin),
+            Some(json!({ "username": username, "password": password, "role": role })),
+        )
+    };
+    let created = create("helper", "helper-password", "admin").await;
+    assert_eq!(created.status, StatusCode::CREATED, "{created:?}");
+    let created = create(HELPED.0, HELPED.1, "user").await;
+    assert_eq!(created.status, StatusCode::CREATED, "{created:?}");
+    let user_id = created.body["id"].as_str().unwrap().to_string();
+    let helper = cluster.login(1, "helper", "helper-password").await;
+    let admins = [
+        super_admin.clone(),
+        helper.body["session_token"].as_str().unwrap().to_string(),
+    ];
+    let mut admin_ids = Vec::new();
+    for token in &admins {
+        let me = cluster
+            .call(2, Method::GET, "/api/v1/me", Some(token), None)
+            .await;
+        admin_ids.push(Uuid::parse_str(me.body["id"].as_str().unwrap()).unwrap());
+    }
+    let db = cluster.db().await;
+    // Every "Login as" token so far, with its administrator.
+    let mut logins_as: Vec<(String, usize)> = Vec::new();
+
+    for round in 0..ADMIN_ROUNDS {
+        let to_end: Vec<String> = join_all((0..ENDS_PER_ROUND).map(|n| {
+            let (cluster, admins, user_id) = (&cluster, &admins, &user_id);
+            async move {
+                let answer = login_as(cluster, n % 3, &admins[n % 2], user_id).await;
+                assert_eq!(answer.status, StatusCode::CREATED, "{answer:?}");
+                answer.body["session_token"].as_str().unwrap().to_string()
+            }
+        }))
+        .await;
+        logins_as.extend(
+            to_end
+                .iter()
+                .cloned()
+                .zip((0..ENDS_PER_ROUND).map(|n| n % 2)),
+        );
+        let before = user_history(&db, &user_id).await;
+        let since = before.last().unwrap().sequence;
+
+        let (acts, processes): (Vec<Act>, Vec<usize>) = administrators_round().into_iter().unzip();
+        let blast = Instant::now();
+        // All at once, each after a random pause of up to two seconds, so
+        // that enforcements and lifts arrive in a different order each round.
+        // Each answer with the user's last sequence before it was sent and
+        // after it came back: what it did must have happened in between.
+        let (answers, windows): (Vec<Answer>, Vec<(i64, i64)>) =
+            join_all(acts.iter().zip(&processes).map(|(act, process)| {
+                let (cluster, admins, user_id, to_end, db) =
+                    (&cluster, &admins, &user_id, &to_end, &db);
+                async move {
+                    tokio::time::sleep(Duration::from_millis(random_millis(2000))).await;
+                    let sent = last_sequence(db, user_id).await;
+                    let answer = perform(cluster, *process, *act, admins, user_id, to_end).await;
+                    (answer, (sent, last_sequence(db, user_id).await))
+                }
+            }))
+            .await
+            .into_iter()
+            .unzip();
+        let blast_took = blast.elapsed();
+
+        let server_errors: Vec<_> = answers
+            .iter()
+            .filter(|a| a.status.is_server_error())
+            .collect();
+        assert!(
+            server_errors.is_empty(),
+            "round {round}: 5xx answers {server_errors:?}"
+        );
+        let history = user_history(&db, &user_id).await;
+        let folded = fold_administration(&history);
+        let by_position: BTreeMap<i64, &Recorded> = history
+            .iter()
+            .map(|recorded| (recorded.position, recorded))
+            .collect();
+        let session_of = |token: &str| {
+            let hash = token_hash(token);
+            history
+                .iter()
+                .find_map(|recorded| match &recorded.event {
+                    UserEvent::SessionStarted {
+                        session_id,
+                        token_hash,
+                        ..
+                    } if token_hash.as_str() == hash => Some(*session_id),
+                    _ => None,
+                })
+                .expect("the token's session is stored")
+        };
+
+        // Every answer against the event at its position; each stored event
+        // of the round claimed by exactly one answer.
+        let mut claimed: BTreeMap<i64, usize> = BTreeMap::new();
+        let mut claim = |position: i64, request: usize| {
+            let earlier = claimed.insert(position, request);
+            assert!(
+                earlier.is_none(),
+                "position {position} claimed by requests {earlier:?} and {request}"
+            );
+        };
+        let mut ended: BTreeMap<usize, usize> = BTreeMap::new();
+        let mut unchanged = 0;
+        for (request, ((act, answer), (sent, answered))) in
+            acts.iter().zip(&answers).zip(&windows).enumerate()
+        {
+            let context = format!(
+                "round {round}, request {request} ({act:?}, between sequences {sent} and {answered}): {answer:?}"
+            );
+            let stored = answer.position().map(|p| {
+                let recorded = by_position
+                    .get(&p)
+                    .unwrap_or_else(|| panic!("nothing of the user at {p}: {context}"));
+                assert!(
+                    (sent + 1..=*answered).contains(&recorded.sequence),
+                    "{context}: stored at sequence {}, outside the request's lifetime",
+                    recorded.sequence
+                );
+                recorded
+            });
+            match act {
+                Act::Enforce | Act::Lift => {
+                    assert_eq!(answer.status, StatusCode::OK, "{context}");
+                    assert_eq!(answer.body["id"], user_id.as_str(), "{context}");
+                    match stored {
+                        // Nothing to store: the user was already so at some
+                        // moment while the request ran.
+                        None => {
+                            let asked = *act == Act::Enforce;
+                            let states =
+                                &folded.enforced_after[*sent as usize..=*answered as usize];
+                            assert!(
+                                states.contains(&asked),
+                                "{context}: changed nothing, yet enforced went {states:?} meanwhile"
+                            );
+                            unchanged += 1;
+                        }
+                        Some(recorded) => {
+                            let matches = match act {
+                                Act::Enforce => {
+                                    matches!(recorded.event, UserEvent::TwoFactorEnforced { .. })
+                                }
+                                _ => matches!(
+                                    recorded.event,
+                                    UserEvent::TwoFactorEnforcementLifted { .. }
+                                ),
+                            };
+                            assert!(matches, "{context}: stored {:?}", recorded.event);
+                            claim(recorded.position, request);
+                        }
+                    }
+                }
+                Act::LoginAs(admin) => {
+                    assert_eq!(answer.status, StatusCode::CREATED, "{context}");
+                    let token = answer.body["session_token"].as_str().unwrap();
+                    let recorded = stored.expect("a \"Login as\" answer carries its position");
+                    let UserEvent::SessionStarted {
+                        session_id,
+                        token_hash: stored_hash,
+                        impersonator_id,
+                        ..
+                    } = &recorded.event
+                    else {
+                        panic!("{context}: stored {:?}", recorded.event);
+                    };
+                    assert_eq!(stored_hash.as_str(), token_hash(token), "{context}");
+                    assert_eq!(*impersonator_id, Some(admin_ids[*admin]), "{context}");
+                    let opening = &history[(recorded.sequence - 2) as usize];
+                    assert!(
+                        matches!(&opening.event, UserEvent::ImpersonationStarted { session_id: opened, .. } if opened == session_id),
+                        "{context}: opened by {:?}",
+                        opening.event
+                    );
+                    claim(opening.position, request);
+                    claim(recorded.position, request);
+                    logins_as.push((token.to_string(), *admin));
+                }
+                Act::EndLoginAs(n) => match (answer.status, answer.error()) {
+                    (StatusCode::NO_CONTENT, _) => {
+                        let recorded = stored.expect("an end answer carries its position");
+                        let expected = session_of(&to_end[*n]);
+                        assert!(
+                            matches!(&recorded.event, UserEvent::ImpersonationEnded { session_id, .. } if *session_id == expected),
+                            "{context}: stored {:?}",
+                            recorded.event
+                        );
+                        claim(recorded.position, request);
+                        *ended.entry(*n).or_default() += 1;
+                    }
+                    // The twin got there first: the token is gone, or its
+                    // "Login as" already ended when this one was decided.
+                    (StatusCode::UNAUTHORIZED, "unauthenticated")
+                    | (StatusCode::NOT_FOUND, "not_found") => {
+                        assert!(stored.is_none(), "{context}");
+                    }
+                    _ => panic!("{context}"),
+                },
+                Act::SignIn => {
+                    assert_eq!(answer.status, StatusCode::OK, "{context}");
+                    let token = answer.body["session_token"].as_str().unwrap();
+                    let recorded = stored.expect("a sign-in answer carries its position");
+                    let UserEvent::SessionStarted {
+                        token_hash: stored_hash,
+                        authenticated_by,
+                        enrollment_required,
+                        ..
+                    } = &recorded.event
+                    else {
+                        panic!("{context}: stored {:?}", recorded.event);
+                    };
+                    assert_eq!(stored_hash.as_str(), token_hash(token), "{context}");
+                    assert_eq!(*authenticated_by, AuthenticatedBy::Password, "{context}");
+                    let held = answer.body["status"] == "enrollment_required";
+                    assert_eq!(*enrollment_required, held, "{context}");
+                    claim(recorded.position, request);
+                }
+            }
+        }
+        assert_eq!(
+            ended,
+            (0..ENDS_PER_ROUND)
+                .map(|n| (n, 1))
+                .collect::<BTreeMap<_, _>>(),
+            "round {round}: each \"Login as\" ended exactly once"
+        );
+        let round_positions: Vec<i64> = history
+            .iter()
+            .filter(|recorded| recorded.sequence > since)
+            .map(|recorded| recorded.position)
+            .collect();
+        assert_eq!(
+            claimed.keys().copied().collect::<Vec<_>>(),
+            round_positions,
+            "round {round}: every stored event has exactly one answer"
+        );
+
+        // Every process shows the folded state.
+        let last = history.last().unwrap().position;
+        let enforced_count = i64::from(folded.enforced);
+        for process in 0..3 {
+            let context = format!("round {round}, process {process}, folded {folded:?}");
+            let get = |path: String, token: &str| {
+                let token = token.to_string();
+                let cluster = &cluster;
+                async move {
+                    cluster
+                        .call(process, Method::GET, &path, Some(&token), None)
+                        .await
+                }
+            };
+            let search = get(
+                format!("/api/v1/users?q={}&min_position={last}", HELPED.0),
+                &super_admin,
+            )
+            .await;
+            assert_eq!(search.status, StatusCode::OK, "{context}: {search:?}");
+            let row = &search.body["users"][0];
+            assert_eq!(row["id"], user_id.as_str(), "{context}: {search:?}");
+            assert_eq!(row["enforced"], folded.enforced, "{context}: {search:?}");
+            assert_eq!(
+                row["two_factor_status"], "disabled",
+                "{context}: {search:?}"
+            );
+            let enforced_only = get(
+                format!("/api/v1/users?enforced=true&min_position={last}"),
+                &super_admin,
+            )
+            .await;
+            assert_eq!(
+                enforced_only.body["users"].as_array().unwrap().len() as i64,
+                enforced_count,
+                "{context}: {enforced_only:?}"
+            );
+            let shown = get(format!("/api/v1/users/{user_id}"), &super_admin).await;
+            assert_eq!(
+                shown.body["enforced"], folded.enforced,
+                "{context}: {shown:?}"
+            );
+            let report = get(
+                format!("/api/v1/reports/two-factor?min_position={last}"),
+                &super_admin,
+            )
+            .await;
+            assert_eq!(
+                report.body["enforced"], enforced_count,
+                "{context}: {report:?}"
+            );
+            assert_eq!(
+                report.body["enforced_not_enabled"], enforced_count,
+                "{context}: {report:?}"
+            );
+            assert_eq!(report.body["total"], 3, "{context}: {report:?}");
+
+            for (token, admin) in &logins_as {
+                let me = get("/api/v1/me".to_string(), token).await;
+                if folded.logins_as.get(&session_of(token)) == Some(&admin_ids[*admin]) {
+                    assert_eq!(me.status, StatusCode::OK, "{context}: {me:?}");
+                    assert_eq!(
+                        me.body["impersonator"]["id"],
+                        admin_ids[*admin].to_string(),
+                        "{context}"
+                    );
+                } else {
+                    assert_eq!(
+                        me.status,
+                        StatusCode::UNAUTHORIZED,
+                        "{context}: an ended \"Login as\": {me:?}"
+                    );
+                }
+            }
+            // Whether a session is held on enrollment follows the state now,
+            // whatever it was when the session started.
+            for (act, answer) in acts.iter().zip(&answers) {
+                if *act != Act::SignIn {
+                    continue;
+                }
+                let token = answer.body["session_token"].as_str().unwrap();
+                let devices = get("/api/v1/me/remembered-devices".to_string(), token).await;
+                if folded.enforced {
+                    assert_eq!(
+                        (devices.status, devices.error()),
+                        (StatusCode::FORBIDDEN, "two_factor_enrollment_required"),
+                        "{context}: {devices:?}"
+                    );
+                } else {
+                    assert_eq!(devices.status, StatusCode::OK, "{context}: {devices:?}");
+                }
+            }
+        }
+        let stored = |kind: fn(&UserEvent) -> bool| {
+            history
+                .iter()
+                .filter(|r| r.sequence > since && kind(&r.event))
+                .count()
+        };
+        eprintln!(
+            "administrators, round {round}: {} requests in {blast_took:?}; stored {} enforcements, {} lifts, \
+             {} \"Login as\", {} ends, {} sign-ins; {unchanged} enforcement requests changed nothing; the user ends enforced: {}",
+            acts.len(),
+            stored(|e| matches!(e, UserEvent::TwoFactorEnforced { .. })),
+            stored(|e| matches!(e, UserEvent::TwoFactorEnforcementLifted { .. })),
+            stored(|e| matches!(e, UserEvent::ImpersonationStarted { .. })),
+            stored(|e| matches!(e, UserEvent::ImpersonationEnded { .. })),
+            stored(|e| matches!(e, UserEvent::SessionStarted { authenticated_by: AuthenticatedBy::Password, .. })),
+            folded.enforced,
+        );
+    }
+    eprintln!("administrators: test {:?}", started.elapsed());
 }
 
 // ---------------------------------------------------------------------------

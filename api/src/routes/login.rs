@@ -1,5 +1,9 @@
 //! Sign-in: password, then (when due) a second factor; and sign-out.
 
+use std::collections::VecDeque;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
@@ -88,6 +92,36 @@ fn new_session(state: &AppState, lifetime: chrono::Duration) -> (String, NewSess
     (token, session)
 }
 
+/// How long storing a wrong password took lately (the last 64). An unknown
+/// username has nothing to store, so it waits one of these, picked at
+/// random, before answering: the two failures then take the same time
+/// whatever the load, and a stale figure only slows failures down.
+#[derive(Default)]
+pub struct RecentRejections(Mutex<VecDeque<Duration>>);
+
+impl RecentRejections {
+    const KEPT: usize = 64;
+    /// A store in trouble answers 503 well before this.
+    const LONGEST: Duration = Duration::from_secs(1);
+
+    fn record(&self, took: Duration) {
+        let mut recent = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if recent.len() == Self::KEPT {
+            recent.pop_front();
+        }
+        recent.push_back(took.min(Self::LONGEST));
+    }
+
+    fn typical(&self) -> Duration {
+        use rand::Rng;
+        let recent = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if recent.is_empty() {
+            return Duration::ZERO;
+        }
+        recent[rand::thread_rng().gen_range(0..recent.len())]
+    }
+}
+
 /// Sign in with a password.
 #[utoipa::path(
     post,
@@ -109,13 +143,22 @@ pub async fn login(
     origin: RequestOrigin,
     Json(request): Json<LoginRequest>,
 ) -> Result<Written<Json<LoginAnswer>>, ApiError> {
+    // Refused for want of capacity before the address's quota is counted:
+    // such a request made no guess.
+    let turn = state.passwords.admit()?;
     state.admit_login(origin.ip)?;
     let user_id = match Username::parse(&request.username) {
         Ok(username) => state.store.find_username(&username).await?,
         Err(_) => None,
     };
     let Some(user_id) = user_id else {
-        security::verify_password(None, request.password).await;
+        // The same reads of the store as a known user's sign-in, the same
+        // hash, and as long as storing a wrong password takes: an unknown
+        // username must not answer sooner (docs/security.md, Timing).
+        state.store.load(Uuid::new_v4()).await?;
+        turn.verify(None, request.password).await?;
+        drop(turn);
+        tokio::time::sleep(state.rejections.typical()).await;
         return Err(ApiError::InvalidCredentials);
     };
     let loaded = state.store.load(user_id).await?;
@@ -124,8 +167,12 @@ pub async fn login(
         return Err(ApiError::locked_until(Some(until), now));
     }
     let stored_hash = loaded.user.profile().map(|p| p.password_hash.clone());
-    let password_matches = security::verify_password(stored_hash, request.password).await;
-    let email_offered = email_eligible(&state, &loaded.user).await?;
+    let password_matches = turn.verify(stored_hash, request.password).await?;
+    // The next request may take this place while this one is stored.
+    drop(turn);
+    let storing = Instant::now();
+    // Only a challenge offers email: a wrong password does not ask.
+    let email_offered = password_matches && email_eligible(&state, &loaded.user).await?;
     let (token, session) = new_session(&state, state.settings.session_lifetime);
     let challenge_id = Uuid::new_v4();
     let device_token = request.device_token.as_deref().map(TokenHash::of);
@@ -143,7 +190,13 @@ pub async fn login(
         })
         .await
         .map_err(locked_from(now))?;
+    // A rejection is stored (it counts towards the lock) and, like every
+    // write, visible to this process's next read; an unknown username waits
+    // as long as a recent rejection took, so both answer alike.
     state.settle(committed.last_position).await;
+    if !password_matches {
+        state.rejections.record(storing.elapsed());
+    }
     let body = committed.find(|event| match event {
         UserEvent::PasswordRejected { .. } => Some(Err(ApiError::InvalidCredentials)),
         UserEvent::SessionStarted {
@@ -270,7 +323,6 @@ pub async fn send_email_code(
     let metadata = origin_metadata(&origin, user_id, &state);
     let code_hash = email_code_hash(challenge_id, &code);
     let committed = state
-        .store
         .execute(loaded, &metadata, |_| UserCommand::SendEmailCode {
             challenge_id,
             code_hash: code_hash.clone(),
@@ -278,7 +330,6 @@ pub async fn send_email_code(
             at: now,
         })
         .await?;
-    state.settle(committed.last_position).await;
     let sent = committed.find(|event| match event {
         UserEvent::EmailCodeSent {
             sent_to,
@@ -437,10 +488,8 @@ pub async fn logout(
         }
     };
     let committed = state
-        .store
         .execute(loaded, &session.metadata(&origin, &state), command)
         .await?;
-    state.settle(committed.last_position).await;
     Ok(Written::new(
         StatusCode::NO_CONTENT,
         committed.last_position,

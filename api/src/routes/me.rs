@@ -167,7 +167,6 @@ pub async fn start_totp_enrollment(
     state.vault.store(user_id, enrollment_id, &secret).await?;
     let parameters = state.settings.totp;
     let committed = state
-        .store
         .execute(loaded, &session.metadata(&origin, &state), |_| {
             UserCommand::StartTotpEnrollment {
                 enrollment_id,
@@ -175,7 +174,6 @@ pub async fn start_totp_enrollment(
             }
         })
         .await?;
-    state.settle(committed.last_position).await;
     let otpauth_uri = parameters.otpauth_uri(
         &secret,
         &state.settings.totp_issuer,
@@ -244,7 +242,6 @@ pub async fn confirm_totp_enrollment(
         .collect();
     let now = state.now();
     let committed = state
-        .store
         .execute(loaded, &session.metadata(&origin, &state), |_| {
             UserCommand::ConfirmTotpEnrollment {
                 code: request.code.clone(),
@@ -254,7 +251,6 @@ pub async fn confirm_totp_enrollment(
             }
         })
         .await?;
-    state.settle(committed.last_position).await;
     let rejected = committed.find(|event| match event {
         UserEvent::TotpEnrollmentCodeRejected {
             attempts_remaining, ..
@@ -294,12 +290,10 @@ pub async fn disable_two_factor(
     let loaded = state.store.load(session.record.user_id).await?;
     let email = user_email(&loaded.user);
     let committed = state
-        .store
         .execute(loaded, &session.metadata(&origin, &state), |_| {
             UserCommand::DisableTwoFactor
         })
         .await?;
-    state.settle(committed.last_position).await;
     if !committed.events.is_empty() {
         state
             .notify(
@@ -371,10 +365,8 @@ pub async fn forget_devices(
 ) -> Result<Written<()>, ApiError> {
     let loaded = state.store.load(user_id).await?;
     let committed = state
-        .store
         .execute(loaded, metadata, |_| UserCommand::RevokeRememberedDevices)
         .await?;
-    state.settle(committed.last_position).await;
     Ok(Written::new(
         StatusCode::NO_CONTENT,
         committed.last_position,
@@ -444,21 +436,21 @@ pub async fn change_password(
         ));
     }
     check_password(&request.new_password)?;
+    let turn = state.passwords.admit()?;
     let loaded = state.store.load(session.record.user_id).await?;
     let stored = loaded.user.profile().map(|p| p.password_hash.clone());
-    if !security::verify_password(stored, request.current_password).await {
+    if !turn.verify(stored, request.current_password).await? {
         return Err(ApiError::InvalidCredentials);
     }
-    let password_hash = security::hash_password(request.new_password).await?;
+    let password_hash = turn.hash(request.new_password).await?;
+    drop(turn);
     let committed = state
-        .store
         .execute(loaded, &session.metadata(&origin, &state), |_| {
             UserCommand::ChangePassword {
                 password_hash: password_hash.clone(),
             }
         })
         .await?;
-    state.settle(committed.last_position).await;
     Ok(Written::new(
         StatusCode::NO_CONTENT,
         committed.last_position,

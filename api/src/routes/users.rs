@@ -132,12 +132,11 @@ pub async fn register(
     if state.store.find_username(&username).await?.is_some() {
         return Err(ApiError::Conflict("the username is taken".into()));
     }
-    let password_hash = security::hash_password(password).await?;
+    let password_hash = state.passwords.hash_for_new_user(password).await?;
     let user_id = Uuid::new_v4();
     let loaded = state.store.load(user_id).await?;
     let at = state.now();
     let committed = state
-        .store
         .execute(loaded, metadata, |_| UserCommand::RegisterUser {
             user_id,
             username: username.clone(),
@@ -147,7 +146,6 @@ pub async fn register(
             at,
         })
         .await?;
-    state.settle(committed.last_position).await;
     Ok((user_id, committed.last_position))
 }
 
@@ -311,7 +309,8 @@ pub async fn update_user(
         // Administrators manage plain users; only a super admin edits staff.
         session.require(|r| r == Role::SuperAdmin)?;
     }
-    for change in changes {
+    let mut changes = changes.into_iter().peekable();
+    while let Some(change) = changes.next() {
         let committed = state
             .store
             .execute(loaded, &metadata, |_| {
@@ -319,6 +318,9 @@ pub async fn update_user(
             })
             .await?;
         position = committed.last_position.or(position);
+        if changes.peek().is_none() {
+            break;
+        }
         loaded = state.store.load(id).await?;
     }
     state.settle(position).await;
@@ -480,7 +482,6 @@ pub async fn start_impersonation(
         expires_at: now + twofold_domain::policy::impersonation_lifetime(),
     };
     let committed = state
-        .store
         .execute(loaded, &session.metadata(&origin, &state), |_| {
             UserCommand::StartImpersonation {
                 impersonation_id: Uuid::new_v4(),
@@ -493,7 +494,6 @@ pub async fn start_impersonation(
             }
         })
         .await?;
-    state.settle(committed.last_position).await;
     state
         .notify(
             target_email.as_deref(),
@@ -539,12 +539,10 @@ pub async fn end_impersonation(
     let loaded = state.store.load(session.record.user_id).await?;
     let session_id = session.record.session_id;
     let committed = state
-        .store
         .execute(loaded, &session.metadata(&origin, &state), |_| {
             UserCommand::EndImpersonation { session_id }
         })
         .await?;
-    state.settle(committed.last_position).await;
     Ok(Written::new(
         StatusCode::NO_CONTENT,
         committed.last_position,
@@ -590,14 +588,12 @@ pub async fn reset_two_factor(
     let reason = request.reason.unwrap_or_default();
     let email = user_email(&loaded.user);
     let committed = state
-        .store
         .execute(loaded, &session.metadata(&origin, &state), |_| {
             UserCommand::ResetTwoFactor {
                 reason: reason.clone(),
             }
         })
         .await?;
-    state.settle(committed.last_position).await;
     state
         .notify(
             email.as_deref(),

@@ -1,0 +1,358 @@
+//! The bulk rebuild against the live projector, on SQLite and PostgreSQL:
+//! a history of many users (sign-ins, sessions ended and alive, challenges
+//! issued, extended, accepted and pruned, enrollments, enforcement, role and
+//! email changes), applied one round at a time as a server would, gives
+//! exactly the rows, column for column, that one bulk rebuild gives.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use serde_json::json;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::sqlite::SqlitePoolOptions;
+use sqlx::{Connection, PgConnection};
+use twofold_domain::totp::TotpParameters;
+use twofold_domain::values::SecondFactorMethod;
+use twofold_domain::values::{AuthenticatedBy, Email, PasswordHash, Role, TokenHash, Username};
+use twofold_domain::UserEvent;
+use twofold_projections::{on_pool, Db, Projector};
+use uuid::Uuid;
+
+/// A small deterministic generator, so a failure can be replayed.
+struct Dice(u64);
+
+impl Dice {
+    fn roll(&mut self, sides: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % sides
+    }
+}
+
+struct User {
+    id: Uuid,
+    sequence: i64,
+    sessions: Vec<Uuid>,
+    challenges: Vec<Uuid>,
+}
+
+/// Appends events the way the event store does, each with its metadata.
+struct History {
+    db: Db,
+    now: DateTime<Utc>,
+    users: Vec<User>,
+}
+
+impl History {
+    async fn append(&mut self, user: usize, event: UserEvent) {
+        // Sub-microsecond times: both paths must cut them the same way.
+        self.now += Duration::nanoseconds(61_000_000_123);
+        let user = &mut self.users[user];
+        user.sequence += 1;
+        let metadata = json!({
+            "actor_id": user.id,
+            "ip": "192.0.2.7",
+            "user_agent": "tests\tbulk \"rebuild\"",
+            "occurred_at": self.now,
+        });
+        let payload = serde_json::to_value(&event).unwrap();
+        on_pool!(&self.db, pool => {
+            sqlx::query(
+                "INSERT INTO events
+                     (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+                 VALUES ('user', $1, $2, $3, '1', $4, $5)",
+            )
+            .bind(user.id.to_string())
+            .bind(user.sequence)
+            .bind(event.name())
+            .bind(payload)
+            .bind(metadata)
+            .execute(pool)
+            .await
+            .unwrap();
+        });
+    }
+
+    async fn register(&mut self, index: usize) {
+        let id = Uuid::new_v4();
+        self.users.push(User {
+            id,
+            sequence: 0,
+            sessions: vec![],
+            challenges: vec![],
+        });
+        let role = [Role::User, Role::Auditor, Role::Admin, Role::SuperAdmin][index % 4];
+        let email = (!index.is_multiple_of(3))
+            .then(|| Email::parse(&format!("User.{index}@Example.com")).unwrap());
+        let event = UserEvent::UserRegistered {
+            user_id: id,
+            username: Username::parse(&format!("user{index}")).unwrap(),
+            email,
+            role,
+            password_hash: PasswordHash::new("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into()),
+            registered_at: self.now,
+        };
+        self.append(index, event).await;
+    }
+
+    /// One thing a user might do next.
+    async fn step(&mut self, user: usize, dice: &mut Dice) {
+        let now = self.now;
+        let event = match dice.roll(16) {
+            0 => UserEvent::TotpEnrollmentStarted {
+                enrollment_id: Uuid::new_v4(),
+                parameters: TotpParameters::default(),
+            },
+            1 => UserEvent::TotpEnrollmentConfirmed {
+                enrollment_id: Uuid::new_v4(),
+                accepted_step: dice.roll(1000),
+                recovery_code_hashes: vec![TokenHash::of("recovery")],
+                enabled_at: now,
+            },
+            2 => UserEvent::TotpEnrollmentCodeRejected {
+                enrollment_id: Uuid::new_v4(),
+                attempts_remaining: u32::try_from(dice.roll(2)).unwrap(),
+            },
+            3 if dice.roll(2) == 0 => UserEvent::TwoFactorDisabled,
+            3 => UserEvent::TwoFactorReset {
+                reason: "lost phone".into(),
+            },
+            4 => UserEvent::TwoFactorEnforced { reason: None },
+            5 => UserEvent::TwoFactorEnforcementLifted {
+                reason: Some("pilot over".into()),
+            },
+            6 => UserEvent::RoleChanged {
+                role: [Role::User, Role::Auditor, Role::Admin][dice.roll(3) as usize],
+            },
+            7 => UserEvent::EmailChanged {
+                email: (dice.roll(3) != 0)
+                    .then(|| Email::parse(&format!("New.{user}@Example.org")).unwrap()),
+            },
+            8 | 9 => {
+                let challenge_id = Uuid::new_v4();
+                self.users[user].challenges.push(challenge_id);
+                UserEvent::ChallengeIssued {
+                    challenge_id,
+                    methods: vec![SecondFactorMethod::Totp, SecondFactorMethod::Email],
+                    expires_at: now + Duration::minutes(5),
+                }
+            }
+            10 => match self.users[user].challenges.last() {
+                Some(&challenge_id) => UserEvent::EmailCodeSent {
+                    challenge_id,
+                    code_hash: TokenHash::of("123456"),
+                    sent_to: "user@example.com".into(),
+                    sent_at: now,
+                    expires_at: now + Duration::minutes(10),
+                },
+                None => UserEvent::PasswordRejected {
+                    consecutive_failures: 1,
+                    locked_until: None,
+                },
+            },
+            11 => match self.users[user].challenges.pop() {
+                Some(challenge_id) => UserEvent::SecondFactorAccepted {
+                    challenge_id,
+                    method: SecondFactorMethod::Totp,
+                    totp_step: Some(dice.roll(1000)),
+                    recovery_code_index: None,
+                },
+                None => UserEvent::RememberedDevicesRevoked,
+            },
+            12 | 13 => {
+                let session_id = Uuid::new_v4();
+                self.users[user].sessions.push(session_id);
+                let impersonated = dice.roll(4) == 0;
+                UserEvent::SessionStarted {
+                    session_id,
+                    token_hash: TokenHash::of(&session_id.to_string()),
+                    authenticated_by: if impersonated {
+                        AuthenticatedBy::Impersonation
+                    } else {
+                        [AuthenticatedBy::Password, AuthenticatedBy::Totp][dice.roll(2) as usize]
+                    },
+                    started_at: now,
+                    expires_at: now + Duration::hours(8),
+                    enrollment_required: false,
+                    impersonator_id: impersonated.then(Uuid::new_v4),
+                    device_id: None,
+                }
+            }
+            14 => match self.users[user].sessions.pop() {
+                Some(session_id) if dice.roll(2) == 0 => UserEvent::SessionEnded { session_id },
+                Some(session_id) => UserEvent::ImpersonationEnded {
+                    impersonation_id: Uuid::new_v4(),
+                    session_id,
+                },
+                None => UserEvent::RememberedDevicesRevoked,
+            },
+            _ => UserEvent::SecondFactorRejected {
+                challenge_id: Uuid::new_v4(),
+                method: SecondFactorMethod::Totp,
+                attempts_remaining: 2,
+                consecutive_failures: 1,
+                locked_until: None,
+            },
+        };
+        self.append(user, event).await;
+    }
+}
+
+/// Every row of every read-model table (and the checkpoint), each column
+/// as text, in a stable order.
+async fn tables(db: &Db) -> Vec<String> {
+    let mut rows = Vec::new();
+    for table in [
+        "sessions",
+        "user_directory",
+        "challenges",
+        "two_factor_counts",
+        "audit_log",
+        "projection_checkpoints",
+    ] {
+        let columns: Vec<String> = match db {
+            Db::Sqlite(pool) => sqlx::query_scalar("SELECT name FROM pragma_table_info($1)")
+                .bind(table)
+                .fetch_all(pool)
+                .await
+                .unwrap(),
+            Db::Postgres(pool) => sqlx::query_scalar(
+                "SELECT column_name::text FROM information_schema.columns
+                  WHERE table_name = $1 ORDER BY ordinal_position",
+            )
+            .bind(table)
+            .fetch_all(pool)
+            .await
+            .unwrap(),
+        };
+        let cells: Vec<String> = columns
+            .iter()
+            .map(|column| format!("coalesce(CAST({column} AS TEXT), 'NULL')"))
+            .collect();
+        let sql = format!(
+            "SELECT '{table}: ' || {} FROM {table} ORDER BY 1",
+            cells.join(" || '|' || ")
+        );
+        let texts: Vec<String> = on_pool!(db, pool => {
+            sqlx::query_scalar(&sql).fetch_all(pool).await.unwrap()
+        });
+        rows.extend(texts);
+    }
+    rows
+}
+
+async fn rebuild_equals_the_live_projector(db: Db) {
+    let projector = Projector::new(db.clone()).await.unwrap();
+    let mut history = History {
+        db: db.clone(),
+        now: Utc.with_ymd_and_hms(2030, 1, 2, 3, 4, 5).unwrap()
+            + Duration::nanoseconds(678_901_234),
+        users: vec![],
+    };
+    let mut dice = Dice(7);
+    // Rounds of traffic, the projector catching up between them as a
+    // server does after each write.
+    for round in 0..12 {
+        for index in 0..60 {
+            if round == 0 {
+                history.register(index).await;
+            } else if dice.roll(3) != 0 {
+                history.step(index, &mut dice).await;
+            }
+        }
+        projector.catch_up().await.unwrap();
+    }
+    let live = tables(&db).await;
+    let events: usize = history
+        .users
+        .iter()
+        .map(|user| user.sequence as usize)
+        .sum();
+    for table in [
+        "sessions",
+        "user_directory",
+        "challenges",
+        "two_factor_counts",
+    ] {
+        assert!(
+            live.iter()
+                .any(|row| row.starts_with(&format!("{table}: "))),
+            "the history leaves {table} empty"
+        );
+    }
+    assert!(
+        live.iter()
+            .any(|row| row.starts_with("two_factor_counts: ") && row.ends_with("|0")),
+        "no report bucket was emptied"
+    );
+    assert_eq!(
+        live.iter()
+            .filter(|row| row.starts_with("audit_log: "))
+            .count(),
+        events
+    );
+
+    assert_eq!(projector.rebuild(|_| {}).await.unwrap() as usize, events);
+    let rebuilt = tables(&db).await;
+    assert_eq!(rebuilt.len(), live.len());
+    for (rebuilt, live) in rebuilt.iter().zip(&live) {
+        assert_eq!(rebuilt, live);
+    }
+    assert_eq!(
+        projector.catch_up().await.unwrap(),
+        0,
+        "the checkpoint moved"
+    );
+
+    // The service goes on from the rebuilt models, and the trail verifies.
+    history.step(0, &mut dice).await;
+    assert_eq!(projector.catch_up().await.unwrap(), 1);
+    let report = db.verify_audit_trail(None, |_| {}).await.unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.events_checked as usize, events + 1);
+}
+
+#[tokio::test]
+async fn bulk_rebuild_gives_the_live_projectors_rows_on_sqlite() {
+    // One connection: an in-memory database lives and dies with it.
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect("sqlite::memory:")
+        .await
+        .unwrap();
+    sqlx::migrate!("../migrations/sqlite")
+        .run(&pool)
+        .await
+        .unwrap();
+    rebuild_equals_the_live_projector(Db::Sqlite(pool)).await;
+}
+
+#[tokio::test]
+async fn bulk_rebuild_gives_the_live_projectors_rows_on_postgres() {
+    let server = std::env::var("TWOFOLD_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_string());
+    let mut admin = PgConnection::connect(&format!("{server}/postgres"))
+        .await
+        .expect("PostgreSQL must listen on 127.0.0.1:5432 (see README: .ci/run starts it)");
+    let name = format!("twofold_bulk_{}", Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&format!("{server}/{name}"))
+        .await
+        .unwrap();
+    sqlx::migrate!("../migrations/postgres")
+        .run(&pool)
+        .await
+        .unwrap();
+    rebuild_equals_the_live_projector(Db::Postgres(pool.clone())).await;
+    pool.close().await;
+    sqlx::query(&format!("DROP DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+}
