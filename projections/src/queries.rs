@@ -346,7 +346,6 @@ SELECT s.session_id, s.user_id, u.username, u.email, u.role, u.two_factor_status
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use sqlx::sqlite::SqlitePoolOptions;
 
     proptest! {
         /// Rust compares strings by code point, as the search's ranges do.
@@ -376,17 +375,7 @@ mod tests {
     }
 
     async fn sqlite_directory() -> Db {
-        // One connection: an in-memory database lives and dies with it.
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect("sqlite::memory:")
-            .await
-            .unwrap();
-        sqlx::migrate!("../migrations/sqlite")
-            .run(&pool)
-            .await
-            .unwrap();
-        Db::Sqlite(pool)
+        Db::Sqlite(crate::memory_store().await)
     }
 
     /// Every combination of the filters, on the first page.

@@ -5,10 +5,11 @@
 //! exactly the rows, column for column, that one bulk rebuild gives.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
-use sqlx::sqlite::SqlitePoolOptions;
 use sqlx::{Connection, PgConnection};
 use twofold_domain::totp::TotpParameters;
 use twofold_domain::values::SecondFactorMethod;
@@ -315,17 +316,7 @@ async fn rebuild_equals_the_live_projector(db: Db) {
 
 #[tokio::test]
 async fn bulk_rebuild_gives_the_live_projectors_rows_on_sqlite() {
-    // One connection: an in-memory database lives and dies with it.
-    let pool = SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect("sqlite::memory:")
-        .await
-        .unwrap();
-    sqlx::migrate!("../migrations/sqlite")
-        .run(&pool)
-        .await
-        .unwrap();
-    rebuild_equals_the_live_projector(Db::Sqlite(pool)).await;
+    rebuild_equals_the_live_projector(Db::Sqlite(support::memory_store().await)).await;
 }
 
 #[tokio::test]

@@ -4,9 +4,10 @@
 //! The end-to-end suite runs the same properties on PostgreSQL.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::{json, Value};
-use sqlx::sqlite::SqlitePoolOptions;
 use sqlx::SqlitePool;
 use twofold_domain::totp::TotpParameters;
 use twofold_domain::values::{AuthenticatedBy, Email, PasswordHash, Role, TokenHash, Username};
@@ -15,17 +16,7 @@ use twofold_projections::{Db, Projector};
 use uuid::Uuid;
 
 async fn store() -> SqlitePool {
-    // One connection: an in-memory database lives and dies with it.
-    let pool = SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect("sqlite::memory:")
-        .await
-        .unwrap();
-    sqlx::migrate!("../migrations/sqlite")
-        .run(&pool)
-        .await
-        .unwrap();
-    pool
+    support::memory_store().await
 }
 
 fn at(minute: u32) -> DateTime<Utc> {
