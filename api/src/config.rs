@@ -167,8 +167,9 @@ pub struct ServeArgs {
     /// Steps before and after the current one that are accepted.
     #[arg(long, env = "TWOFOLD_TOTP_SKEW", default_value_t = 1)]
     pub totp_skew: u8,
-    /// Issuer shown by authenticator apps.
-    #[arg(long, env = "TWOFOLD_TOTP_ISSUER", default_value = "twofold")]
+    /// Issuer shown by authenticator apps (no colon: the key URI's label is
+    /// `issuer:account`).
+    #[arg(long, env = "TWOFOLD_TOTP_ISSUER", default_value = "twofold", value_parser = parse_totp_issuer)]
     pub totp_issuer: String,
     /// `username:password` of a super admin to create when the store has none.
     #[arg(
@@ -178,4 +179,35 @@ pub struct ServeArgs {
         hide = true
     )]
     pub bootstrap_admin: Option<String>,
+}
+
+/// The Key URI format forbids a colon in the issuer (apps split the label on
+/// it), and an empty issuer leaves the account unlabelled in the app.
+fn parse_totp_issuer(value: &str) -> Result<String, String> {
+    let issuer = value.trim();
+    if issuer.is_empty() {
+        return Err("the TOTP issuer must not be empty".into());
+    }
+    if issuer.contains(':') {
+        return Err(
+            "the TOTP issuer must not contain ':' (the otpauth label is issuer:account)".into(),
+        );
+    }
+    if issuer.chars().any(char::is_control) {
+        return Err("the TOTP issuer must not contain control characters".into());
+    }
+    Ok(issuer.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_totp_issuer;
+
+    #[test]
+    fn a_totp_issuer_with_a_colon_or_nothing_in_it_is_refused() {
+        assert_eq!(parse_totp_issuer(" Acme & Co ").as_deref(), Ok("Acme & Co"));
+        assert!(parse_totp_issuer("Acme:Back office").is_err());
+        assert!(parse_totp_issuer("   ").is_err());
+        assert!(parse_totp_issuer("Acme\nCo").is_err());
+    }
 }
