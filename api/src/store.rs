@@ -4,13 +4,13 @@
 //! global positions) and our own snapshots.
 
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::persist::{PersistedEventRepository, PersistenceError, SerializedEvent};
+use cqrs_es::persist::{PersistedEventRepository, PersistenceError};
 use cqrs_es::{Aggregate, DomainEvent, EventEnvelope};
 use postgres_es::PostgresEventRepository;
 use serde::Serialize;
 use sqlite_es::SqliteEventRepository;
 use twofold_domain::{User, UserCommand, UserError, UserEvent, Username};
-use twofold_projections::{on_pool, Db, EventPosition};
+use twofold_projections::{on_pool, sqlite_write_turn, Db, EventPosition};
 use uuid::Uuid;
 
 /// A command's aggregate is reloaded and retried this many times when
@@ -259,7 +259,7 @@ impl EventStore {
                     last_position: None,
                 });
             }
-            match self.append(&loaded, &events, metadata).await {
+            match self.append(&loaded, &events, metadata).await? {
                 Ok(last_position) => {
                     self.snapshot_if_due(&loaded, &user, events.len()).await;
                     return Ok(Committed {
@@ -282,62 +282,86 @@ impl EventStore {
         Err(StoreError::Contended)
     }
 
+    /// Appends the events in one statement that also answers where they
+    /// landed: postgres-es's `persist` takes a transaction of its own and
+    /// gives no position, which then cost a second query on every write.
+    /// Optimistic concurrency is the events' primary key, as before.
     async fn append(
         &self,
         loaded: &Loaded,
         events: &[UserEvent],
         metadata: &EventMetadata,
-    ) -> Result<EventPosition, PersistenceError> {
+    ) -> Result<Result<EventPosition, sqlx::Error>, StoreError> {
         let aggregate_id = loaded.id.to_string();
         let metadata = serde_json::to_value(metadata)?;
-        let serialized: Vec<SerializedEvent> = events
+        let rows = events
             .iter()
             .enumerate()
             .map(|(offset, event)| {
-                Ok(SerializedEvent::new(
-                    aggregate_id.clone(),
-                    loaded.sequence + offset + 1,
-                    User::TYPE.to_string(),
+                let sequence = i64::try_from(loaded.sequence + offset + 1).unwrap_or(i64::MAX);
+                Ok((
+                    sequence,
                     event.event_type(),
                     event.event_version(),
                     serde_json::to_value(event)?,
-                    metadata.clone(),
                 ))
             })
-            .collect::<Result<_, serde_json::Error>>()?;
-        match &self.repository {
-            Repository::Sqlite(repo) => repo.persist::<User>(&serialized, None).await?,
-            Repository::Postgres(repo) => repo.persist::<User>(&serialized, None).await?,
+            .collect::<Result<Vec<_>, serde_json::Error>>()?;
+        macro_rules! insert {
+            ($db:ty) => {{
+                let mut insert = sqlx::QueryBuilder::<$db>::new(
+                    "INSERT INTO events
+                         (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) ",
+                );
+                insert.push_values(&rows, |mut row, (sequence, event_type, event_version, payload)| {
+                    row.push_bind(User::TYPE)
+                        .push_bind(&aggregate_id)
+                        .push_bind(*sequence)
+                        .push_bind(event_type)
+                        .push_bind(event_version)
+                        .push_bind(payload)
+                        .push_bind(&metadata);
+                });
+                insert
+            }};
         }
-        let last_sequence = i64::try_from(loaded.sequence + events.len()).unwrap_or(i64::MAX);
-        let position = match &self.db {
-            Db::Sqlite(pool) => sqlx::query_scalar::<_, i64>(
-                "SELECT position FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3",
-            )
-            .bind(User::TYPE)
-            .bind(&aggregate_id)
-            .bind(last_sequence)
-            .fetch_one(pool)
-            .await
-            .map(|position| EventPosition {
-                transaction_id: position,
-                position,
-            }),
-            Db::Postgres(pool) => sqlx::query_as::<_, (i64, i64)>(
-                "SELECT transaction_id, position FROM events
-                  WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3",
-            )
-            .bind(User::TYPE)
-            .bind(&aggregate_id)
-            .bind(last_sequence)
-            .fetch_one(pool)
-            .await
-            .map(|(transaction_id, position)| EventPosition {
-                transaction_id,
-                position,
-            }),
-        };
-        position.map_err(|error| PersistenceError::UnknownError(Box::new(error)))
+        Ok(match &self.db {
+            Db::Sqlite(pool) => {
+                let mut insert = insert!(sqlx::Sqlite);
+                let _turn = sqlite_write_turn(pool).await;
+                async {
+                    let mut tx = pool.begin().await?;
+                    insert.build().execute(&mut *tx).await?;
+                    // The trigger numbered the rows; the last is this append's.
+                    let position: i64 = sqlx::query_scalar(
+                        "SELECT position FROM events WHERE rowid = last_insert_rowid()",
+                    )
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    tx.commit().await?;
+                    Ok(EventPosition {
+                        transaction_id: position,
+                        position,
+                    })
+                }
+                .await
+            }
+            Db::Postgres(pool) => {
+                let mut insert = insert!(sqlx::Postgres);
+                insert.push(" RETURNING transaction_id, position");
+                insert
+                    .build_query_as::<(i64, i64)>()
+                    .fetch_all(pool)
+                    .await
+                    .map(|rows| {
+                        let (transaction_id, position) = rows.into_iter().max().unwrap_or_default();
+                        EventPosition {
+                            transaction_id,
+                            position,
+                        }
+                    })
+            }
+        })
     }
 
     /// Snapshots are an optimisation: a failure to write one is logged, never
@@ -414,13 +438,10 @@ async fn backoff(attempt: u32) {
     tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
 }
 
-fn is_conflict(error: &PersistenceError) -> bool {
-    match error {
-        PersistenceError::OptimisticLockError => true,
-        PersistenceError::UnknownError(error) => error
-            .downcast_ref::<sqlx::Error>()
-            .and_then(|error| error.as_database_error())
-            .is_some_and(|db| db.is_unique_violation()),
-        _ => false,
-    }
+/// Another append took the sequence number first (the events' primary
+/// key), or the username (its unique index).
+fn is_conflict(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .is_some_and(|db| db.is_unique_violation())
 }

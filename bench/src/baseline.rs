@@ -103,20 +103,68 @@ pub async fn sqlite_commits(dir: &std::path::Path, seconds: f64) -> anyhow::Resu
 
 /// C for PostgreSQL: `clients` connections, each committing one row at a time.
 pub async fn postgres_commits(url: &str, clients: usize, seconds: f64) -> anyhow::Result<Value> {
-    let pool = PgPoolOptions::new()
-        .max_connections(u32::try_from(clients).unwrap_or(16))
-        .connect(url)
-        .await
-        .with_context(|| format!("cannot connect to {url}"))?;
+    let pool = postgres_pool(url, clients).await?;
     sqlx::raw_sql(
         "DROP TABLE IF EXISTS bench_commits;
          CREATE TABLE bench_commits (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, payload text NOT NULL)",
     )
     .execute(&pool)
     .await?;
+    let (samples, elapsed) = postgres_statements(
+        &pool,
+        clients,
+        seconds,
+        "INSERT INTO bench_commits (payload) VALUES ($1)",
+    )
+    .await?;
+    sqlx::query("DROP TABLE bench_commits")
+        .execute(&pool)
+        .await?;
+    Ok(rate(
+        "C_postgres",
+        format!("PostgreSQL single-row commits/s ({clients} clients)"),
+        &samples,
+        elapsed,
+    ))
+}
+
+/// R for PostgreSQL: statement round trips a second that do no work
+/// (`SELECT length($1)` with the same 300-byte argument), `clients` at a
+/// time: what a request pays per statement before any work is done.
+pub async fn postgres_round_trips(
+    url: &str,
+    clients: usize,
+    seconds: f64,
+) -> anyhow::Result<Value> {
+    let pool = postgres_pool(url, clients).await?;
+    let (samples, elapsed) =
+        postgres_statements(&pool, clients, seconds, "SELECT length($1)").await?;
+    Ok(rate(
+        "R_postgres",
+        format!("PostgreSQL statement round trips/s, no work ({clients} clients)"),
+        &samples,
+        elapsed,
+    ))
+}
+
+async fn postgres_pool(url: &str, clients: usize) -> anyhow::Result<sqlx::PgPool> {
+    PgPoolOptions::new()
+        .max_connections(u32::try_from(clients).unwrap_or(16))
+        .connect(url)
+        .await
+        .with_context(|| format!("cannot connect to {url}"))
+}
+
+/// `sql` with one 300-byte text argument, run by `clients` tasks in a loop.
+async fn postgres_statements(
+    pool: &sqlx::PgPool,
+    clients: usize,
+    seconds: f64,
+    sql: &'static str,
+) -> anyhow::Result<(Samples, f64)> {
     let payload = Arc::new("x".repeat(300));
-    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(seconds);
     let mut tasks = Vec::new();
     for _ in 0..clients {
         let pool = pool.clone();
@@ -125,7 +173,7 @@ pub async fn postgres_commits(url: &str, clients: usize, seconds: f64) -> anyhow
             let mut samples = Samples::default();
             while Instant::now() < deadline {
                 let one = Instant::now();
-                sqlx::query("INSERT INTO bench_commits (payload) VALUES ($1)")
+                sqlx::query(sql)
                     .bind(payload.as_str())
                     .execute(&pool)
                     .await?;
@@ -138,17 +186,17 @@ pub async fn postgres_commits(url: &str, clients: usize, seconds: f64) -> anyhow
     for task in tasks {
         samples.merge(task.await??);
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    sqlx::query("DROP TABLE bench_commits")
-        .execute(&pool)
-        .await?;
-    Ok(json!({
+    Ok((samples, started.elapsed().as_secs_f64()))
+}
+
+fn rate(name: &str, what: String, samples: &Samples, seconds: f64) -> Value {
+    json!({
         "kind": "baseline",
-        "name": "C_postgres",
-        "what": format!("PostgreSQL single-row commits/s ({clients} clients)"),
-        "per_second": samples.count() as f64 / elapsed,
+        "name": name,
+        "what": what,
+        "per_second": samples.count() as f64 / seconds,
         "count": samples.count(),
-        "seconds": elapsed,
+        "seconds": seconds,
         "latency": samples.summary(),
-    }))
+    })
 }

@@ -28,7 +28,7 @@ enum Command {
     Seed(seed::SeedArgs),
     /// Run one load scenario against running servers.
     Run(Box<scenarios::RunArgs>),
-    /// Measure H (argon2id/s on one core) and C (durable commits/s).
+    /// Measure H (argon2id/s on one core), C (durable commits/s) and R (PostgreSQL round trips/s).
     Baseline(BaselineArgs),
     /// Time `twofold projections rebuild` and `twofold audit verify`.
     Rebuild(RebuildArgs),
@@ -156,6 +156,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     args.postgres_clients
                 );
                 records.push(c);
+                let r = baseline::postgres_round_trips(url, args.postgres_clients, args.seconds)
+                    .await?;
+                println!(
+                    "R postgres     {:.0} statement round trips/s, no work ({} clients)",
+                    r["per_second"].as_f64().unwrap_or(0.0),
+                    args.postgres_clients
+                );
+                records.push(r);
             }
             scenarios::append(args.out.as_ref(), &records)
         }

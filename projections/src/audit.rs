@@ -25,7 +25,7 @@ use crate::db::{Db, ProjectionError};
 use crate::feed::StoredEvent;
 use crate::json::{write_string, Json};
 use crate::on_pool;
-use crate::statement::{Arg, Statement};
+use crate::statement::Arg;
 
 pub type Hash = [u8; 32];
 
@@ -252,36 +252,50 @@ pub(crate) fn audit_columns(
     ]
 }
 
-/// The audit row for `event`, chained onto the user's previous row and the
-/// feed's head; returns the statement and the new head. The row's id is the
-/// next in apply order, computed in SQL so that a rebuild numbers the same.
-pub(crate) fn record(event: &StoredEvent, previous_chain: &Hash, head: &Hash) -> (Statement, Hash) {
+/// The audit row for `event`, numbered `id` (apply order) and chained onto
+/// the user's previous row and the feed's head, in the columns of
+/// `AUDIT_COLUMNS`; also gives the event's chain hash and the new head.
+pub(crate) fn record(
+    event: &StoredEvent,
+    id: i64,
+    previous_chain: &Hash,
+    head: &Hash,
+) -> (Vec<Arg>, Hash, Hash) {
     let chain = chain_hash(previous_chain, event);
     let new_head = head_hash(head, event.at.position, &chain);
-    let mut args: Vec<Arg> = vec![
+    let mut row: Vec<Arg> = vec![
+        id.into(),
         event.at.position.into(),
         event.aggregate_id.as_str().into(),
         event.sequence.into(),
         event.event_type.as_str().into(),
     ];
-    args.extend(audit_columns(
+    row.extend(audit_columns(
         &Json::from(&event.payload),
         &Json::from(&event.metadata),
         event.recorded_at,
     ));
-    args.push(hash_text(&chain).into());
-    args.push(hash_text(&new_head).into());
-    let statement = Statement {
-        sql: "INSERT INTO audit_log
-                  (id, position, user_id, sequence, type, occurred_at, actor_id, impersonator_id,
-                   ip, user_agent, data, chain_hash, head_hash)
-              VALUES ((SELECT coalesce(max(id), 0) + 1 FROM audit_log),
-                      $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-              ON CONFLICT (position) DO NOTHING",
-        args,
-    };
-    (statement, new_head)
+    row.push(hash_text(&chain).into());
+    row.push(hash_text(&new_head).into());
+    (row, chain, new_head)
 }
+
+/// The columns of an audit row, in the order `record` and the rebuild fill them.
+pub(crate) const AUDIT_COLUMNS: &[&str] = &[
+    "id",
+    "position",
+    "user_id",
+    "sequence",
+    "type",
+    "occurred_at",
+    "actor_id",
+    "impersonator_id",
+    "ip",
+    "user_agent",
+    "data",
+    "chain_hash",
+    "head_hash",
+];
 
 /// Which audit rows to read; every filter is optional.
 #[derive(Clone, Debug, Default)]

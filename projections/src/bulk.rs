@@ -14,17 +14,17 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
-use sqlx::{PgConnection, QueryBuilder, Sqlite, SqliteConnection};
+use sqlx::{PgConnection, Sqlite, SqliteConnection};
 use twofold_domain::{AuthenticatedBy, TwoFactorStatus, UserEvent};
 
-use crate::audit::{audit_columns, hash_text, head_hash, Chains, Hash};
+use crate::audit::{audit_columns, hash_text, head_hash, Chains, Hash, AUDIT_COLUMNS};
 use crate::cores::off_the_runtime;
 use crate::db::{Db, ProjectionError};
 use crate::feed::{EventPosition, POSTGRES_FEED, SQLITE_FEED};
 use crate::pages::{chain_page, FeedRow};
 use crate::read_models::{session_method, TABLES};
 use crate::runner::{lock_projection, CHECKPOINT};
-use crate::statement::Arg;
+use crate::statement::{insert_rows, Arg};
 
 /// Events per page: enough to keep every core busy, small enough that two
 /// pages in flight stay a few megabytes.
@@ -134,21 +134,7 @@ struct Table {
 
 const AUDIT_LOG: Table = Table {
     name: "audit_log",
-    columns: &[
-        "id",
-        "position",
-        "user_id",
-        "sequence",
-        "type",
-        "occurred_at",
-        "actor_id",
-        "impersonator_id",
-        "ip",
-        "user_agent",
-        "data",
-        "chain_hash",
-        "head_hash",
-    ],
+    columns: AUDIT_COLUMNS,
 };
 
 const USER_DIRECTORY: Table = Table {
@@ -262,24 +248,15 @@ impl Loader for SqliteConnection {
         table: &Table,
         mut rows: impl Iterator<Item = Vec<Arg>> + Send,
     ) -> Result<(), sqlx::Error> {
-        let head = format!("INSERT INTO {} ({}) ", table.name, table.columns.join(", "));
         loop {
             let chunk: Vec<Vec<Arg>> = rows.by_ref().take(SQLITE_ROWS_PER_INSERT).collect();
             if chunk.is_empty() {
                 return Ok(());
             }
-            let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(&head);
-            insert.push_values(chunk, |mut values, row| {
-                for cell in row {
-                    match cell {
-                        Arg::Text(value) => values.push_bind(value),
-                        Arg::Bool(value) => values.push_bind(value),
-                        Arg::Int(value) => values.push_bind(value),
-                        Arg::Time(value) => values.push_bind(value),
-                    };
-                }
-            });
-            insert.build().execute(&mut *self).await?;
+            insert_rows!(Sqlite, table.name, table.columns, chunk, "")
+                .build()
+                .execute(&mut *self)
+                .await?;
         }
     }
 

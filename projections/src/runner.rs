@@ -1,19 +1,104 @@
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sqlx::Executor as _;
 use tokio::sync::{watch, Mutex};
 
-use crate::audit;
+use crate::audit::{self, Hash, AUDIT_COLUMNS};
 use crate::bulk;
-use crate::db::{Db, ProjectionError};
-use crate::feed::{decode, EventPosition, POSTGRES_FEED, SQLITE_FEED};
+use crate::db::{sqlite_write_turn, Db, ProjectionError};
+use crate::feed::{decode, EventPosition, StoredEvent, POSTGRES_FEED, SQLITE_FEED};
 use crate::read_models::plan;
-use crate::statement::execute_all;
+use crate::statement::{execute_all, insert_rows, postgres_script, Arg, Statement};
 
 pub(crate) const CHECKPOINT: &str = "read_models";
+/// The trail's last row (`user_id` NULL: its id and head hash), then the
+/// last chain hash of each user in `$1` (a JSON array of user ids).
+const SQLITE_AUDIT_HEADS: &str = "
+SELECT NULL AS user_id, id, head_hash
+  FROM (SELECT id, head_hash FROM audit_log ORDER BY id DESC LIMIT 1)
+UNION ALL
+SELECT DISTINCT u.value, 0,
+       (SELECT chain_hash FROM audit_log a WHERE a.user_id = u.value ORDER BY a.id DESC LIMIT 1)
+  FROM json_each($1) AS u";
+const POSTGRES_AUDIT_HEADS: &str = "
+SELECT NULL AS user_id, id, head_hash
+  FROM (SELECT id, head_hash FROM audit_log ORDER BY id DESC LIMIT 1) AS last
+UNION ALL
+SELECT u.user_id, 0,
+       (SELECT chain_hash FROM audit_log a WHERE a.user_id = u.user_id ORDER BY a.id DESC LIMIT 1)
+  FROM (SELECT DISTINCT jsonb_array_elements_text($1) AS user_id) AS u";
 const BATCH: i64 = 500;
 /// Serialises catch-up rounds across processes sharing one PostgreSQL.
 const POSTGRES_LOCK_KEY: i64 = 0x0074_776f_666f_6c64;
+
+/// Where the audit trail ends while a round appends to it: the last row's
+/// id and head hash, and each user's last chain hash.
+struct AuditTail {
+    last_id: i64,
+    head: Hash,
+    chains: HashMap<String, Hash>,
+}
+
+impl AuditTail {
+    fn from_heads(heads: Vec<(Option<String>, i64, Option<String>)>) -> Self {
+        let mut tail = AuditTail {
+            last_id: 0,
+            head: audit::GENESIS,
+            chains: HashMap::with_capacity(heads.len()),
+        };
+        for (user_id, id, hash) in heads {
+            let hash = audit::parse_hash(hash.as_deref());
+            match user_id {
+                Some(user_id) => {
+                    tail.chains.insert(user_id, hash);
+                }
+                None => {
+                    tail.last_id = id;
+                    tail.head = hash;
+                }
+            }
+        }
+        tail
+    }
+
+    /// The audit row of `event`, the next in apply order.
+    fn record(&mut self, event: &StoredEvent) -> Vec<Arg> {
+        self.last_id += 1;
+        let previous = self
+            .chains
+            .get(&event.aggregate_id)
+            .copied()
+            .unwrap_or(audit::GENESIS);
+        let (row, chain, head) = audit::record(event, self.last_id, &previous, &self.head);
+        self.chains.insert(event.aggregate_id.clone(), chain);
+        self.head = head;
+        row
+    }
+}
+
+/// In-process SQLite answers a statement in microseconds: one at a time.
+async fn apply_on_sqlite(
+    tx: &mut sqlx::SqliteConnection,
+    statements: Vec<Statement>,
+) -> Result<(), sqlx::Error> {
+    execute_all!(tx, statements);
+    Ok(())
+}
+
+/// PostgreSQL answers each statement a network round trip later: the lot in one.
+async fn apply_on_postgres(
+    tx: &mut sqlx::PgConnection,
+    statements: Vec<Statement>,
+) -> Result<(), sqlx::Error> {
+    if !statements.is_empty() {
+        // A text without arguments goes as a simple query, which may hold
+        // several statements.
+        tx.execute(postgres_script(&statements).as_str()).await?;
+    }
+    Ok(())
+}
 
 /// Takes the projection's lock for the rest of the transaction, so that
 /// processes sharing one PostgreSQL apply each event once, in order.
@@ -83,9 +168,15 @@ impl Projector {
         }
     }
 
+    /// One round: the next batch of the feed applied in one transaction with
+    /// the checkpoint. The round trips are per batch where they can be (the
+    /// users' chains, the audit rows), per statement of the read models
+    /// otherwise. On PostgreSQL its commit does not wait for the disk: read
+    /// models are derived, and a crash that loses the commit loses the
+    /// checkpoint with it, so the events are applied again on restart.
     async fn apply_batch(&self) -> Result<(EventPosition, u64), ProjectionError> {
         macro_rules! batch {
-            ($tx:ident, $feed:expr) => {{
+            ($tx:ident, $db:ty, $feed:expr, $chains:expr, $apply:expr) => {{
                 let checkpoint: Option<(i64, i64)> = sqlx::query_as(
                     "SELECT transaction_id, position FROM projection_checkpoints WHERE name = $1",
                 )
@@ -104,30 +195,28 @@ impl Projector {
                     .bind(BATCH)
                     .fetch_all(&mut *$tx)
                     .await?;
-                let count = rows.len() as u64;
-                // The audit trail's chains continue from the rows already
-                // applied, read in this transaction so they are current.
-                let head: Option<String> =
-                    sqlx::query_scalar("SELECT head_hash FROM audit_log ORDER BY id DESC LIMIT 1")
-                        .fetch_optional(&mut *$tx)
+                let events = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+                if let Some(last) = events.last() {
+                    // The audit trail's chains continue from the rows already
+                    // applied, read in this transaction so they are current.
+                    let users: Vec<&str> = events.iter().map(|e| e.aggregate_id.as_str()).collect();
+                    let heads: Vec<(Option<String>, i64, Option<String>)> = sqlx::query_as($chains)
+                        .bind(serde_json::Value::from(users))
+                        .fetch_all(&mut *$tx)
                         .await?;
-                let mut head = audit::parse_hash(head.as_deref());
-                for row in &rows {
-                    let event = decode(row)?;
-                    execute_all!($tx, plan(&event)?);
-                    let previous: Option<String> = sqlx::query_scalar(
-                        "SELECT chain_hash FROM audit_log WHERE user_id = $1 ORDER BY id DESC LIMIT 1",
-                    )
-                    .bind(&event.aggregate_id)
-                    .fetch_optional(&mut *$tx)
-                    .await?;
-                    let (audit_row, next_head) =
-                        audit::record(&event, &audit::parse_hash(previous.as_deref()), &head);
-                    execute_all!($tx, [audit_row]);
-                    head = next_head;
-                    applied = event.at;
-                }
-                if count > 0 {
+                    let mut trail = AuditTail::from_heads(heads);
+                    let mut audit_rows = Vec::with_capacity(events.len());
+                    let mut model = Vec::with_capacity(events.len() * 2);
+                    for event in &events {
+                        model.extend(plan(event)?);
+                        audit_rows.push(trail.record(event));
+                    }
+                    $apply(&mut $tx, model).await?;
+                    insert_rows!($db, "audit_log", AUDIT_COLUMNS, audit_rows, " ON CONFLICT (position) DO NOTHING")
+                        .build()
+                        .execute(&mut *$tx)
+                        .await?;
+                    applied = last.at;
                     sqlx::query(
                         "INSERT INTO projection_checkpoints (name, transaction_id, position)
                          VALUES ($1, $2, $3)
@@ -141,20 +230,38 @@ impl Projector {
                     .await?;
                 }
                 $tx.commit().await?;
-                Ok((applied, count))
+                Ok((applied, events.len() as u64))
             }};
         }
         match &self.db {
             Db::Sqlite(pool) => {
+                let _turn = sqlite_write_turn(pool).await;
                 // IMMEDIATE takes the write lock first: a read-then-write
                 // upgrade could fail with SQLITE_BUSY despite busy_timeout.
                 let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                batch!(tx, SQLITE_FEED)
+                batch!(
+                    tx,
+                    sqlx::Sqlite,
+                    SQLITE_FEED,
+                    SQLITE_AUDIT_HEADS,
+                    apply_on_sqlite
+                )
             }
             Db::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
-                lock_projection(&mut tx).await?;
-                batch!(tx, POSTGRES_FEED)
+                sqlx::query(
+                    "SELECT pg_advisory_xact_lock($1), set_config('synchronous_commit', 'off', true)",
+                )
+                .bind(POSTGRES_LOCK_KEY)
+                .execute(&mut *tx)
+                .await?;
+                batch!(
+                    tx,
+                    sqlx::Postgres,
+                    POSTGRES_FEED,
+                    POSTGRES_AUDIT_HEADS,
+                    apply_on_postgres
+                )
             }
         }
     }

@@ -1058,6 +1058,19 @@ async fn rebuild_gives_the_same_rows_as_incremental(backend: Backend) {
         )
         .await;
     assert_eq!(promoted.status, StatusCode::OK);
+    // PostgreSQL's projection writes arguments into its script as literals:
+    // an address made of what an escape could trip on is stored as given.
+    let awkward = r"o'brien\'';DROP_TABLE_user_directory;--$1'$$€@example.com";
+    let changed = app
+        .patch(
+            &format!("/api/v1/users/{bob}"),
+            &root,
+            json!({ "email": awkward }),
+        )
+        .await;
+    assert_eq!(changed.status, StatusCode::OK, "{changed:?}");
+    let shown = app.get(&format!("/api/v1/users/{bob}"), &root).await;
+    assert_eq!(shown.body["email"], awkward);
 
     let incremental = read_models(&app).await;
     assert!(incremental.iter().any(|r| r.starts_with("challenges")));
