@@ -6,6 +6,7 @@
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::{PersistedEventRepository, PersistenceError};
 use cqrs_es::{Aggregate, DomainEvent, EventEnvelope};
+use hashlink::LruCache;
 use postgres_es::PostgresEventRepository;
 use serde::Serialize;
 use sqlite_es::SqliteEventRepository;
@@ -23,6 +24,8 @@ const LOCK_STRIPES: usize = 256;
 const SNAPSHOT_EVERY: usize = 32;
 /// Bumped whenever `User`'s stored shape changes; older snapshots are ignored.
 const SNAPSHOT_SCHEMA: i64 = 1;
+/// Users kept in memory as last loaded or changed here (a few KiB each).
+const CACHED_USERS: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -148,6 +151,11 @@ pub struct EventStore {
     repository: Repository,
     db: Db,
     stripes: Vec<tokio::sync::Mutex<()>>,
+    /// Users as this process last loaded or changed them, so that a load
+    /// reads only the events after the cached one instead of the snapshot
+    /// and its tail. The tail is always read: what another process appended
+    /// is seen, never a stale state.
+    cache: std::sync::Mutex<LruCache<Uuid, Loaded>>,
 }
 
 impl EventStore {
@@ -163,6 +171,7 @@ impl EventStore {
             repository,
             db,
             stripes,
+            cache: std::sync::Mutex::new(LruCache::new(CACHED_USERS)),
         }
     }
 
@@ -172,46 +181,67 @@ impl EventStore {
 
     pub async fn load(&self, id: Uuid) -> Result<Loaded, StoreError> {
         let aggregate_id = id.to_string();
-        let snapshot: Option<(i64, serde_json::Value)> = on_pool!(&self.db, pool => {
-            sqlx::query_as(
-                "SELECT sequence, payload FROM aggregate_snapshots
-                  WHERE aggregate_type = $1 AND aggregate_id = $2 AND schema_version = $3",
-            )
-            .bind(User::TYPE)
-            .bind(&aggregate_id)
-            .bind(SNAPSHOT_SCHEMA)
-            .fetch_optional(pool)
-            .await?
-        });
-        let (mut user, snapshot_sequence) = match snapshot {
-            Some((sequence, payload)) => (
-                serde_json::from_value::<User>(payload)?,
-                usize::try_from(sequence).unwrap_or(0),
-            ),
-            None => (User::default(), 0),
+        let cached = self.cached().get(&id).cloned();
+        let mut loaded = match cached {
+            Some(cached) => cached,
+            None => {
+                let snapshot: Option<(i64, serde_json::Value)> = on_pool!(&self.db, pool => {
+                    sqlx::query_as(
+                        "SELECT sequence, payload FROM aggregate_snapshots
+                          WHERE aggregate_type = $1 AND aggregate_id = $2 AND schema_version = $3",
+                    )
+                    .bind(User::TYPE)
+                    .bind(&aggregate_id)
+                    .bind(SNAPSHOT_SCHEMA)
+                    .fetch_optional(pool)
+                    .await?
+                });
+                let (user, snapshot_sequence) = match snapshot {
+                    Some((sequence, payload)) => (
+                        serde_json::from_value::<User>(payload)?,
+                        usize::try_from(sequence).unwrap_or(0),
+                    ),
+                    None => (User::default(), 0),
+                };
+                Loaded {
+                    id,
+                    user,
+                    sequence: snapshot_sequence,
+                    snapshot_sequence,
+                }
+            }
         };
         let tail = match &self.repository {
             Repository::Sqlite(repo) => {
-                repo.get_last_events::<User>(&aggregate_id, snapshot_sequence)
+                repo.get_last_events::<User>(&aggregate_id, loaded.sequence)
                     .await?
             }
             Repository::Postgres(repo) => {
-                repo.get_last_events::<User>(&aggregate_id, snapshot_sequence)
+                repo.get_last_events::<User>(&aggregate_id, loaded.sequence)
                     .await?
             }
         };
-        let mut sequence = snapshot_sequence;
         for serialized in tail {
-            sequence = serialized.sequence;
+            loaded.sequence = serialized.sequence;
             let envelope = EventEnvelope::<User>::try_from(serialized)?;
-            user.apply(envelope.payload);
+            loaded.user.apply(envelope.payload);
         }
-        Ok(Loaded {
-            id,
-            user,
-            sequence,
-            snapshot_sequence,
-        })
+        self.remember(&loaded);
+        Ok(loaded)
+    }
+
+    fn cached(&self) -> std::sync::MutexGuard<'_, LruCache<Uuid, Loaded>> {
+        self.cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Only users that exist: a load of an unknown id (a mistyped link, or
+    /// the sign-in of an unknown username) must not push real users out.
+    fn remember(&self, loaded: &Loaded) {
+        if loaded.sequence > 0 {
+            self.cached().insert(loaded.id, loaded.clone());
+        }
     }
 
     /// Runs a command against the user, retrying on a concurrent append.
@@ -261,7 +291,19 @@ impl EventStore {
             }
             match self.append(&loaded, &events, metadata).await? {
                 Ok(last_position) => {
-                    self.snapshot_if_due(&loaded, &user, events.len()).await;
+                    let sequence = loaded.sequence + events.len();
+                    let snapshot_sequence =
+                        if self.snapshot_if_due(&loaded, &user, events.len()).await {
+                            sequence
+                        } else {
+                            loaded.snapshot_sequence
+                        };
+                    self.remember(&Loaded {
+                        id: loaded.id,
+                        user,
+                        sequence,
+                        snapshot_sequence,
+                    });
                     return Ok(Committed {
                         events,
                         last_position: Some(last_position),
@@ -366,10 +408,11 @@ impl EventStore {
 
     /// Snapshots are an optimisation: a failure to write one is logged, never
     /// surfaced, and a stale one is only ever followed by its tail.
-    async fn snapshot_if_due(&self, loaded: &Loaded, user: &User, appended: usize) {
+    /// Whether it wrote one.
+    async fn snapshot_if_due(&self, loaded: &Loaded, user: &User, appended: usize) -> bool {
         let sequence = loaded.sequence + appended;
         if sequence - loaded.snapshot_sequence < SNAPSHOT_EVERY {
-            return;
+            return false;
         }
         let result: Result<(), StoreError> = async {
             let payload = serde_json::to_value(user)?;
@@ -394,9 +437,10 @@ impl EventStore {
             Ok(())
         }
         .await;
-        if let Err(error) = result {
+        if let Err(error) = &result {
             tracing::warn!(%error, user_id = %loaded.id, "snapshot not written");
         }
+        result.is_ok()
     }
 
     /// The user registered under this name, straight from the events table
