@@ -169,9 +169,11 @@ impl Projector {
     }
 
     /// One round: the next batch of the feed applied in one transaction with
-    /// the checkpoint. The round trips are per batch where they can be (the
-    /// users' chains, the audit rows), per statement of the read models
-    /// otherwise. On PostgreSQL its commit does not wait for the disk: read
+    /// the checkpoint, in a fixed number of round trips however many events
+    /// it holds (the users' chains in one query, the audit rows in one
+    /// insert, on PostgreSQL the read-model statements in one script; SQLite
+    /// runs in-process, one statement at a time). On PostgreSQL its commit
+    /// does not wait for the disk: read
     /// models are derived, and a crash that loses the commit loses the
     /// checkpoint with it, so the events are applied again on restart.
     async fn apply_batch(&self) -> Result<(EventPosition, u64), ProjectionError> {
