@@ -7,7 +7,7 @@
 # prints the table. About 10-12 minutes on 2 cores once the build is warm.
 #
 #   bench/run-all.sh                      # 100k users / 1M events on PostgreSQL
-#   SCALE=full bench/run-all.sh           # 1M users / 10M events (adds ~15 min)
+#   SCALE=full bench/run-all.sh           # 1M users / 10M events (12-14 min in all)
 #   SCALE_USERS=20000 SCALE_EVENTS=200000 bench/run-all.sh
 #
 # Needs PostgreSQL on 127.0.0.1:5432 (trust auth, user postgres); makes and
