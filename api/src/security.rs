@@ -393,6 +393,7 @@ impl SecretVault {
                 &associated_data(user_id, enrollment_id),
             )
             .map_err(|_| StoreError::Failed("sealing a TOTP secret failed".into()))?;
+        let _turn = self.db.write_turn().await;
         on_pool!(&self.db, pool => {
             sqlx::query(
                 "INSERT INTO totp_secrets (enrollment_id, user_id, nonce, ciphertext) VALUES ($1, $2, $3, $4)",

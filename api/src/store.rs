@@ -11,7 +11,7 @@ use postgres_es::PostgresEventRepository;
 use serde::Serialize;
 use sqlite_es::SqliteEventRepository;
 use twofold_domain::{User, UserCommand, UserError, UserEvent, Username};
-use twofold_projections::{on_pool, sqlite_write_turn, Db, EventPosition};
+use twofold_projections::{on_pool, Db, EventPosition};
 use uuid::Uuid;
 
 /// A command's aggregate is reloaded and retried this many times when
@@ -370,7 +370,7 @@ impl EventStore {
         Ok(match &self.db {
             Db::Sqlite(pool) => {
                 let mut insert = insert!(sqlx::Sqlite);
-                let _turn = sqlite_write_turn(pool).await;
+                let _turn = self.db.write_turn().await;
                 async {
                     let mut tx = pool.begin().await?;
                     insert.build().execute(&mut *tx).await?;
@@ -417,6 +417,7 @@ impl EventStore {
         let result: Result<(), StoreError> = async {
             let payload = serde_json::to_value(user)?;
             let sequence = i64::try_from(sequence).unwrap_or(i64::MAX);
+            let _turn = self.db.write_turn().await;
             on_pool!(&self.db, pool => {
                 sqlx::query(
                     "INSERT INTO aggregate_snapshots (aggregate_type, aggregate_id, sequence, schema_version, payload)
@@ -488,4 +489,60 @@ fn is_conflict(error: &sqlx::Error) -> bool {
     error
         .as_database_error()
         .is_some_and(|db| db.is_unique_violation())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use twofold_domain::{Email, PasswordHash, Role};
+
+    use super::*;
+
+    async fn store_on(url: &str) -> EventStore {
+        let db = crate::database::connect(url, 4).await.unwrap();
+        crate::database::migrate(&db).await.unwrap();
+        EventStore::new(db)
+    }
+
+    fn email(address: &str) -> Option<Email> {
+        Some(Email::parse(address).unwrap())
+    }
+
+    /// Two stores on one file stand for two processes: what one appends, the
+    /// other's next load sees, though it keeps the user in memory.
+    #[tokio::test]
+    async fn a_kept_user_still_shows_what_another_process_appended() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("store.db").display());
+        let (here, there) = (store_on(&url).await, store_on(&url).await);
+        let id = Uuid::new_v4();
+        let metadata = EventMetadata::default();
+        let new_user = here.load(id).await.unwrap();
+        here.execute(new_user, &metadata, |_| UserCommand::RegisterUser {
+            user_id: id,
+            username: Username::parse("kept").unwrap(),
+            email: email("first@example.com"),
+            role: Role::User,
+            password_hash: PasswordHash::new("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into()),
+            at: chrono::Utc::now(),
+        })
+        .await
+        .unwrap();
+        assert_eq!(here.load(id).await.unwrap().sequence, 1);
+
+        let elsewhere = there.load(id).await.unwrap();
+        there
+            .execute(elsewhere, &metadata, |_| UserCommand::ChangeEmail {
+                email: email("second@example.com"),
+            })
+            .await
+            .unwrap();
+
+        let reloaded = here.load(id).await.unwrap();
+        assert_eq!(reloaded.sequence, 2);
+        assert_eq!(
+            reloaded.user.profile().unwrap().email,
+            email("second@example.com")
+        );
+    }
 }

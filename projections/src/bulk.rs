@@ -52,6 +52,7 @@ impl Db {
 }
 
 pub(crate) async fn rebuild(db: &Db, progress: impl Fn(u64)) -> Result<Rebuilt, ProjectionError> {
+    let _turn = db.write_turn().await;
     match db {
         Db::Sqlite(pool) => {
             let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;

@@ -17,7 +17,7 @@ mod statement;
 mod verify;
 
 pub use audit::{AuditEntry, AuditFilter};
-pub use db::{sqlite_write_turn, Db, ProjectionError};
+pub use db::{Db, ProjectionError};
 pub use feed::{EventPosition, StoredEvent};
 pub use queries::{DirectoryEntry, DirectoryFilter, SessionRecord};
 pub use report::TwoFactorCount;

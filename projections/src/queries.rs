@@ -266,6 +266,7 @@ SELECT s.session_id, s.user_id, u.username, u.email, u.role, u.two_factor_status
         session_id: Uuid,
         at: DateTime<Utc>,
     ) -> Result<(), ProjectionError> {
+        let _turn = self.write_turn().await;
         on_pool!(self, pool => {
             sqlx::query("UPDATE sessions SET last_seen_at = $2 WHERE session_id = $1")
                 .bind(session_id.to_string())

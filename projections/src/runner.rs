@@ -7,7 +7,7 @@ use tokio::sync::{watch, Mutex};
 
 use crate::audit::{self, Hash, AUDIT_COLUMNS};
 use crate::bulk;
-use crate::db::{sqlite_write_turn, Db, ProjectionError};
+use crate::db::{Db, ProjectionError};
 use crate::feed::{decode, EventPosition, StoredEvent, POSTGRES_FEED, SQLITE_FEED};
 use crate::read_models::plan;
 use crate::statement::{execute_all, insert_rows, postgres_script, Arg, Statement};
@@ -235,9 +235,9 @@ impl Projector {
                 Ok((applied, events.len() as u64))
             }};
         }
+        let _turn = self.db.write_turn().await;
         match &self.db {
             Db::Sqlite(pool) => {
-                let _turn = sqlite_write_turn(pool).await;
                 // IMMEDIATE takes the write lock first: a read-then-write
                 // upgrade could fail with SQLITE_BUSY despite busy_timeout.
                 let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
