@@ -3,7 +3,7 @@
 use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
-use twofold_domain::{Role, TokenHash};
+use twofold_domain::{Role, TokenHash, UserCommand};
 use twofold_projections::SessionRecord;
 
 use crate::error::ApiError;
@@ -86,6 +86,9 @@ impl FromRequestParts<AppState> for Session {
             .role
             .parse()
             .map_err(|_| ApiError::Internal(format!("unknown role {}", record.role)))?;
+        if let Some(impersonator_id) = record.impersonator_id {
+            still_allowed(state, parts, &record, impersonator_id, role, now).await?;
+        }
         let must_have_two_factor = record.enforced || state.settings.policy.mandatory_at(now);
         let enrollment_only = record.impersonator_id.is_none()
             && record.two_factor_status != "enabled"
@@ -95,6 +98,51 @@ impl FromRequestParts<AppState> for Session {
             role,
             enrollment_only,
         })
+    }
+}
+
+/// A "Login as" session holds only while "Login as" would still be allowed:
+/// checked on every request against the administrator's state now (its
+/// role against the user's, its lock, its password). When that fails the
+/// impersonation is ended (an event on the user's stream says why) and the
+/// request is refused as unauthenticated.
+async fn still_allowed(
+    state: &AppState,
+    parts: &mut Parts,
+    record: &SessionRecord,
+    impersonator_id: uuid::Uuid,
+    target_role: Role,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(), ApiError> {
+    let impersonator = state.store.load(impersonator_id).await?;
+    let Err(revocation) =
+        impersonator
+            .user
+            .may_go_on_impersonating(target_role, record.started_at, now)
+    else {
+        return Ok(());
+    };
+    let origin = RequestOrigin::from_request_parts(parts, state).await?;
+    let metadata = EventMetadata {
+        actor_id: None,
+        impersonator_id: Some(impersonator_id),
+        ip: origin.ip.map(|ip| ip.to_string()),
+        user_agent: origin.user_agent,
+        request_id: origin.request_id,
+        occurred_at: Some(now),
+    };
+    let target = state.store.load(record.user_id).await?;
+    let session_id = record.session_id;
+    let ended = state
+        .execute(target, &metadata, |_| UserCommand::EndImpersonation {
+            session_id,
+            revoked: Some(revocation),
+        })
+        .await;
+    match ended {
+        // Ended meanwhile by another request: refused all the same.
+        Ok(_) | Err(ApiError::NotFound(_)) => Err(ApiError::Unauthenticated),
+        Err(error) => Err(error),
     }
 }
 

@@ -166,9 +166,16 @@ impl From<UserError> for ApiError {
         match error {
             AlreadyRegistered => ApiError::Conflict(error.to_string()),
             NotRegistered => ApiError::NotFound("no such user"),
-            InvalidUsername | InvalidEmail | InvalidRole | ReasonRequired | MethodUnavailable => {
-                ApiError::InvalidRequest(error.to_string())
-            }
+            InvalidUsername
+            | InvalidEmail
+            | InvalidRole
+            | ReasonRequired
+            | MethodUnavailable
+            | ReauthenticationRequired => ApiError::InvalidRequest(error.to_string()),
+            // Another process changed the password while this one was
+            // checking it: the password given is no longer the password.
+            StalePasswordCheck => ApiError::InvalidCredentials,
+            EmailUnavailable => ApiError::EmailUnavailable,
             AccountLocked { until } => ApiError::AccountLocked {
                 retry_after: until
                     .map(|until| (until - crate::clock::system_now()).num_seconds().max(1)),

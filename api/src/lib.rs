@@ -6,6 +6,7 @@ mod auth;
 mod clock;
 pub mod config;
 mod database;
+mod enumeration;
 mod error;
 mod export;
 mod extract;

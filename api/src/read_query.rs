@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use twofold_projections::ProjectionError;
 
 use crate::error::ApiError;
+use crate::extract::check_text;
 use crate::state::{AppState, READ_YOUR_WRITES_TIMEOUT};
 
 /// `min_position`, as the OpenAPI document lists it for every read endpoint.
@@ -93,6 +94,12 @@ impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ReadQuery<T> {
 
     async fn from_request_parts(parts: &mut Parts, _state: &AppState) -> Result<Self, ApiError> {
         let (min_position, rest) = split_min_position(parts.uri.query().unwrap_or(""))?;
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(&rest)
+            .map_err(|_| ApiError::InvalidRequest("bad query string".into()))?;
+        for (name, value) in &pairs {
+            check_text("a query parameter", name, false)?;
+            check_text(name, value, false)?;
+        }
         let uri: Uri = format!("/?{rest}")
             .parse()
             .map_err(|_| ApiError::InvalidRequest("bad query string".into()))?;

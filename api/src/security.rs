@@ -16,7 +16,7 @@ use rand::rngs::OsRng;
 use rand::RngCore;
 use subtle::ConstantTimeEq;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
-use twofold_domain::sealed::{MasterKey, SealedSecret};
+use twofold_domain::sealed::{CodeKey, MasterKey, SealedSecret};
 use twofold_domain::totp::TotpSecret;
 use twofold_domain::PasswordHash;
 use twofold_projections::{on_pool, Db};
@@ -375,6 +375,44 @@ fn associated_data(user_id: Uuid, enrollment_id: Uuid) -> Vec<u8> {
 impl SecretVault {
     pub fn new(key: MasterKey, db: Db) -> Self {
         Self { key, db }
+    }
+
+    /// The key of the keyed hashes of emailed codes.
+    pub fn code_key(&self) -> CodeKey {
+        self.key.code_key()
+    }
+
+    /// Erases the user's sealed TOTP secrets but those of `kept`
+    /// enrollments: once 2FA is off or reset, or an enrollment restarted,
+    /// the others open nothing anyone should use (the events keep only the
+    /// enrollments' ids).
+    pub async fn erase(&self, user_id: Uuid, kept: &[Uuid]) -> Result<(), StoreError> {
+        let kept: Vec<String> = kept.iter().map(Uuid::to_string).collect();
+        let kept = serde_json::to_string(&kept)?;
+        let _turn = self.db.write_turn().await;
+        match &self.db {
+            Db::Sqlite(pool) => {
+                sqlx::query(
+                    "DELETE FROM totp_secrets WHERE user_id = $1
+                        AND enrollment_id NOT IN (SELECT value FROM json_each($2))",
+                )
+                .bind(user_id.to_string())
+                .bind(kept)
+                .execute(pool)
+                .await?;
+            }
+            Db::Postgres(pool) => {
+                sqlx::query(
+                    "DELETE FROM totp_secrets WHERE user_id = $1
+                        AND enrollment_id NOT IN (SELECT jsonb_array_elements_text($2::jsonb))",
+                )
+                .bind(user_id.to_string())
+                .bind(kept)
+                .execute(pool)
+                .await?;
+            }
+        }
+        Ok(())
     }
 
     pub async fn store(

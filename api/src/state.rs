@@ -6,14 +6,15 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use metrics_exporter_prometheus::PrometheusHandle;
+use twofold_domain::sealed::CodeKey;
 use twofold_domain::totp::TotpParameters;
 use twofold_domain::{TwoFactorPolicy, User, UserCommand};
 use twofold_projections::{EventPosition, Projector};
 
 use crate::clock::Clock;
+use crate::enumeration::{RecentRejections, UnknownNames};
 use crate::error::ApiError;
 use crate::mail::{Mailer, OutgoingMail};
-use crate::routes::login::RecentRejections;
 use crate::security::{PasswordHasher, SecretVault, LONGEST_HASHING_WAIT};
 use crate::store::{Committed, EventMetadata, EventStore, Loaded};
 
@@ -48,6 +49,10 @@ pub struct Inner {
     pub passwords: PasswordHasher,
     /// How long wrong passwords took to store (unknown usernames wait as long).
     pub rejections: RecentRejections,
+    /// Wrong passwords for usernames that do not exist (locked alike).
+    pub unknown_names: UnknownNames,
+    /// Keys what is stored of emailed codes; derived from the master key.
+    pub code_key: CodeKey,
     login_limiter: LoginLimiter,
 }
 
@@ -73,6 +78,7 @@ impl AppState {
         mailer: Mailer,
     ) -> std::io::Result<Self> {
         let login_limiter = LoginLimiter::new(settings.login_rate_per_ip);
+        let code_key = vault.code_key();
         let passwords = PasswordHasher::start(
             settings.password_hash_workers,
             settings.password_hash_queue,
@@ -88,6 +94,8 @@ impl AppState {
             mailer,
             passwords,
             rejections: RecentRejections::default(),
+            unknown_names: UnknownNames::default(),
+            code_key,
             login_limiter,
         })))
     }

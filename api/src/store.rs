@@ -23,7 +23,7 @@ const LOCK_STRIPES: usize = 256;
 /// Snapshot once this many events have been added since the last one.
 const SNAPSHOT_EVERY: usize = 32;
 /// Bumped whenever `User`'s stored shape changes; older snapshots are ignored.
-const SNAPSHOT_SCHEMA: i64 = 1;
+const SNAPSHOT_SCHEMA: i64 = 2;
 /// Users kept in memory as last loaded or changed here (a few KiB each).
 const CACHED_USERS: usize = 10_000;
 

@@ -4,9 +4,38 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use crate::event::ImpersonationRevocation;
 use crate::policy::TwoFactorPolicy;
+use crate::sealed::CodeKey;
 use crate::totp::{TotpParameters, TotpSecret};
 use crate::values::{Email, PasswordHash, Role, SecondFactorMethod, TokenHash, Username};
+
+/// A password checked by the caller (argon2 is too slow to run inside the
+/// aggregate's turn) and the stored hash it was checked against: the
+/// decision is made only if that hash is still the user's, so a password
+/// changed meanwhile by another process is never honoured.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PasswordCheck {
+    pub matches: bool,
+    pub against: PasswordHash,
+}
+
+/// What allows turning 2FA off.
+#[derive(Clone, Debug)]
+pub enum TwoFactorOffProof {
+    /// From the user's own session: the current password and a fresh second
+    /// factor (a TOTP code or a recovery code; none is asked while no factor
+    /// is active).
+    Reauthenticated {
+        password: PasswordCheck,
+        code: Option<String>,
+        /// The active TOTP secret, decrypted by the caller.
+        totp_secret: Option<TotpSecret>,
+    },
+    /// "Login as" (the help article's rescue flow): the reason given when
+    /// the impersonation started stands for it, while it lasts.
+    Impersonation { session_id: Uuid },
+}
 
 /// A session the command may start; the caller made the token and keeps it.
 #[derive(Clone, Debug, PartialEq)]
@@ -41,13 +70,16 @@ pub enum UserCommand {
     ChangeRole {
         role: Role,
     },
+    /// From the user's own session, which stays; their other sessions end.
     ChangePassword {
+        current: PasswordCheck,
         password_hash: PasswordHash,
+        kept_session_id: Uuid,
+        at: DateTime<Utc>,
     },
-    /// The password step of sign-in. The caller checked the password against
-    /// the stored hash (argon2 is too slow to run inside the aggregate's lock).
+    /// The password step of sign-in.
     SignIn {
-        password_matches: bool,
+        password: PasswordCheck,
         device_token: Option<TokenHash>,
         email_offered: bool,
         session: NewSession,
@@ -61,18 +93,25 @@ pub enum UserCommand {
         code: String,
         /// The active TOTP secret, decrypted by the caller when `method` is TOTP.
         totp_secret: Option<TotpSecret>,
+        /// Keys the stored hash of an emailed code.
+        code_key: CodeKey,
         session: NewSession,
         remember_device: Option<NewDevice>,
         at: DateTime<Utc>,
     },
-    /// "Send the code by email". The caller made the code, checked whether
-    /// another user shares the address, and delivered the mail first, so a
-    /// failed delivery leaves no usable code behind.
+    /// "Send the code by email". The caller made the code and checked
+    /// whether another user shares the address; it delivers the mail only
+    /// once the send is stored, so parallel requests cannot exceed the limit.
     SendEmailCode {
         challenge_id: Uuid,
         code_hash: TokenHash,
         address_shared: bool,
         at: DateTime<Utc>,
+    },
+    /// The mail with the code stored by `SendEmailCode` could not be
+    /// delivered: the code must not be usable (nobody saw it).
+    RecordEmailCodeUndelivered {
+        challenge_id: Uuid,
     },
     SignOut {
         session_id: Uuid,
@@ -88,7 +127,10 @@ pub enum UserCommand {
         recovery_code_hashes: Vec<TokenHash>,
         at: DateTime<Utc>,
     },
-    DisableTwoFactor,
+    DisableTwoFactor {
+        proof: TwoFactorOffProof,
+        at: DateTime<Utc>,
+    },
     ResetTwoFactor {
         reason: String,
     },
@@ -110,6 +152,8 @@ pub enum UserCommand {
     },
     EndImpersonation {
         session_id: Uuid,
+        /// Set when the impersonation ends because it is no longer allowed.
+        revoked: Option<ImpersonationRevocation>,
     },
 }
 
@@ -124,10 +168,11 @@ impl UserCommand {
             UserCommand::SignIn { .. } => "SignIn",
             UserCommand::VerifySecondFactor { .. } => "VerifySecondFactor",
             UserCommand::SendEmailCode { .. } => "SendEmailCode",
+            UserCommand::RecordEmailCodeUndelivered { .. } => "RecordEmailCodeUndelivered",
             UserCommand::SignOut { .. } => "SignOut",
             UserCommand::StartTotpEnrollment { .. } => "StartTotpEnrollment",
             UserCommand::ConfirmTotpEnrollment { .. } => "ConfirmTotpEnrollment",
-            UserCommand::DisableTwoFactor => "DisableTwoFactor",
+            UserCommand::DisableTwoFactor { .. } => "DisableTwoFactor",
             UserCommand::ResetTwoFactor { .. } => "ResetTwoFactor",
             UserCommand::RevokeRememberedDevices => "RevokeRememberedDevices",
             UserCommand::EnforceTwoFactor { .. } => "EnforceTwoFactor",

@@ -38,6 +38,12 @@ pub enum UserError {
     SessionNotFound,
     #[error("a reason is required")]
     ReasonRequired,
+    #[error("the password changed while it was being checked")]
+    StalePasswordCheck,
+    #[error("email is not available for this user")]
+    EmailUnavailable,
+    #[error("this session can not turn two-factor authentication off")]
+    ReauthenticationRequired,
     #[error("too many email codes; wait before asking for another")]
     TooManyEmailCodes { retry_at: DateTime<Utc> },
 }

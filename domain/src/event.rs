@@ -28,8 +28,14 @@ pub enum UserEvent {
     RoleChanged {
         role: Role,
     },
+    /// The user's other sessions end (`kept_session_id` is the one that
+    /// changed it).
     PasswordChanged {
         password_hash: PasswordHash,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kept_session_id: Option<Uuid>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        changed_at: Option<DateTime<Utc>>,
     },
     PasswordRejected {
         consecutive_failures: u32,
@@ -55,6 +61,13 @@ pub enum UserEvent {
         consecutive_failures: u32,
         locked_until: Option<DateTime<Utc>>,
     },
+    /// A wrong (or replayed) code where a fresh second factor was asked for
+    /// outside a sign-in (turning 2FA off); counted like a sign-in's.
+    ReauthenticationCodeRejected {
+        method: SecondFactorMethod,
+        consecutive_failures: u32,
+        locked_until: Option<DateTime<Utc>>,
+    },
     /// A TOTP code that had already been accepted was offered again.
     TotpCodeReplayed {
         challenge_id: Uuid,
@@ -71,6 +84,11 @@ pub enum UserEvent {
         sent_to: String,
         sent_at: DateTime<Utc>,
         expires_at: DateTime<Utc>,
+    },
+    /// The mail carrying the code of `EmailCodeSent` was not delivered; the
+    /// code is withdrawn (it still counts toward the sending limit).
+    EmailCodeUndelivered {
+        challenge_id: Uuid,
     },
     /// The email option was asked for but the address is missing or shared.
     EmailCodeRefused {
@@ -134,7 +152,23 @@ pub enum UserEvent {
     ImpersonationEnded {
         impersonation_id: Uuid,
         session_id: Uuid,
+        /// Why it ended before its administrator ended it, if it did.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        revoked: Option<ImpersonationRevocation>,
     },
+}
+
+/// Why a "Login as" session ended on its own: "Login as" would now be refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImpersonationRevocation {
+    /// The administrator's or the user's role changed so that the
+    /// administrator may no longer act as the user.
+    RoleChanged,
+    /// The administrator's account is locked (wrong passwords).
+    ImpersonatorLocked,
+    /// The administrator's password changed.
+    ImpersonatorPasswordChanged,
 }
 
 impl UserEvent {
@@ -148,9 +182,11 @@ impl UserEvent {
             UserEvent::ChallengeIssued { .. } => "ChallengeIssued",
             UserEvent::SecondFactorAccepted { .. } => "SecondFactorAccepted",
             UserEvent::SecondFactorRejected { .. } => "SecondFactorRejected",
+            UserEvent::ReauthenticationCodeRejected { .. } => "ReauthenticationCodeRejected",
             UserEvent::TotpCodeReplayed { .. } => "TotpCodeReplayed",
             UserEvent::SecondFactorSuspended { .. } => "SecondFactorSuspended",
             UserEvent::EmailCodeSent { .. } => "EmailCodeSent",
+            UserEvent::EmailCodeUndelivered { .. } => "EmailCodeUndelivered",
             UserEvent::EmailCodeRefused { .. } => "EmailCodeRefused",
             UserEvent::SessionStarted { .. } => "SessionStarted",
             UserEvent::SessionEnded { .. } => "SessionEnded",

@@ -10,9 +10,9 @@ pub mod totp;
 pub mod user;
 pub mod values;
 
-pub use command::{NewDevice, NewSession, UserCommand};
+pub use command::{NewDevice, NewSession, PasswordCheck, TwoFactorOffProof, UserCommand};
 pub use error::UserError;
-pub use event::UserEvent;
+pub use event::{ImpersonationRevocation, UserEvent};
 pub use policy::TwoFactorPolicy;
 pub use user::User;
 pub use values::{

@@ -7,8 +7,12 @@ use std::fmt;
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
+use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
 use zeroize::Zeroizing;
+
+use crate::values::TokenHash;
 
 const KEY_LEN: usize = 32;
 const NONCE_LEN: usize = 12;
@@ -80,6 +84,15 @@ impl MasterKey {
             .map_err(|_| SealError::OpenFailed)
     }
 
+    /// The key of the keyed hashes of short codes, derived from this key so
+    /// that one key file is all an operator keeps.
+    pub fn code_key(&self) -> CodeKey {
+        CodeKey(Zeroizing::new(hmac_sha256(
+            self.0.as_slice(),
+            b"twofold/code-key/v1",
+        )))
+    }
+
     /// Built per call rather than stored: only the raw key is wiped on drop,
     /// as the `aes` key schedule is zeroized only with its `zeroize` feature.
     fn cipher(&self) -> Aes256Gcm {
@@ -90,6 +103,49 @@ impl MasterKey {
 impl fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("MasterKey(<redacted>)")
+    }
+}
+
+fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    // HMAC takes a key of any length: `new_from_slice` cannot fail.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
+        .unwrap_or_else(|_| <Hmac<Sha256> as Mac>::new(&Default::default()));
+    mac.update(message);
+    mac.finalize().into_bytes().into()
+}
+
+/// HMAC-SHA256 key for what is stored of a short code (an emailed one-time
+/// code has 10^6 values: a plain hash of it is read back in a moment by
+/// anyone who reads the store; without this key it cannot be). Debug
+/// redacted; zeroized on drop.
+#[derive(Clone)]
+pub struct CodeKey(Zeroizing<[u8; KEY_LEN]>);
+
+impl CodeKey {
+    pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
+        Self(Zeroizing::new(bytes))
+    }
+
+    /// The keyed hash of `code` bound to `context` (its challenge).
+    pub fn hash(&self, context: &str, code: &str) -> TokenHash {
+        let message = format!("{context}:{code}");
+        TokenHash::from_hex(hex::encode(hmac_sha256(
+            self.0.as_slice(),
+            message.as_bytes(),
+        )))
+    }
+}
+
+impl fmt::Debug for CodeKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CodeKey(<redacted>)")
+    }
+}
+
+impl PartialEq for CodeKey {
+    fn eq(&self, other: &Self) -> bool {
+        use subtle::ConstantTimeEq;
+        bool::from(self.0.as_slice().ct_eq(other.0.as_slice()))
     }
 }
 

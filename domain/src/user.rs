@@ -7,10 +7,11 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
-use crate::command::{NewDevice, NewSession, UserCommand};
+use crate::command::{NewDevice, NewSession, PasswordCheck, TwoFactorOffProof, UserCommand};
 use crate::error::UserError;
-use crate::event::UserEvent;
+use crate::event::{ImpersonationRevocation, UserEvent};
 use crate::policy::{self, TwoFactorPolicy};
+use crate::sealed::CodeKey;
 use crate::totp::{normalize_code, TotpParameters, TotpSecret};
 use crate::values::{
     AuthenticatedBy, Email, EmailRefusal, PasswordHash, Role, SecondFactorMethod, TokenHash,
@@ -50,6 +51,10 @@ struct Challenge {
     expires_at: DateTime<Utc>,
     attempts_remaining: u32,
     email_code: Option<EmailCode>,
+    /// An email code was refused for this challenge (no usable address):
+    /// recorded once, not once per request.
+    #[serde(default)]
+    email_refused: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -88,6 +93,9 @@ pub struct User {
     profile: Option<Profile>,
     password_failures: u32,
     password_locked_until: Option<DateTime<Utc>>,
+    /// When the password last changed (known for changes recorded since
+    /// the time was kept in the event).
+    password_changed_at: Option<DateTime<Utc>>,
     enforced: bool,
     totp: Option<ActiveTotp>,
     pending_totp: Option<PendingTotp>,
@@ -221,6 +229,56 @@ impl User {
         Ok(())
     }
 
+    /// Whether an administrator (this user) may go on acting as a user of
+    /// `target_role` in a "Login as" session started at `started_at`: as
+    /// long as "Login as" would still be allowed now, the administrator's
+    /// account is not locked and its password has not changed since.
+    pub fn may_go_on_impersonating(
+        &self,
+        target_role: Role,
+        started_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Result<(), ImpersonationRevocation> {
+        let role = self.profile.as_ref().map(|p| p.role);
+        if !role.is_some_and(|role| role.may_impersonate(target_role)) {
+            return Err(ImpersonationRevocation::RoleChanged);
+        }
+        if self.password_locked_until(at).is_some() {
+            return Err(ImpersonationRevocation::ImpersonatorLocked);
+        }
+        if self
+            .password_changed_at
+            .is_some_and(|changed| changed > started_at)
+        {
+            return Err(ImpersonationRevocation::ImpersonatorPasswordChanged);
+        }
+        Ok(())
+    }
+
+    /// The password check is honoured only against the hash it was made
+    /// with; while the password is locked nothing is checked at all.
+    fn checked_password(
+        &self,
+        check: &PasswordCheck,
+        at: DateTime<Utc>,
+    ) -> Result<bool, UserError> {
+        if let Some(until) = self.password_locked_until(at) {
+            return Err(UserError::AccountLocked { until: Some(until) });
+        }
+        if self.registered()?.password_hash != check.against {
+            return Err(UserError::StalePasswordCheck);
+        }
+        Ok(check.matches)
+    }
+
+    fn password_rejected(&self, at: DateTime<Utc>) -> UserEvent {
+        let consecutive_failures = self.password_failures.saturating_add(1);
+        UserEvent::PasswordRejected {
+            consecutive_failures,
+            locked_until: policy::password_lock(consecutive_failures, at),
+        }
+    }
+
     fn registered(&self) -> Result<&Profile, UserError> {
         self.profile.as_ref().ok_or(UserError::NotRegistered)
     }
@@ -285,11 +343,22 @@ impl User {
                     vec![UserEvent::RoleChanged { role }]
                 })
             }
-            ChangePassword { password_hash } => {
-                Ok(vec![UserEvent::PasswordChanged { password_hash }])
-            }
+            ChangePassword {
+                current,
+                password_hash,
+                kept_session_id,
+                at,
+            } => Ok(vec![if self.checked_password(&current, at)? {
+                UserEvent::PasswordChanged {
+                    password_hash,
+                    kept_session_id: Some(kept_session_id),
+                    changed_at: Some(at),
+                }
+            } else {
+                self.password_rejected(at)
+            }]),
             SignIn {
-                password_matches,
+                password,
                 device_token,
                 email_offered,
                 session,
@@ -297,7 +366,7 @@ impl User {
                 policy,
                 at,
             } => self.sign_in(
-                password_matches,
+                password,
                 device_token,
                 email_offered,
                 session,
@@ -310,6 +379,7 @@ impl User {
                 method,
                 code,
                 totp_secret,
+                code_key,
                 session,
                 remember_device,
                 at,
@@ -317,7 +387,7 @@ impl User {
                 challenge_id,
                 method,
                 &code,
-                totp_secret.as_ref(),
+                (totp_secret.as_ref(), &code_key),
                 session,
                 remember_device,
                 at,
@@ -334,6 +404,13 @@ impl User {
                     Some(_) if address_shared => Some(EmailRefusal::Shared),
                     Some(_) => None,
                 };
+                let refused_before = self
+                    .challenges
+                    .iter()
+                    .any(|c| c.id == challenge_id && c.email_refused);
+                if refusal.is_some() && refused_before {
+                    return Err(UserError::EmailUnavailable);
+                }
                 Ok(vec![match (refusal, &self.registered()?.email) {
                     (None, Some(email)) => UserEvent::EmailCodeSent {
                         challenge_id,
@@ -347,6 +424,17 @@ impl User {
                         reason: reason.unwrap_or(EmailRefusal::Missing),
                     },
                 }])
+            }
+            RecordEmailCodeUndelivered { challenge_id } => {
+                let pending = self
+                    .challenges
+                    .iter()
+                    .any(|c| c.id == challenge_id && c.email_code.is_some());
+                Ok(if pending {
+                    vec![UserEvent::EmailCodeUndelivered { challenge_id }]
+                } else {
+                    vec![]
+                })
             }
             SignOut { session_id } => Ok(vec![UserEvent::SessionEnded { session_id }]),
             StartTotpEnrollment {
@@ -367,18 +455,7 @@ impl User {
                 recovery_code_hashes,
                 at,
             } => self.confirm_totp_enrollment(&code, &secret, recovery_code_hashes, at),
-            DisableTwoFactor => {
-                if self.enforced {
-                    return Err(UserError::TwoFactorEnforced);
-                }
-                let nothing_to_disable =
-                    self.totp.is_none() && self.pending_totp.is_none() && self.devices.is_empty();
-                Ok(if nothing_to_disable {
-                    vec![]
-                } else {
-                    vec![UserEvent::TwoFactorDisabled]
-                })
-            }
+            DisableTwoFactor { proof, at } => self.disable_two_factor(proof, at),
             ResetTwoFactor { reason } => {
                 let reason = required_reason(reason)?;
                 Ok(vec![UserEvent::TwoFactorReset { reason }])
@@ -436,7 +513,10 @@ impl User {
                     },
                 ])
             }
-            EndImpersonation { session_id } => {
+            EndImpersonation {
+                session_id,
+                revoked,
+            } => {
                 let impersonation = self
                     .impersonations
                     .iter()
@@ -445,6 +525,7 @@ impl User {
                 Ok(vec![UserEvent::ImpersonationEnded {
                     impersonation_id: impersonation.id,
                     session_id,
+                    revoked,
                 }])
             }
         }
@@ -453,7 +534,7 @@ impl User {
     #[allow(clippy::too_many_arguments)]
     fn sign_in(
         &self,
-        password_matches: bool,
+        password: PasswordCheck,
         device_token: Option<TokenHash>,
         email_offered: bool,
         session: NewSession,
@@ -464,12 +545,28 @@ impl User {
         if let Some(until) = self.password_locked_until(at) {
             return Err(UserError::AccountLocked { until: Some(until) });
         }
-        if !password_matches {
-            let consecutive_failures = self.password_failures.saturating_add(1);
-            return Ok(vec![UserEvent::PasswordRejected {
-                consecutive_failures,
-                locked_until: policy::password_lock(consecutive_failures, at),
-            }]);
+        let remembered = device_token.and_then(|token| {
+            self.remembered_devices(at)
+                .find(|device| device.token_hash == token)
+        });
+        // Every factor backing off or suspended: refused before the password
+        // is looked at, so the answer does not tell whether it was right.
+        if self.totp.is_some() && remembered.is_none() {
+            let methods = self.challenge_methods(email_offered, at);
+            if methods.is_empty() {
+                let until = [
+                    SecondFactorMethod::Totp,
+                    SecondFactorMethod::Email,
+                    SecondFactorMethod::RecoveryCode,
+                ]
+                .into_iter()
+                .filter_map(|method| self.factor_lock(method, at).flatten())
+                .min();
+                return Err(UserError::AccountLocked { until });
+            }
+        }
+        if !self.checked_password(&password, at)? {
+            return Ok(vec![self.password_rejected(at)]);
         }
         if self.totp.is_none() {
             let mut started = Self::session_started(session, AuthenticatedBy::Password, at);
@@ -482,10 +579,6 @@ impl User {
             }
             return Ok(vec![started]);
         }
-        let remembered = device_token.and_then(|token| {
-            self.remembered_devices(at)
-                .find(|device| device.token_hash == token)
-        });
         if let Some(device) = remembered {
             let mut started = Self::session_started(session, AuthenticatedBy::RememberedDevice, at);
             if let UserEvent::SessionStarted { device_id, .. } = &mut started {
@@ -494,13 +587,6 @@ impl User {
             return Ok(vec![started]);
         }
         let methods = self.challenge_methods(email_offered, at);
-        if methods.is_empty() {
-            let until = [SecondFactorMethod::Totp, SecondFactorMethod::RecoveryCode]
-                .into_iter()
-                .filter_map(|method| self.factor_lock(method, at).flatten())
-                .min();
-            return Err(UserError::AccountLocked { until });
-        }
         Ok(vec![UserEvent::ChallengeIssued {
             challenge_id,
             methods,
@@ -514,7 +600,7 @@ impl User {
         challenge_id: Uuid,
         method: SecondFactorMethod,
         code: &str,
-        totp_secret: Option<&TotpSecret>,
+        (totp_secret, code_key): (Option<&TotpSecret>, &CodeKey),
         session: NewSession,
         remember_device: Option<NewDevice>,
         at: DateTime<Utc>,
@@ -565,7 +651,7 @@ impl User {
                 .filter(|sent| at < sent.expires_at)
                 .filter(|sent| {
                     normalize_code(code, 6).is_ok_and(|code| {
-                        TokenHash::of_code(&challenge_id.to_string(), &code) == sent.hash
+                        email_code_hash(code_key, challenge_id, &code) == sent.hash
                     })
                 })
                 .map(|_| (None, None)),
@@ -609,6 +695,105 @@ impl User {
                     });
                 }
             }
+        }
+        Ok(events)
+    }
+
+    fn disable_two_factor(
+        &self,
+        proof: TwoFactorOffProof,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<UserEvent>, UserError> {
+        if self.enforced {
+            return Err(UserError::TwoFactorEnforced);
+        }
+        match proof {
+            TwoFactorOffProof::Impersonation { session_id } => {
+                let acting = self
+                    .impersonations
+                    .iter()
+                    .any(|i| i.session_id == session_id && i.expires_at > at);
+                if !acting {
+                    return Err(UserError::ReauthenticationRequired);
+                }
+            }
+            TwoFactorOffProof::Reauthenticated {
+                password,
+                code,
+                totp_secret,
+            } => {
+                if !self.checked_password(&password, at)? {
+                    return Ok(vec![self.password_rejected(at)]);
+                }
+                if let Some(totp) = &self.totp {
+                    let code = code.ok_or(UserError::ReauthenticationRequired)?;
+                    let rejected = self.fresh_code(totp, &code, totp_secret.as_ref(), at)?;
+                    if !rejected.is_empty() {
+                        return Ok(rejected);
+                    }
+                }
+            }
+        }
+        let nothing_to_disable =
+            self.totp.is_none() && self.pending_totp.is_none() && self.devices.is_empty();
+        Ok(if nothing_to_disable {
+            vec![]
+        } else {
+            vec![UserEvent::TwoFactorDisabled]
+        })
+    }
+
+    /// Checks a fresh second factor asked for outside a sign-in: a TOTP code
+    /// (a step above every accepted one) or an unspent recovery code. Gives
+    /// the rejection's events, counted toward the factor's back-off as a
+    /// sign-in's wrong codes are; none when the code is right.
+    fn fresh_code(
+        &self,
+        totp: &ActiveTotp,
+        code: &str,
+        secret: Option<&TotpSecret>,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<UserEvent>, UserError> {
+        let digits = normalize_code(code, totp.parameters.digits).ok();
+        let method = if digits.is_some() {
+            SecondFactorMethod::Totp
+        } else {
+            SecondFactorMethod::RecoveryCode
+        };
+        if let Some(until) = self.factor_lock(method, at) {
+            return Err(UserError::AccountLocked { until });
+        }
+        let accepted = match (digits, secret) {
+            (Some(digits), Some(secret)) => totp
+                .parameters
+                .matching_step(secret, &digits, unix_seconds(at))
+                .is_some_and(|step| step > totp.last_accepted_step),
+            (Some(_), None) => false,
+            (None, _) => {
+                let hash = TokenHash::of(&normalize_recovery_code(code));
+                self.recovery_codes
+                    .iter()
+                    .any(|stored| stored.as_ref() == Some(&hash))
+            }
+        };
+        if accepted {
+            return Ok(vec![]);
+        }
+        let consecutive_failures = self
+            .budgets
+            .get(&method)
+            .map_or(0, |b| b.consecutive_failures)
+            .saturating_add(1);
+        let mut events = vec![UserEvent::ReauthenticationCodeRejected {
+            method,
+            consecutive_failures,
+            locked_until: policy::second_factor_lock(consecutive_failures, at),
+        }];
+        if consecutive_failures == policy::SECOND_FACTOR_FAILURES_BEFORE_SUSPENSION {
+            events.push(UserEvent::SecondFactorSuspended {
+                method,
+                consecutive_failures,
+            });
         }
         Ok(events)
     }
@@ -676,9 +861,16 @@ impl User {
                     profile.role = role;
                 }
             }
-            PasswordChanged { password_hash } => {
+            PasswordChanged {
+                password_hash,
+                changed_at,
+                ..
+            } => {
                 if let Some(profile) = &mut self.profile {
                     profile.password_hash = password_hash;
+                }
+                if changed_at.is_some() {
+                    self.password_changed_at = changed_at;
                 }
                 self.password_failures = 0;
                 self.password_locked_until = None;
@@ -705,6 +897,7 @@ impl User {
                     expires_at,
                     attempts_remaining: policy::CHALLENGE_ATTEMPTS,
                     email_code: None,
+                    email_refused: false,
                 });
             }
             EmailCodeSent {
@@ -727,7 +920,16 @@ impl User {
                 self.email_codes_sent.retain(|sent| *sent > window_start);
                 self.email_codes_sent.push(sent_at);
             }
-            EmailCodeRefused { .. } => {}
+            EmailCodeUndelivered { challenge_id } => {
+                if let Some(challenge) = self.challenges.iter_mut().find(|c| c.id == challenge_id) {
+                    challenge.email_code = None;
+                }
+            }
+            EmailCodeRefused { challenge_id, .. } => {
+                if let Some(challenge) = self.challenges.iter_mut().find(|c| c.id == challenge_id) {
+                    challenge.email_refused = true;
+                }
+            }
             SecondFactorAccepted {
                 challenge_id,
                 method,
@@ -754,6 +956,15 @@ impl User {
                 if let Some(challenge) = self.challenges.iter_mut().find(|c| c.id == challenge_id) {
                     challenge.attempts_remaining = attempts_remaining;
                 }
+                let budget = self.budgets.entry(method).or_default();
+                budget.consecutive_failures = consecutive_failures;
+                budget.locked_until = locked_until;
+            }
+            ReauthenticationCodeRejected {
+                method,
+                consecutive_failures,
+                locked_until,
+            } => {
                 let budget = self.budgets.entry(method).or_default();
                 budget.consecutive_failures = consecutive_failures;
                 budget.locked_until = locked_until;
@@ -879,9 +1090,9 @@ fn unix_seconds(at: DateTime<Utc>) -> u64 {
     u64::try_from(at.timestamp()).unwrap_or(0)
 }
 
-/// What is stored of an emailed code: its hash, bound to its challenge.
-pub fn email_code_hash(challenge_id: Uuid, code: &str) -> TokenHash {
-    TokenHash::of_code(&challenge_id.to_string(), code)
+/// What is stored of an emailed code: its keyed hash, bound to its challenge.
+pub fn email_code_hash(key: &CodeKey, challenge_id: Uuid, code: &str) -> TokenHash {
+    key.hash(&challenge_id.to_string(), code)
 }
 
 /// Recovery codes are shown grouped (`abcd-efgh-ijkl`); accept them however typed.

@@ -96,34 +96,59 @@ impl fmt::Display for Username {
     }
 }
 
-/// An email address as typed (trimmed). Whether two users share it is decided
-/// on `key()`, which ignores case.
+/// An email address in its one canonical form: a bare `local@domain`, the
+/// domain lower-cased, no display name, comment or trailing dot. Whether two
+/// users share it is decided on `key()`, which ignores case.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Email(String);
 
 impl Email {
     pub const MAX_LEN: usize = 254;
+    const MAX_LOCAL_LEN: usize = 64;
+    const MAX_LABEL_LEN: usize = 63;
 
+    /// Strict: surrounding spaces are trimmed, anything but an RFC 5321
+    /// dot-atom `local@domain` of ASCII letters, digits and the atext marks
+    /// is refused (display names, quoted locals, IP literals, comments, a
+    /// trailing dot, control characters), so one mailbox has one spelling.
     pub fn parse(input: &str) -> Result<Self, UserError> {
         let email = input.trim();
+        let (local, domain) = email.split_once('@').ok_or(UserError::InvalidEmail)?;
+        let atext = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+/=?^_`{|}~-".contains(c);
+        let dot_atom = |part: &str, allowed: &dyn Fn(char) -> bool, max: usize| {
+            !part.is_empty()
+                && part.split('.').all(|piece| {
+                    !piece.is_empty() && piece.len() <= max && piece.chars().all(allowed)
+                })
+        };
+        let label = |c: char| c.is_ascii_alphanumeric() || c == '-';
         let valid = email.len() <= Self::MAX_LEN
-            && !email.chars().any(|c| c.is_whitespace() || c.is_control())
-            && matches!(email.split_once('@'), Some((local, domain))
-                if !local.is_empty() && !domain.is_empty() && !domain.contains('@'));
+            && local.len() <= Self::MAX_LOCAL_LEN
+            && dot_atom(local, &atext, Self::MAX_LOCAL_LEN)
+            && dot_atom(domain, &label, Self::MAX_LABEL_LEN)
+            && domain
+                .split('.')
+                .all(|piece| !piece.starts_with('-') && !piece.ends_with('-'));
         if !valid {
             return Err(UserError::InvalidEmail);
         }
-        Ok(Self(email.to_string()))
+        Ok(Self(format!("{local}@{}", domain.to_ascii_lowercase())))
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
     }
 
-    /// The comparison key for "shared with another user".
+    /// The comparison key for "shared with another user": the canonical
+    /// form, lower-cased. Addresses stored before the canonical form was
+    /// enforced (`Name <a@b>`, `a@b.`) are read the same way.
     pub fn key(&self) -> String {
-        self.0.to_lowercase()
+        let address = match (self.0.rfind('<'), self.0.rfind('>')) {
+            (Some(open), Some(close)) if open < close => &self.0[open + 1..close],
+            _ => self.0.as_str(),
+        };
+        address.trim().trim_end_matches('.').to_lowercase()
     }
 
     /// `j***@example.com`: enough for the user to recognise the address.
@@ -174,12 +199,6 @@ pub struct TokenHash(String);
 impl TokenHash {
     pub fn of(token: &str) -> Self {
         Self(hex::encode(Sha256::digest(token.as_bytes())))
-    }
-
-    /// Hash of a short code, bound to its context (user, challenge) so that a
-    /// stored hash of a 6-digit code can't be looked up in a table of 10^6.
-    pub fn of_code(context: &str, code: &str) -> Self {
-        Self::of(&format!("{context}:{code}"))
     }
 
     pub fn from_hex(hex: String) -> Self {
@@ -282,11 +301,57 @@ mod tests {
     #[test]
     fn emails_are_masked_and_compared_without_case() {
         let email = Email::parse(" Jane@Example.com ").unwrap();
-        assert_eq!(email.masked(), "J***@Example.com");
+        assert_eq!(email.as_str(), "Jane@example.com");
+        assert_eq!(email.masked(), "J***@example.com");
         assert_eq!(email.key(), "jane@example.com");
         assert!(Email::parse("no-at-sign").is_err());
         assert!(Email::parse("a@b@c").is_err());
         assert!(Email::parse("a @b").is_err());
+    }
+
+    #[test]
+    fn an_address_has_one_spelling_and_every_other_is_refused() {
+        assert_eq!(
+            Email::parse("dave.o'neil+tag@Mail.Example.COM")
+                .unwrap()
+                .as_str(),
+            "dave.o'neil+tag@mail.example.com"
+        );
+        for refused in [
+            "Frank <dave@example.com>",
+            "<dave@example.com>",
+            "dave@example.com.",
+            "dave.@example.com",
+            ".dave@example.com",
+            "da..ve@example.com",
+            "\"dave\"@example.com",
+            "dave@[127.0.0.1]",
+            "dave@example..com",
+            "dave@-example.com",
+            "dave@example.com (Dave)",
+            "dave@exa_mple.com",
+            "dav\u{0}e@example.com",
+            "dav\u{7}e@example.com",
+            "dåve@example.com",
+            "@example.com",
+            "dave@",
+        ] {
+            assert!(Email::parse(refused).is_err(), "{refused:?} was accepted");
+        }
+        let long_local = format!("{}@example.com", "a".repeat(65));
+        assert!(Email::parse(&long_local).is_err());
+    }
+
+    #[test]
+    fn addresses_stored_before_the_canonical_form_compare_by_their_address() {
+        let legacy =
+            |text: &str| -> Email { serde_json::from_value(serde_json::json!(text)).unwrap() };
+        assert_eq!(legacy("Frank <Dave@Example.com>").key(), "dave@example.com");
+        assert_eq!(legacy("dave@example.com.").key(), "dave@example.com");
+        assert_eq!(
+            Email::parse("DAVE@example.com").unwrap().key(),
+            "dave@example.com"
+        );
     }
 
     #[test]

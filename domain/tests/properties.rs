@@ -29,8 +29,9 @@ use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use uuid::Uuid;
 
-use twofold_domain::command::{NewDevice, NewSession};
+use twofold_domain::command::{NewDevice, NewSession, PasswordCheck, TwoFactorOffProof};
 use twofold_domain::policy;
+use twofold_domain::sealed::CodeKey;
 use twofold_domain::totp::{normalize_code, TotpAlgorithm, TotpParameters, TotpSecret};
 use twofold_domain::{
     AuthenticatedBy, Email, PasswordHash, Role, SecondFactorMethod, TokenHash, TwoFactorPolicy,
@@ -49,6 +50,10 @@ fn t(offset: i64) -> DateTime<Utc> {
 
 fn unix(offset: i64) -> u64 {
     u64::try_from(T0 + offset).unwrap()
+}
+
+fn code_key() -> CodeKey {
+    CodeKey::from_bytes([0x3c; 32])
 }
 
 fn secret(seed: u8) -> TotpSecret {
@@ -457,6 +462,18 @@ impl World {
         Uuid::from_u128(self.next_id)
     }
 
+    /// The caller's check of a typed password, against the stored hash.
+    fn password_check(&self, matches: bool) -> PasswordCheck {
+        PasswordCheck {
+            matches,
+            against: self
+                .user
+                .profile()
+                .map(|p| p.password_hash.clone())
+                .unwrap_or_else(|| PasswordHash::new(String::new())),
+        }
+    }
+
     fn session(&mut self) -> NewSession {
         let session_id = self.fresh_id();
         NewSession {
@@ -530,7 +547,7 @@ impl World {
                 let challenge_id = self.fresh_id();
                 let session = self.session();
                 none(UserCommand::SignIn {
-                    password_matches: *right,
+                    password: self.password_check(*right),
                     device_token: device.map(|n| TokenHash::of(&format!("device {n}"))),
                     email_offered: *email,
                     session,
@@ -564,6 +581,7 @@ impl World {
                         method: SecondFactorMethod::Totp,
                         code: typed.clone(),
                         totp_secret: Some(secret(seed)),
+                        code_key: code_key(),
                         session,
                         remember_device,
                         at,
@@ -586,6 +604,7 @@ impl World {
                         .unwrap_or(&"not-a-code")
                         .to_string(),
                     totp_secret: None,
+                    code_key: code_key(),
                     session,
                     remember_device: None,
                     at,
@@ -622,16 +641,36 @@ impl World {
                     }),
                 )
             }
-            Op::Disable => none(UserCommand::DisableTwoFactor),
+            // The user's own session: the right password and the code the
+            // app shows now (refused when that step was already accepted).
+            Op::Disable => {
+                let active = self.enrollment(false);
+                let code = active
+                    .map(|(_, parameters, seed)| parameters.code_at(&secret(seed), unix(self.now)));
+                none(UserCommand::DisableTwoFactor {
+                    proof: TwoFactorOffProof::Reauthenticated {
+                        password: self.password_check(true),
+                        code,
+                        totp_secret: active.map(|(_, _, seed)| secret(seed)),
+                    },
+                    at,
+                })
+            }
             Op::Reset => none(UserCommand::ResetTwoFactor {
                 reason: "lost phone".into(),
             }),
             Op::Enforce => none(UserCommand::EnforceTwoFactor { reason: None }),
             Op::Lift => none(UserCommand::LiftTwoFactorEnforcement { reason: None }),
             Op::RevokeDevices => none(UserCommand::RevokeRememberedDevices),
-            Op::ChangePassword => none(UserCommand::ChangePassword {
-                password_hash: PasswordHash::new(format!("$argon2id$v=19${}", self.now)),
-            }),
+            Op::ChangePassword => {
+                let kept_session_id = self.fresh_id();
+                none(UserCommand::ChangePassword {
+                    current: self.password_check(true),
+                    password_hash: PasswordHash::new(format!("$argon2id$v=19${}", self.now)),
+                    kept_session_id,
+                    at,
+                })
+            }
             Op::Impersonate { minutes } => {
                 let impersonation_id = self.fresh_id();
                 let mut session = self.session();
@@ -653,7 +692,10 @@ impl World {
                 } else {
                     self.impersonation_sessions[pick % self.impersonation_sessions.len()]
                 };
-                none(UserCommand::EndImpersonation { session_id })
+                none(UserCommand::EndImpersonation {
+                    session_id,
+                    revoked: None,
+                })
             }
             Op::SignOut => {
                 let session_id = self.fresh_id();
@@ -678,7 +720,7 @@ impl World {
                 prop_assert_eq!(&result, &expected);
                 let session = self.session();
                 let flipped = self.user.decide(UserCommand::SignIn {
-                    password_matches: !right,
+                    password: self.password_check(!right),
                     device_token: None,
                     email_offered: false,
                     session,
@@ -878,6 +920,13 @@ impl World {
                 if let Some(challenge) = rights.challenges.get_mut(challenge_id) {
                     challenge.attempts_remaining = *attempts_remaining;
                 }
+                rights.factors.entry(*method).or_default().locked_until = *locked_until;
+            }
+            UserEvent::ReauthenticationCodeRejected {
+                method,
+                locked_until,
+                ..
+            } => {
                 rights.factors.entry(*method).or_default().locked_until = *locked_until;
             }
             UserEvent::SecondFactorSuspended { method, .. } => {
@@ -1184,7 +1233,11 @@ fn any_event() -> impl Strategy<Value = UserEvent> {
             }),
         1 => email().prop_map(|email| E::EmailChanged { email }),
         1 => prop::sample::select(Role::ALL.to_vec()).prop_map(|role| E::RoleChanged { role }),
-        1 => text().prop_map(|h| E::PasswordChanged { password_hash: PasswordHash::new(h) }),
+        1 => text().prop_map(|h| E::PasswordChanged {
+            password_hash: PasswordHash::new(h),
+            kept_session_id: None,
+            changed_at: None,
+        }),
         3 => (0_u32..20, prop::option::of(instant())).prop_map(|(consecutive_failures, locked_until)| {
             E::PasswordRejected { consecutive_failures, locked_until }
         }),
@@ -1268,6 +1321,7 @@ fn any_event() -> impl Strategy<Value = UserEvent> {
                 }
             }),
         1 => (small_id(), small_id()).prop_map(|(impersonation_id, session_id)| E::ImpersonationEnded {
+            revoked: None,
             impersonation_id,
             session_id,
         }),

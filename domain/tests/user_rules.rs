@@ -9,8 +9,12 @@ use cqrs_es::test::TestFramework;
 use cqrs_es::Aggregate;
 use uuid::Uuid;
 
-use twofold_domain::command::{NewDevice, NewSession};
+use twofold_domain::command::{NewDevice, NewSession, PasswordCheck, TwoFactorOffProof};
+use twofold_domain::policy;
+use twofold_domain::sealed::CodeKey;
 use twofold_domain::totp::{TotpParameters, TotpSecret};
+use twofold_domain::user::email_code_hash;
+use twofold_domain::ImpersonationRevocation;
 use twofold_domain::{
     AuthenticatedBy, Email, PasswordHash, Role, SecondFactorMethod, TokenHash, TwoFactorPolicy,
     TwoFactorStatus, User, UserCommand, UserError, UserEvent, Username,
@@ -82,8 +86,37 @@ fn registered(id: Uuid, name: &str, role: Role, email: Option<&str>) -> UserEven
         username: Username::parse(name).unwrap(),
         email: email.map(|e| Email::parse(e).unwrap()),
         role,
-        password_hash: PasswordHash::new(format!("$argon2id$v=19$m=19456,t=2,p=1${name}")),
+        password_hash: stored_hash(name),
         registered_at: t(-86_400),
+    }
+}
+
+/// The password hash `registered` stores for `name`.
+fn stored_hash(name: &str) -> PasswordHash {
+    PasswordHash::new(format!("$argon2id$v=19$m=19456,t=2,p=1${name}"))
+}
+
+/// A password checked against Alice's stored hash.
+fn alices_password(matches: bool) -> PasswordCheck {
+    PasswordCheck {
+        matches,
+        against: stored_hash("alice"),
+    }
+}
+
+fn code_key() -> CodeKey {
+    CodeKey::from_bytes([0x5c; 32])
+}
+
+/// Alice turns 2FA off from her own session.
+fn turn_off(password_matches: bool, code: Option<&str>, offset: i64) -> UserCommand {
+    UserCommand::DisableTwoFactor {
+        proof: TwoFactorOffProof::Reauthenticated {
+            password: alices_password(password_matches),
+            code: code.map(str::to_string),
+            totp_secret: Some(secret()),
+        },
+        at: t(offset),
     }
 }
 
@@ -182,6 +215,7 @@ fn session_started(
 
 struct SignIn {
     password_matches: bool,
+    against: PasswordHash,
     device_token: Option<&'static str>,
     email_offered: bool,
     challenge_id: Uuid,
@@ -192,6 +226,7 @@ impl SignIn {
     fn with_password(password_matches: bool) -> Self {
         Self {
             password_matches,
+            against: stored_hash("alice"),
             device_token: None,
             email_offered: false,
             challenge_id: CHALLENGE,
@@ -205,6 +240,12 @@ impl SignIn {
 
     fn wrong() -> Self {
         Self::with_password(false)
+    }
+
+    /// Checked against this stored hash (Alice's by default).
+    fn against(mut self, hash: PasswordHash) -> Self {
+        self.against = hash;
+        self
     }
 
     fn device(mut self, token: &'static str) -> Self {
@@ -229,7 +270,10 @@ impl SignIn {
 
     fn at(self, offset: i64) -> UserCommand {
         UserCommand::SignIn {
-            password_matches: self.password_matches,
+            password: PasswordCheck {
+                matches: self.password_matches,
+                against: self.against,
+            },
             device_token: self.device_token.map(TokenHash::of),
             email_offered: self.email_offered,
             session: session(SESSION, offset),
@@ -252,6 +296,7 @@ fn verify(
         method,
         code: code.to_string(),
         totp_secret: (method == Totp).then(secret),
+        code_key: code_key(),
         session: session(SESSION, offset),
         remember_device,
         at: t(offset),
@@ -568,7 +613,12 @@ fn remembered_device_skips_the_second_factor_for_its_own_user_only() {
         -600,
     ));
     given(&bob_history)
-        .when(SignIn::right().device("alice's phone").at(0))
+        .when(
+            SignIn::right()
+                .device("alice's phone")
+                .against(stored_hash("bob"))
+                .at(0),
+        )
         .then_expect_events(vec![challenge_issued(
             CHALLENGE,
             0,
@@ -1031,6 +1081,7 @@ fn method_not_offered_by_the_challenge_is_refused() {
             method: Totp,
             code: code_at(10),
             totp_secret: None,
+            code_key: code_key(),
             session: session(SESSION, 10),
             remember_device: None,
             at: t(10),
@@ -1323,7 +1374,7 @@ fn enforced_user_cannot_disable_two_factor() {
     let mut history = alice_with_two_factor();
     history.push(UserEvent::TwoFactorEnforced { reason: None });
     given(&history)
-        .when(UserCommand::DisableTwoFactor)
+        .when(turn_off(true, Some(&code_at(0)), 0))
         .then_expect_error(UserError::TwoFactorEnforced);
 
     // The help article's tip: lift the enforcement, then disable.
@@ -1334,7 +1385,7 @@ fn enforced_user_cannot_disable_two_factor() {
         },
     );
     given(&history)
-        .when(UserCommand::DisableTwoFactor)
+        .when(turn_off(true, Some(&code_at(0)), 0))
         .then_expect_events(vec![UserEvent::TwoFactorDisabled]);
 }
 
@@ -1344,7 +1395,7 @@ fn disabling_two_factor_forgets_devices_and_recovery_codes() {
     history.push(device_remembered(DEVICE, "alice's phone", -600));
     history.push(challenge_issued(CHALLENGE, 0, vec![Totp, RecoveryCode]));
     assert_eq!(
-        record(&mut history, UserCommand::DisableTwoFactor),
+        record(&mut history, turn_off(true, Some(&code_at(0)), 0)),
         vec![UserEvent::TwoFactorDisabled]
     );
     let user = fold(&history);
@@ -1357,7 +1408,7 @@ fn disabling_two_factor_forgets_devices_and_recovery_codes() {
         .then_expect_error(UserError::ChallengeNotFound);
     // Disabling again records nothing.
     given(&history)
-        .when(UserCommand::DisableTwoFactor)
+        .when(turn_off(true, None, 30))
         .then_expect_events(vec![]);
 
     // After enrolling again, the old device and recovery codes do nothing.
@@ -1402,20 +1453,30 @@ fn password_change_forgets_remembered_devices() {
     let changed = record(
         &mut history,
         UserCommand::ChangePassword {
+            current: alices_password(true),
             password_hash: new_hash.clone(),
+            kept_session_id: SESSION,
+            at: t(0),
         },
     );
     assert_eq!(
         changed,
         vec![UserEvent::PasswordChanged {
             password_hash: new_hash.clone(),
+            kept_session_id: Some(SESSION),
+            changed_at: Some(t(0)),
         }]
     );
     let user = fold(&history);
     assert_eq!(user.remembered_devices(t(0)).count(), 0);
     assert_eq!(user.profile().unwrap().password_hash, new_hash);
     given(&history)
-        .when(SignIn::right().device("alice's phone").at(0))
+        .when(
+            SignIn::right()
+                .device("alice's phone")
+                .against(new_hash.clone())
+                .at(0),
+        )
         .then_expect_events(vec![challenge_issued(
             CHALLENGE,
             0,
@@ -1423,7 +1484,7 @@ fn password_change_forgets_remembered_devices() {
         )]);
     // The new password starts with a clean failure count.
     given(&history)
-        .when(SignIn::wrong().at(0))
+        .when(SignIn::wrong().against(new_hash).at(0))
         .then_expect_events(vec![UserEvent::PasswordRejected {
             consecutive_failures: 1,
             locked_until: None,
@@ -1641,6 +1702,7 @@ fn ending_an_impersonation_ends_its_session() {
         &mut history,
         UserCommand::EndImpersonation {
             session_id: IMPERSONATION_SESSION,
+            revoked: None,
         },
     );
     assert_eq!(
@@ -1648,17 +1710,20 @@ fn ending_an_impersonation_ends_its_session() {
         vec![UserEvent::ImpersonationEnded {
             impersonation_id: IMPERSONATION,
             session_id: IMPERSONATION_SESSION,
+            revoked: None,
         }]
     );
     given(&history)
         .when(UserCommand::EndImpersonation {
             session_id: IMPERSONATION_SESSION,
+            revoked: None,
         })
         .then_expect_error(UserError::SessionNotFound);
     // The user's own sessions are not impersonations.
     given(&history)
         .when(UserCommand::EndImpersonation {
             session_id: SESSION,
+            revoked: None,
         })
         .then_expect_error(UserError::SessionNotFound);
 }
@@ -1674,6 +1739,7 @@ fn expired_impersonation_is_forgotten_once_another_session_starts() {
     given(&history)
         .when(UserCommand::EndImpersonation {
             session_id: IMPERSONATION_SESSION,
+            revoked: None,
         })
         .then_expect_error(UserError::SessionNotFound);
 }
@@ -1691,4 +1757,280 @@ fn login_as_does_not_lift_a_password_lock() {
     given(&history)
         .when(SignIn::right().at(10))
         .then_expect_error(UserError::AccountLocked { until: Some(t(60)) });
+}
+
+// ---------------------------------------------------------------- re-authentication and sessions
+
+#[test]
+fn a_password_checked_against_a_hash_replaced_meanwhile_is_not_honoured() {
+    let history = alice();
+    let stale = PasswordHash::new("$argon2id$v=19$m=19456,t=2,p=1$before".into());
+    for right in [true, false] {
+        given(&history)
+            .when(SignIn::with_password(right).against(stale.clone()).at(0))
+            .then_expect_error(UserError::StalePasswordCheck);
+    }
+}
+
+#[test]
+fn a_wrong_current_password_counts_toward_the_same_lock_as_sign_in() {
+    let mut history = alice();
+    let change = |matches: bool, offset: i64| UserCommand::ChangePassword {
+        current: alices_password(matches),
+        password_hash: PasswordHash::new("$argon2id$v=19$m=19456,t=2,p=1$new".into()),
+        kept_session_id: SESSION,
+        at: t(offset),
+    };
+    record(&mut history, SignIn::wrong().at(0));
+    for failure in 2..=5 {
+        let rejected = record(&mut history, change(false, failure));
+        assert_eq!(
+            rejected,
+            vec![UserEvent::PasswordRejected {
+                consecutive_failures: u32::try_from(failure).unwrap(),
+                locked_until: (failure == 5).then(|| t(5) + Duration::minutes(1)),
+            }]
+        );
+    }
+    // Locked: even the right password is refused, and nothing is recorded.
+    let locked = UserError::AccountLocked {
+        until: Some(t(5) + Duration::minutes(1)),
+    };
+    given(&history)
+        .when(change(true, 30))
+        .then_expect_error(locked.clone());
+    given(&history)
+        .when(SignIn::right().at(30))
+        .then_expect_error(locked);
+    given(&history)
+        .when(change(true, 66))
+        .then_expect_events(vec![UserEvent::PasswordChanged {
+            password_hash: PasswordHash::new("$argon2id$v=19$m=19456,t=2,p=1$new".into()),
+            kept_session_id: Some(SESSION),
+            changed_at: Some(t(66)),
+        }]);
+}
+
+#[test]
+fn turning_two_factor_off_asks_for_the_password_and_a_fresh_code() {
+    let mut history = alice_with_two_factor();
+    // A wrong password is a failed password attempt.
+    given(&history)
+        .when(turn_off(false, Some(&code_at(0)), 0))
+        .then_expect_events(vec![UserEvent::PasswordRejected {
+            consecutive_failures: 1,
+            locked_until: None,
+        }]);
+    // Without a code nothing is decided.
+    given(&history)
+        .when(turn_off(true, None, 0))
+        .then_expect_error(UserError::ReauthenticationRequired);
+    // A wrong code, or the step already accepted, counts toward the factor's back-off.
+    let step_accepted_at_enrollment = code_at(-3_600);
+    for (wrong, offset) in [(wrong_code(0), 0), (step_accepted_at_enrollment, -3_600)] {
+        let rejected = record(&mut history, turn_off(true, Some(&wrong), offset));
+        assert!(
+            matches!(
+                rejected.as_slice(),
+                [UserEvent::ReauthenticationCodeRejected {
+                    method: Totp,
+                    locked_until: None,
+                    ..
+                }]
+            ),
+            "{rejected:?}"
+        );
+    }
+    assert_eq!(fold(&history).two_factor_status(), TwoFactorStatus::Enabled);
+    // A recovery code, or the code the app shows now, turns it off.
+    given(&history)
+        .when(turn_off(true, Some("AAAA-bbbb-CCCC"), 0))
+        .then_expect_events(vec![UserEvent::TwoFactorDisabled]);
+    given(&history)
+        .when(turn_off(true, Some(&code_at(0)), 0))
+        .then_expect_events(vec![UserEvent::TwoFactorDisabled]);
+}
+
+#[test]
+fn wrong_codes_when_turning_two_factor_off_back_off_like_sign_in_codes() {
+    let mut history = alice_with_two_factor();
+    for _ in 0..policy::SECOND_FACTOR_FAILURES_BEFORE_BACKOFF {
+        record(&mut history, turn_off(true, Some(&wrong_code(0)), 0));
+    }
+    given(&history)
+        .when(turn_off(true, Some(&code_at(10)), 10))
+        .then_expect_error(UserError::AccountLocked {
+            until: Some(t(0) + Duration::minutes(1)),
+        });
+    // The sign-in's TOTP is backing off too.
+    let challenge = run(&history, SignIn::right().at(10)).unwrap();
+    assert_eq!(issued_methods(&challenge), vec![RecoveryCode]);
+}
+
+#[test]
+fn login_as_turns_two_factor_off_without_a_code_only_while_it_lasts() {
+    let mut history = alice_with_two_factor();
+    record(
+        &mut history,
+        impersonate(ADMIN, Role::Admin, "locked out", Duration::hours(8)),
+    );
+    let by_login_as = |offset: i64| UserCommand::DisableTwoFactor {
+        proof: TwoFactorOffProof::Impersonation {
+            session_id: IMPERSONATION_SESSION,
+        },
+        at: t(offset),
+    };
+    given(&history)
+        .when(by_login_as(60))
+        .then_expect_events(vec![UserEvent::TwoFactorDisabled]);
+    // Past its 30 minutes, or once ended, it proves nothing.
+    given(&history)
+        .when(by_login_as(1_800))
+        .then_expect_error(UserError::ReauthenticationRequired);
+    record(
+        &mut history,
+        UserCommand::EndImpersonation {
+            session_id: IMPERSONATION_SESSION,
+            revoked: None,
+        },
+    );
+    given(&history)
+        .when(by_login_as(60))
+        .then_expect_error(UserError::ReauthenticationRequired);
+}
+
+#[test]
+fn with_every_factor_locked_the_answer_does_not_tell_whether_the_password_was_right() {
+    let mut history = alice();
+    history.extend(enrolled(&[]));
+    history.push(UserEvent::SecondFactorRejected {
+        challenge_id: CHALLENGE,
+        method: Totp,
+        attempts_remaining: 0,
+        consecutive_failures: 10,
+        locked_until: Some(t(60)),
+    });
+    let locked = UserError::AccountLocked { until: Some(t(60)) };
+    for right in [true, false] {
+        given(&history)
+            .when(SignIn::with_password(right).at(0))
+            .then_expect_error(locked.clone());
+    }
+    // Once the factor may be used again, the password step answers as usual.
+    given(&history)
+        .when(SignIn::wrong().at(60))
+        .then_expect_events(password_rejections(1));
+}
+
+#[test]
+fn an_email_code_refusal_is_recorded_once_per_challenge() {
+    let mut history = vec![registered(ALICE, "alice", Role::User, None)];
+    history.extend(enrolled(&[]));
+    history.push(challenge_issued(CHALLENGE, 0, vec![Totp]));
+    let send = |offset: i64| UserCommand::SendEmailCode {
+        challenge_id: CHALLENGE,
+        code_hash: email_code_hash(&code_key(), CHALLENGE, "123456"),
+        address_shared: false,
+        at: t(offset),
+    };
+    record(&mut history, send(1));
+    assert!(matches!(
+        history.last(),
+        Some(UserEvent::EmailCodeRefused { .. })
+    ));
+    for offset in 2..20 {
+        given(&history)
+            .when(send(offset))
+            .then_expect_error(UserError::EmailUnavailable);
+    }
+}
+
+#[test]
+fn an_emailed_code_is_checked_by_its_keyed_hash() {
+    let mut history = alice();
+    history.extend(enrolled(&[]));
+    history.push(challenge_issued(CHALLENGE, 0, vec![Totp, ByEmail]));
+    record(
+        &mut history,
+        UserCommand::SendEmailCode {
+            challenge_id: CHALLENGE,
+            code_hash: email_code_hash(&code_key(), CHALLENGE, "123456"),
+            address_shared: false,
+            at: t(1),
+        },
+    );
+    // The plain SHA-256 of challenge and code is not what is stored.
+    assert_ne!(
+        email_code_hash(&code_key(), CHALLENGE, "123456"),
+        TokenHash::of(&format!("{CHALLENGE}:123456"))
+    );
+    let accepted = run(&history, verify(CHALLENGE, ByEmail, "123456", 2, None)).unwrap();
+    assert!(matches!(
+        accepted.first(),
+        Some(UserEvent::SecondFactorAccepted { .. })
+    ));
+    // Under another key the same code is wrong.
+    let other_key = UserCommand::VerifySecondFactor {
+        challenge_id: CHALLENGE,
+        method: ByEmail,
+        code: "123456".into(),
+        totp_secret: None,
+        code_key: CodeKey::from_bytes([0x01; 32]),
+        session: session(SESSION, 2),
+        remember_device: None,
+        at: t(2),
+    };
+    let rejected = run(&history, other_key).unwrap();
+    assert!(matches!(
+        rejected.first(),
+        Some(UserEvent::SecondFactorRejected { .. })
+    ));
+}
+
+#[test]
+fn an_administrator_goes_on_impersonating_only_while_login_as_is_allowed() {
+    let admin = vec![registered(ADMIN, "ann", Role::Admin, None)];
+    let started = t(0);
+    let user = fold(&admin);
+    assert_eq!(
+        user.may_go_on_impersonating(Role::User, started, t(60)),
+        Ok(())
+    );
+    // The user became staff.
+    assert_eq!(
+        user.may_go_on_impersonating(Role::Admin, started, t(60)),
+        Err(ImpersonationRevocation::RoleChanged)
+    );
+    // The administrator was demoted.
+    let mut demoted = admin.clone();
+    demoted.push(UserEvent::RoleChanged { role: Role::User });
+    assert_eq!(
+        fold(&demoted).may_go_on_impersonating(Role::User, started, t(60)),
+        Err(ImpersonationRevocation::RoleChanged)
+    );
+    // The administrator's account is locked.
+    let mut locked = admin.clone();
+    locked.push(UserEvent::PasswordRejected {
+        consecutive_failures: 5,
+        locked_until: Some(t(120)),
+    });
+    assert_eq!(
+        fold(&locked).may_go_on_impersonating(Role::User, started, t(60)),
+        Err(ImpersonationRevocation::ImpersonatorLocked)
+    );
+    // The administrator's password changed after "Login as" started.
+    let mut changed = admin;
+    changed.push(UserEvent::PasswordChanged {
+        password_hash: PasswordHash::new("$argon2id$new".into()),
+        kept_session_id: None,
+        changed_at: Some(t(30)),
+    });
+    assert_eq!(
+        fold(&changed).may_go_on_impersonating(Role::User, started, t(60)),
+        Err(ImpersonationRevocation::ImpersonatorPasswordChanged)
+    );
+    assert_eq!(
+        fold(&changed).may_go_on_impersonating(Role::User, t(31), t(60)),
+        Ok(())
+    );
 }

@@ -470,6 +470,8 @@ struct ChallengeRow {
 struct Fold {
     directory: HashMap<String, DirectoryRow>,
     sessions: HashMap<String, SessionRow>,
+    /// Per user, the ids of sessions it may still hold (some may be gone).
+    sessions_of: HashMap<String, Vec<String>>,
     challenges: HashMap<String, ChallengeRow>,
     /// Per user, the ids of challenges it may still hold (some may be gone).
     challenges_of: HashMap<String, Vec<String>>,
@@ -562,6 +564,7 @@ impl Fold {
                 if let Some(row) = row {
                     row.role = role.as_str();
                 }
+                self.end_sessions_of(user_id, |_| true);
             }
             UserEvent::TotpEnrollmentStarted { .. } => {
                 if let Some(row) = row {
@@ -582,12 +585,16 @@ impl Fold {
                     row.enabled_at = Some(enabled_at);
                 }
             }
-            UserEvent::TwoFactorDisabled | UserEvent::TwoFactorReset { .. } => {
-                if let Some(row) = row {
-                    row.two_factor_status = TwoFactorStatus::Disabled.as_str();
-                    row.enabled_at = None;
-                }
-                self.end_challenges_of(user_id, |_| true);
+            UserEvent::TwoFactorDisabled => self.two_factor_off(user_id),
+            UserEvent::TwoFactorReset { .. } => {
+                self.two_factor_off(user_id);
+                self.end_sessions_of(user_id, |_| true);
+            }
+            UserEvent::PasswordChanged {
+                kept_session_id, ..
+            } => {
+                let kept = kept_session_id.map(|id| id.to_string());
+                self.end_sessions_of(user_id, |session_id| Some(session_id) != kept.as_deref());
             }
             UserEvent::ChallengeIssued {
                 challenge_id,
@@ -647,26 +654,35 @@ impl Fold {
                         row.last_login_at = Some(started_at);
                     }
                 }
-                self.sessions
-                    .entry(session_id.to_string())
-                    .or_insert_with(|| SessionRow {
-                        token_hash: token_hash.as_str().to_string(),
-                        user_id: user_id.to_string(),
-                        authenticated_by: session_method(authenticated_by),
-                        impersonator_id: impersonator_id.map(|id| id.to_string()),
-                        started_at,
-                        expires_at,
-                    });
+                let session_id = session_id.to_string();
+                if !self.sessions.contains_key(&session_id) {
+                    self.sessions.insert(
+                        session_id.clone(),
+                        SessionRow {
+                            token_hash: token_hash.as_str().to_string(),
+                            user_id: user_id.to_string(),
+                            authenticated_by: session_method(authenticated_by),
+                            impersonator_id: impersonator_id.map(|id| id.to_string()),
+                            started_at,
+                            expires_at,
+                        },
+                    );
+                    self.sessions_of
+                        .entry(user_id.to_string())
+                        .or_default()
+                        .push(session_id);
+                }
             }
             UserEvent::SessionEnded { session_id }
             | UserEvent::ImpersonationEnded { session_id, .. } => {
                 self.sessions.remove(&session_id.to_string());
             }
-            UserEvent::PasswordChanged { .. }
-            | UserEvent::PasswordRejected { .. }
+            UserEvent::PasswordRejected { .. }
             | UserEvent::SecondFactorRejected { .. }
+            | UserEvent::ReauthenticationCodeRejected { .. }
             | UserEvent::TotpCodeReplayed { .. }
             | UserEvent::EmailCodeRefused { .. }
+            | UserEvent::EmailCodeUndelivered { .. }
             | UserEvent::SecondFactorSuspended { .. }
             | UserEvent::TotpEnrollmentCodeRejected { .. }
             | UserEvent::DeviceRemembered { .. }
@@ -681,6 +697,33 @@ impl Fold {
             }
             *self.counts.entry(bucket).or_default() += 1;
         }
+    }
+
+    fn two_factor_off(&mut self, user_id: &str) {
+        if let Some(row) = self.directory.get_mut(user_id) {
+            row.two_factor_status = TwoFactorStatus::Disabled.as_str();
+            row.enabled_at = None;
+        }
+        self.end_challenges_of(user_id, |_| true);
+    }
+
+    /// Deletes the user's sessions whose id `ends` picks.
+    fn end_sessions_of(&mut self, user_id: &str, ends: impl Fn(&str) -> bool) {
+        let Some(ids) = self.sessions_of.get_mut(user_id) else {
+            return;
+        };
+        let sessions = &mut self.sessions;
+        ids.retain(|id| match sessions.get(id) {
+            Some(session) if session.user_id == user_id => {
+                if ends(id) {
+                    sessions.remove(id);
+                    false
+                } else {
+                    true
+                }
+            }
+            _ => false,
+        });
     }
 
     /// Deletes the user's challenges that `ends` picks.

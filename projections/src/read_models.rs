@@ -27,6 +27,23 @@ fn set_status(user_id: &str, status: TwoFactorStatus) -> Statement {
     )
 }
 
+fn two_factor_off(user_id: &str) -> Vec<Statement> {
+    vec![
+        statement(
+            "UPDATE user_directory SET two_factor_status = 'disabled', enabled_at = NULL WHERE user_id = $1",
+            vec![user_id.into()],
+        ),
+        statement("DELETE FROM challenges WHERE user_id = $1", vec![user_id.into()]),
+    ]
+}
+
+fn end_sessions(user_id: &str) -> Statement {
+    statement(
+        "DELETE FROM sessions WHERE user_id = $1",
+        vec![user_id.into()],
+    )
+}
+
 /// Keeps `two_factor_counts` equal to a GROUP BY over `user_directory`:
 /// every plan that writes the user's directory row is wrapped in [take the
 /// row's current bucket out, the change, put the row's new bucket in]. Applied
@@ -126,10 +143,14 @@ pub(crate) fn plan(event: &StoredEvent) -> Result<Vec<Statement>, ProjectionErro
                 email.as_ref().map(|e| e.key()).into(),
             ],
         )],
-        UserEvent::RoleChanged { role } => vec![statement(
-            "UPDATE user_directory SET role = $2 WHERE user_id = $1",
-            vec![user_id.into(), role.as_str().into()],
-        )],
+        // A change of role ends every session of the user.
+        UserEvent::RoleChanged { role } => vec![
+            statement(
+                "UPDATE user_directory SET role = $2 WHERE user_id = $1",
+                vec![user_id.into(), role.as_str().into()],
+            ),
+            end_sessions(user_id),
+        ],
         UserEvent::TotpEnrollmentStarted { .. } => vec![set_status(user_id, TwoFactorStatus::Pending)],
         UserEvent::TotpEnrollmentCodeRejected {
             attempts_remaining: 0,
@@ -139,13 +160,23 @@ pub(crate) fn plan(event: &StoredEvent) -> Result<Vec<Statement>, ProjectionErro
             "UPDATE user_directory SET two_factor_status = 'enabled', enabled_at = $2 WHERE user_id = $1",
             vec![user_id.into(), enabled_at.into()],
         )],
-        UserEvent::TwoFactorDisabled | UserEvent::TwoFactorReset { .. } => vec![
-            statement(
-                "UPDATE user_directory SET two_factor_status = 'disabled', enabled_at = NULL WHERE user_id = $1",
-                vec![user_id.into()],
-            ),
-            statement("DELETE FROM challenges WHERE user_id = $1", vec![user_id.into()]),
-        ],
+        UserEvent::TwoFactorDisabled => two_factor_off(user_id),
+        // An administrator's reset also ends every session of the user.
+        UserEvent::TwoFactorReset { .. } => {
+            let mut statements = two_factor_off(user_id);
+            statements.push(end_sessions(user_id));
+            statements
+        }
+        // A new password ends the user's other sessions.
+        UserEvent::PasswordChanged {
+            kept_session_id, ..
+        } => vec![statement(
+            "DELETE FROM sessions WHERE user_id = $1 AND session_id <> $2",
+            vec![
+                user_id.into(),
+                kept_session_id.map(|id| id.to_string()).unwrap_or_default().into(),
+            ],
+        )],
         // A new challenge does not end the user's older ones: the aggregate
         // keeps every unexpired challenge open (two tabs, a retried sign-in)
         // and decides whether it is spent, locked or expired. Rows of
@@ -228,11 +259,12 @@ pub(crate) fn plan(event: &StoredEvent) -> Result<Vec<Statement>, ProjectionErro
                 vec![session_id.to_string().into()],
             )]
         }
-        UserEvent::PasswordChanged { .. }
-        | UserEvent::PasswordRejected { .. }
+        UserEvent::PasswordRejected { .. }
         | UserEvent::SecondFactorRejected { .. }
+        | UserEvent::ReauthenticationCodeRejected { .. }
         | UserEvent::TotpCodeReplayed { .. }
         | UserEvent::EmailCodeRefused { .. }
+        | UserEvent::EmailCodeUndelivered { .. }
         | UserEvent::SecondFactorSuspended { .. }
         | UserEvent::TotpEnrollmentCodeRejected { .. }
         | UserEvent::DeviceRemembered { .. }

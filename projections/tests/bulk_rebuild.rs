@@ -100,7 +100,7 @@ impl History {
     /// One thing a user might do next.
     async fn step(&mut self, user: usize, dice: &mut Dice) {
         let now = self.now;
-        let event = match dice.roll(16) {
+        let event = match dice.roll(17) {
             0 => UserEvent::TotpEnrollmentStarted {
                 enrollment_id: Uuid::new_v4(),
                 parameters: TotpParameters::default(),
@@ -185,8 +185,20 @@ impl History {
                 Some(session_id) => UserEvent::ImpersonationEnded {
                     impersonation_id: Uuid::new_v4(),
                     session_id,
+                    revoked: None,
                 },
                 None => UserEvent::RememberedDevicesRevoked,
+            },
+            // The user's other sessions end; sometimes the one kept is none
+            // of theirs.
+            15 => UserEvent::PasswordChanged {
+                password_hash: PasswordHash::new(format!("$argon2id$changed${now}")),
+                kept_session_id: self.users[user]
+                    .sessions
+                    .last()
+                    .copied()
+                    .filter(|_| dice.roll(3) != 0),
+                changed_at: Some(now),
             },
             _ => UserEvent::SecondFactorRejected {
                 challenge_id: Uuid::new_v4(),

@@ -428,14 +428,16 @@ async fn a_user_whose_two_factor_was_disabled_after_the_date_is_held_again(backe
     // forbids that): the open session and every new one are held again.
     let uma = create_as(&app, &root, "uma", None, "user").await;
     let token = sign_in_held(&app, "uma", "uma-password").await;
-    app.enroll_totp(&token).await;
+    let (secret, _) = app.enroll_totp(&token).await;
     assert_eq!(
         app.get("/api/v1/me/remembered-devices", &token)
             .await
             .status,
         StatusCode::OK
     );
-    let disabled = app.delete("/api/v1/me/two-factor", &token, None).await;
+    let disabled = app
+        .turn_two_factor_off(&token, "uma-password", Some(&secret))
+        .await;
     assert_eq!(disabled.status, StatusCode::NO_CONTENT, "{disabled:?}");
     assert_error(
         &app.get("/api/v1/me/remembered-devices", &token).await,
@@ -468,12 +470,18 @@ async fn a_user_whose_two_factor_was_disabled_after_the_date_is_held_again(backe
         )
         .await;
     assert_eq!(reset.status, StatusCode::NO_CONTENT, "{reset:?}");
+    // The reset ended bob's sessions; his next one is held.
     assert_error(
         &app.get("/api/v1/me/remembered-devices", &token).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+    );
+    let again = sign_in_held(&app, "bob", "bob-password").await;
+    assert_error(
+        &app.get("/api/v1/me/remembered-devices", &again).await,
         StatusCode::FORBIDDEN,
         "two_factor_enrollment_required",
     );
-    sign_in_held(&app, "bob", "bob-password").await;
     app.stop().await;
 }
 

@@ -157,7 +157,7 @@ fn rows() -> Vec<Row> {
             Method::DELETE,
             "/api/v1/me/two-factor",
             None,
-            [401, 204, 403, 204, 204, 204, 204],
+            [401, 400, 403, 204, 400, 400, 400],
         ),
         row(
             Method::POST,

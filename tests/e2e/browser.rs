@@ -466,6 +466,27 @@ async fn a_person_enrolls_signs_in_with_a_code_and_is_remembered() {
         browser.sign_out().await;
         browser.sign_in("alice", "alice-password").await;
         browser.expect_path("/login/code").await;
+        app.next_step();
+        browser.fill("#code", &app.code(&secret)).await;
+        browser.click("#verify").await;
+        browser.expect_path("/home").await;
+
+        // Turning it off asks for the password and a fresh code.
+        browser.click("#my-settings").await;
+        browser
+            .fill("#disable-password", "not-alice-password")
+            .await;
+        app.next_step();
+        browser.fill("#disable-code", &app.code(&secret)).await;
+        browser.click("#disable-two-factor").await;
+        assert!(browser.text("#error").await.contains("password"));
+        browser.shot("disable-two-factor-wrong-password").await;
+        browser.fill("#disable-password", "alice-password").await;
+        browser.fill("#disable-code", &app.code(&secret)).await;
+        browser.click("#disable-two-factor").await;
+        browser.expect_path("/settings").await;
+        assert!(browser.text("#two-factor-status").await.contains("Off"));
+        browser.shot("two-factor-disabled-by-the-user").await;
     })
     .await;
     app.stop().await;

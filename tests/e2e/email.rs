@@ -20,8 +20,12 @@ on_both_backends!(
     a_new_code_replaces_the_previous_one,
     five_codes_per_quarter_hour_at_most,
     wrong_email_codes_lock_the_challenge,
-    failed_delivery_stores_no_usable_code,
+    failed_delivery_leaves_no_usable_code,
     login_as_and_turning_two_factor_off_are_told_to_the_user,
+    thirty_requests_at_once_send_at_most_five_codes,
+    refused_code_requests_are_stored_once_per_challenge,
+    an_address_has_one_spelling_and_sharing_compares_it,
+    an_emailed_code_is_stored_only_as_a_keyed_hash,
 );
 
 /// A real SMTP server (Python's aiosmtpd) writing what it receives to a Maildir.
@@ -302,7 +306,7 @@ async fn wrong_email_codes_lock_the_challenge(backend: Backend) {
     app.stop().await;
 }
 
-async fn failed_delivery_stores_no_usable_code(backend: Backend) {
+async fn failed_delivery_leaves_no_usable_code(backend: Backend) {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed.local_addr().unwrap().port();
     drop(closed);
@@ -316,11 +320,22 @@ async fn failed_delivery_stores_no_usable_code(backend: Backend) {
     let login = challenge(&app, "sam").await;
     let failed = send(&app, login.body["challenge_id"].as_str().unwrap()).await;
     assert_eq!(failed.status, StatusCode::SERVICE_UNAVAILABLE, "{failed:?}");
+    // The send was decided and stored first (so parallel requests count
+    // against the limit), then withdrawn when the mail could not go.
     assert_eq!(
-        app.scalar("SELECT count(*) FROM events WHERE event_type = 'EmailCodeSent'")
+        app.scalar("SELECT count(*) FROM events WHERE event_type = 'EmailCodeUndelivered'")
             .await,
-        0
+        1
     );
+    let challenge_id = login.body["challenge_id"].as_str().unwrap();
+    let attempt = app
+        .post(
+            &format!("/api/v1/login/challenges/{challenge_id}/verify"),
+            None,
+            json!({ "method": "email", "code": "000000" }),
+        )
+        .await;
+    assert_eq!(attempt.status, StatusCode::BAD_REQUEST, "{attempt:?}");
     app.stop().await;
 }
 
@@ -357,5 +372,112 @@ async fn login_as_and_turning_two_factor_off_are_told_to_the_user(backend: Backe
     let messages = mail_dir_messages(&app);
     assert_eq!(messages.len(), 2);
     assert!(messages[1].contains("Two-factor authentication"));
+    app.stop().await;
+}
+
+async fn thirty_requests_at_once_send_at_most_five_codes(backend: Backend) {
+    let app = spawn_app(backend).await;
+    user_with_two_factor(&app, "nia", Some("nia@example.com")).await;
+    let login = challenge(&app, "nia").await;
+    let id = login.body["challenge_id"].as_str().unwrap().to_string();
+    let answers = futures::future::join_all((0..30).map(|_| send(&app, &id))).await;
+    let sent = answers
+        .iter()
+        .filter(|answer| answer.status == StatusCode::ACCEPTED)
+        .count();
+    assert_eq!(sent, 5, "{answers:?}");
+    assert!(answers
+        .iter()
+        .filter(|answer| answer.status != StatusCode::ACCEPTED)
+        .all(|answer| answer.status == StatusCode::TOO_MANY_REQUESTS));
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM events WHERE event_type = 'EmailCodeSent'")
+            .await,
+        5
+    );
+    assert_eq!(mail_dir_messages(&app).len(), 5);
+    app.stop().await;
+}
+
+async fn refused_code_requests_are_stored_once_per_challenge(backend: Backend) {
+    let app = spawn_app(backend).await;
+    user_with_two_factor(&app, "oto", None).await;
+    let login = challenge(&app, "oto").await;
+    let id = login.body["challenge_id"].as_str().unwrap().to_string();
+    for _ in 0..100 {
+        let refused = send(&app, &id).await;
+        assert_eq!(refused.status, StatusCode::CONFLICT, "{refused:?}");
+        assert_eq!(refused.error(), "email_unavailable");
+    }
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM events WHERE event_type = 'EmailCodeRefused'")
+            .await,
+        1
+    );
+    app.stop().await;
+}
+
+async fn an_address_has_one_spelling_and_sharing_compares_it(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let root = app.admin_token().await;
+    for refused in [
+        "Frank <dave@example.com>",
+        "dave@example.com.",
+        "dave@example.com (Dave)",
+        "\"dave\"@example.com",
+    ] {
+        let answer = app
+            .post(
+                "/api/v1/users",
+                Some(&root),
+                json!({ "username": "frank", "password": "frank-password", "email": refused }),
+            )
+            .await;
+        assert_eq!(
+            answer.status,
+            StatusCode::BAD_REQUEST,
+            "{refused}: {answer:?}"
+        );
+        assert_eq!(answer.error(), "invalid_request");
+    }
+    user_with_two_factor(&app, "dave", Some("dave@example.com")).await;
+    let frank = app
+        .post(
+            "/api/v1/users",
+            Some(&root),
+            json!({ "username": "frank", "password": "frank-password", "email": " DAVE@Example.COM " }),
+        )
+        .await;
+    assert_eq!(frank.status, StatusCode::CREATED, "{frank:?}");
+    assert_eq!(frank.body["email"], "DAVE@example.com");
+    // The same mailbox in another case: shared, so email is not offered.
+    let login = challenge(&app, "dave").await;
+    assert_eq!(login.body["methods"], json!(["totp", "recovery_code"]));
+    app.stop().await;
+}
+
+async fn an_emailed_code_is_stored_only_as_a_keyed_hash(backend: Backend) {
+    use sha2::{Digest, Sha256};
+    let app = spawn_app(backend).await;
+    user_with_two_factor(&app, "pia", Some("pia@example.com")).await;
+    let login = challenge(&app, "pia").await;
+    let id = login.body["challenge_id"].as_str().unwrap().to_string();
+    assert_eq!(send(&app, &id).await.status, StatusCode::ACCEPTED);
+    let code = code_in(&mail_dir_messages(&app)[0]);
+    let stored = app
+        .texts("SELECT CAST(payload AS TEXT) FROM events WHERE event_type = 'EmailCodeSent'")
+        .await;
+    let payload: serde_json::Value = serde_json::from_str(&stored[0]).unwrap();
+    let stored_hash = payload["EmailCodeSent"]["code_hash"].as_str().unwrap();
+    // Every one of the 10^6 codes, hashed as a reader of the store could:
+    // none gives what is stored.
+    let found = (0..1_000_000)
+        .find(|n| hex::encode(Sha256::digest(format!("{id}:{n:06}").as_bytes())) == stored_hash);
+    assert_eq!(found, None);
+    assert_ne!(
+        hex::encode(Sha256::digest(format!("{id}:{code}").as_bytes())),
+        stored_hash
+    );
+    assert_eq!(verify_email(&app, &id, &code).await.status, StatusCode::OK);
     app.stop().await;
 }

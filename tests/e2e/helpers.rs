@@ -270,6 +270,27 @@ impl TestApp {
         oathtool_code(secret, self.clock.now())
     }
 
+    /// Turns 2FA off from the user's own session, as the contract asks:
+    /// the password and a fresh code (the next step's, so never one
+    /// already accepted).
+    pub async fn turn_two_factor_off(
+        &self,
+        token: &str,
+        password: &str,
+        secret: Option<&str>,
+    ) -> Answer {
+        let code = secret.map(|secret| {
+            self.next_step();
+            self.code(secret)
+        });
+        self.delete(
+            "/api/v1/me/two-factor",
+            token,
+            Some(json!({ "password": password, "code": code })),
+        )
+        .await
+    }
+
     /// Moves the app's clock to the next 30-second step, so a new code exists.
     pub fn next_step(&self) {
         self.clock.advance(Duration::seconds(30));
@@ -312,6 +333,24 @@ impl TestApp {
                     .await
                     .unwrap();
                 sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap()
+            }
+        }
+    }
+
+    /// The first column of every row `sql` gives, as text.
+    pub async fn texts(&self, sql: &str) -> Vec<String> {
+        match self.backend {
+            Backend::Sqlite => {
+                let mut conn = sqlx::SqliteConnection::connect(&self.database_url)
+                    .await
+                    .unwrap();
+                sqlx::query_scalar(sql).fetch_all(&mut conn).await.unwrap()
+            }
+            Backend::Postgres => {
+                let mut conn = sqlx::PgConnection::connect(&self.database_url)
+                    .await
+                    .unwrap();
+                sqlx::query_scalar(sql).fetch_all(&mut conn).await.unwrap()
             }
         }
     }

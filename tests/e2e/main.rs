@@ -7,6 +7,7 @@ mod helpers;
 mod administration;
 mod authorization;
 mod browser;
+mod credentials;
 mod email;
 mod faults;
 mod foundation;

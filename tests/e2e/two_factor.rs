@@ -659,8 +659,11 @@ async fn disabling_two_factor_forgets_devices_and_asks_only_for_password(backend
         1
     );
 
-    // "Select Disable Two-Factor Authentication."
-    let disabled = app.delete("/api/v1/me/two-factor", &session, None).await;
+    // "Select Disable Two-Factor Authentication." (confirmed with the
+    // password and a fresh code).
+    let disabled = app
+        .turn_two_factor_off(&session, PASSWORD, Some(&secret))
+        .await;
     assert_eq!(disabled.status, StatusCode::NO_CONTENT, "{disabled:?}");
     let me = app.get("/api/v1/me", &session).await;
     assert_eq!(me.body["two_factor"]["status"], "disabled", "{me:?}");

@@ -1,8 +1,6 @@
 //! Sign-in: password, then (when due) a second factor; and sign-out.
 
-use std::collections::VecDeque;
-use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -10,8 +8,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use twofold_domain::user::email_code_hash;
 use twofold_domain::{
-    Email, NewDevice, NewSession, SecondFactorMethod, TokenHash, User, UserCommand, UserError,
-    UserEvent, Username,
+    Email, NewDevice, NewSession, PasswordCheck, SecondFactorMethod, TokenHash, User, UserCommand,
+    UserError, UserEvent, Username,
 };
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -72,7 +70,7 @@ fn origin_metadata(origin: &RequestOrigin, actor: Uuid, state: &AppState) -> Eve
 
 /// A lock the rules report: Retry-After counts from the service's clock, as
 /// the lock's end does (not from the wall clock).
-fn locked_from(now: DateTime<Utc>) -> impl Fn(StoreError) -> ApiError {
+pub fn locked_from(now: DateTime<Utc>) -> impl Fn(StoreError) -> ApiError {
     move |error| match error {
         StoreError::Rejected(UserError::AccountLocked { until }) => {
             ApiError::locked_until(until, now)
@@ -90,36 +88,6 @@ fn new_session(state: &AppState, lifetime: chrono::Duration) -> (String, NewSess
         expires_at: state.now() + lifetime,
     };
     (token, session)
-}
-
-/// How long storing a wrong password took lately (the last 64). An unknown
-/// username has nothing to store, so it waits one of these, picked at
-/// random, before answering: the two failures then take the same time
-/// whatever the load, and a stale figure only slows failures down.
-#[derive(Default)]
-pub struct RecentRejections(Mutex<VecDeque<Duration>>);
-
-impl RecentRejections {
-    const KEPT: usize = 64;
-    /// A store in trouble answers 503 well before this.
-    const LONGEST: Duration = Duration::from_secs(1);
-
-    fn record(&self, took: Duration) {
-        let mut recent = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if recent.len() == Self::KEPT {
-            recent.pop_front();
-        }
-        recent.push_back(took.min(Self::LONGEST));
-    }
-
-    fn typical(&self) -> Duration {
-        use rand::Rng;
-        let recent = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if recent.is_empty() {
-            return Duration::ZERO;
-        }
-        recent[rand::thread_rng().gen_range(0..recent.len())]
-    }
 }
 
 /// Sign in with a password.
@@ -151,29 +119,41 @@ pub async fn login(
         Ok(username) => state.store.find_username(&username).await?,
         Err(_) => None,
     };
+    let now = state.now();
     let Some(user_id) = user_id else {
         // The same reads of the store as a known user's sign-in (one not
         // in the cache; a cached one skips a read of ~0.1 ms), the same
-        // hash, and as long as storing a wrong password takes: an unknown
-        // username must not answer sooner (docs/security.md, Timing).
+        // lock, the same hash, and as long as storing a wrong password
+        // takes: an unknown username must not answer otherwise, nor sooner
+        // (docs/security.md, Timing).
         state.store.load(Uuid::new_v4()).await?;
+        if let Some(until) = state.unknown_names.locked_until(&request.username, now) {
+            return Err(ApiError::locked_until(Some(until), now));
+        }
         turn.verify(None, request.password).await?;
         drop(turn);
+        state.unknown_names.failed(&request.username, now);
         tokio::time::sleep(state.rejections.typical()).await;
         return Err(ApiError::InvalidCredentials);
     };
     let loaded = state.store.load(user_id).await?;
-    let now = state.now();
     if let Some(until) = loaded.user.password_locked_until(now) {
         return Err(ApiError::locked_until(Some(until), now));
     }
-    let stored_hash = loaded.user.profile().map(|p| p.password_hash.clone());
-    let password_matches = turn.verify(stored_hash, request.password).await?;
+    let Some(stored_hash) = loaded.user.profile().map(|p| p.password_hash.clone()) else {
+        return Err(ApiError::InvalidCredentials);
+    };
+    let password = PasswordCheck {
+        matches: turn
+            .verify(Some(stored_hash.clone()), request.password)
+            .await?,
+        against: stored_hash,
+    };
     // The next request may take this place while this one is stored.
     drop(turn);
     let storing = Instant::now();
-    // Only a challenge offers email: a wrong password does not ask.
-    let email_offered = password_matches && email_eligible(&state, &loaded.user).await?;
+    let password_matches = password.matches;
+    let email_offered = email_eligible(&state, &loaded.user).await?;
     let (token, session) = new_session(&state, state.settings.session_lifetime);
     let challenge_id = Uuid::new_v4();
     let device_token = request.device_token.as_deref().map(TokenHash::of);
@@ -181,7 +161,7 @@ pub async fn login(
     let committed = state
         .store
         .execute(loaded, &metadata, |_| UserCommand::SignIn {
-            password_matches,
+            password: password.clone(),
             device_token: device_token.clone(),
             email_offered,
             session: session.clone(),
@@ -306,23 +286,11 @@ pub async fn send_email_code(
         None => false,
     };
     let code = new_email_code();
-    if let (Some(email), false) = (&email, address_shared) {
-        loaded.user.email_code_allowed(challenge_id, now)?;
-        let mail = OutgoingMail {
-            to: email.as_str().to_string(),
-            subject: "Your sign-in code".into(),
-            body: format!(
-                "Your sign-in code is {code}.\n\nIt works once, for the next 10 minutes. \
-                 If you did not try to sign in, change your password.\n"
-            ),
-        };
-        if let Err(error) = state.mailer.send(&mail).await {
-            tracing::warn!(%error, "sign-in code email not sent");
-            return Err(ApiError::Unavailable { retry_after: 5 });
-        }
-    }
+    let code_hash = email_code_hash(&state.code_key, challenge_id, &code);
     let metadata = origin_metadata(&origin, user_id, &state);
-    let code_hash = email_code_hash(challenge_id, &code);
+    // Decided and stored first, under the user's turn, so that requests
+    // arriving together are counted one after the other against the limit;
+    // only a stored send is delivered.
     let committed = state
         .execute(loaded, &metadata, |_| UserCommand::SendEmailCode {
             challenge_id,
@@ -342,14 +310,34 @@ pub async fn send_email_code(
         }),
         _ => None,
     });
-    match sent {
-        Some(sent) => Ok(Written::new(
-            StatusCode::ACCEPTED,
-            committed.last_position,
-            Json(sent),
-        )),
-        None => Err(ApiError::EmailUnavailable),
+    let (Some(sent), Some(email)) = (sent, email) else {
+        return Err(ApiError::EmailUnavailable);
+    };
+    let mail = OutgoingMail {
+        to: email.as_str().to_string(),
+        subject: "Your sign-in code".into(),
+        body: format!(
+            "Your sign-in code is {code}.\n\nIt works once, for the next 10 minutes. \
+             If you did not try to sign in, change your password.\n"
+        ),
+    };
+    if let Err(error) = state.mailer.send(&mail).await {
+        // Nobody saw the stored code: it is withdrawn, and still counts
+        // toward the limit.
+        tracing::warn!(%error, "sign-in code email not sent");
+        let loaded = state.store.load(user_id).await?;
+        state
+            .execute(loaded, &metadata, |_| {
+                UserCommand::RecordEmailCodeUndelivered { challenge_id }
+            })
+            .await?;
+        return Err(ApiError::Unavailable { retry_after: 5 });
     }
+    Ok(Written::new(
+        StatusCode::ACCEPTED,
+        committed.last_position,
+        Json(sent),
+    ))
 }
 
 fn remember_by_default() -> bool {
@@ -430,6 +418,7 @@ pub async fn verify(
             method: request.method,
             code: request.code.clone(),
             totp_secret: totp_secret.clone(),
+            code_key: state.code_key.clone(),
             session: session.clone(),
             remember_device: device.clone(),
             at: now,
@@ -483,7 +472,10 @@ pub async fn logout(
     let session_id = session.record.session_id;
     let command = |_: &_| {
         if session.is_impersonation() {
-            UserCommand::EndImpersonation { session_id }
+            UserCommand::EndImpersonation {
+                session_id,
+                revoked: None,
+            }
         } else {
             UserCommand::SignOut { session_id }
         }

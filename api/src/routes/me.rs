@@ -4,23 +4,26 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use twofold_domain::policy::RECOVERY_CODE_COUNT;
+use twofold_domain::policy::{RECOVERY_CODE_COUNT, SECOND_FACTOR_FAILURES_BEFORE_BACKOFF};
 use twofold_domain::user::normalize_recovery_code;
-use twofold_domain::{Role, TokenHash, TwoFactorStatus, User, UserCommand, UserEvent};
+use twofold_domain::{
+    PasswordCheck, Role, TokenHash, TwoFactorOffProof, TwoFactorStatus, User, UserCommand,
+    UserEvent,
+};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::{FullSession, Session};
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{Json, RequestOrigin};
+use crate::extract::{Json, OptionalJson, RequestOrigin};
 use crate::openapi::{
     BadRequest, BodyErrors, MethodSchema, RoleSchema, SessionErrors, TwoFactorStatusSchema,
 };
 use crate::qr;
 use crate::respond::Written;
-use crate::routes::login::email_eligible;
+use crate::routes::login::{email_eligible, locked_from};
 use crate::routes::users::check_password;
-use crate::routes::users::{two_factor_off_notice, user_email, TWO_FACTOR_OFF_SUBJECT};
+use crate::routes::users::{two_factor_off_notice, TWO_FACTOR_OFF_SUBJECT};
 use crate::security;
 use crate::state::AppState;
 
@@ -164,6 +167,8 @@ pub async fn start_totp_enrollment(
     }
     let enrollment_id = Uuid::new_v4();
     let secret = security::new_totp_secret()?;
+    // A restarted enrollment's earlier secret will never be confirmed.
+    state.vault.erase(user_id, &[]).await?;
     state.vault.store(user_id, enrollment_id, &secret).await?;
     let parameters = state.settings.totp;
     let committed = state
@@ -270,34 +275,125 @@ pub async fn confirm_totp_enrollment(
     ))
 }
 
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TwoFactorOff {
+    /// The current password.
+    password: Option<String>,
+    /// A fresh code from the authenticator app, or a recovery code (asked
+    /// for while a factor is active).
+    code: Option<String>,
+}
+
 /// Turn 2FA off (all factors, recovery codes and remembered devices).
+/// From the user's own session, the current password and a fresh second
+/// factor are required; from "Login as" (the rescue flow) nothing is: the
+/// reason given when it started stands for it.
 #[utoipa::path(
     delete,
     path = "/me/two-factor",
     tag = "me",
     security(("bearer" = [])),
+    request_body(content = Option<TwoFactorOff>, description = "Required from the user's own session; none from \"Login as\""),
     responses(
         (status = 204, description = "2FA is off"),
+        BadRequest,
+        BodyErrors,
         SessionErrors,
+        (status = 401, description = "`invalid_credentials` (wrong password), `invalid_code` (with `attempts_remaining` before the factor backs off), or `unauthenticated`", body = ErrorBody),
         (status = 409, description = "`two_factor_enforced`: an administrator enforces 2FA", body = ErrorBody),
+        (status = 423, description = "`account_locked` (`Retry-After`)", body = ErrorBody),
     ),
 )]
 pub async fn disable_two_factor(
     State(state): State<AppState>,
     origin: RequestOrigin,
     FullSession(session): FullSession,
+    OptionalJson(request): OptionalJson<TwoFactorOff>,
 ) -> Result<Written<()>, ApiError> {
-    let loaded = state.store.load(session.record.user_id).await?;
-    let email = user_email(&loaded.user);
-    let committed = state
-        .execute(loaded, &session.metadata(&origin, &state), |_| {
-            UserCommand::DisableTwoFactor
-        })
-        .await?;
+    let now = state.now();
+    let user_id = session.record.user_id;
+    let metadata = session.metadata(&origin, &state);
+    let committed = if session.is_impersonation() {
+        let loaded = state.store.load(user_id).await?;
+        let session_id = session.record.session_id;
+        state
+            .execute(loaded, &metadata, |_| UserCommand::DisableTwoFactor {
+                proof: TwoFactorOffProof::Impersonation { session_id },
+                at: now,
+            })
+            .await?
+    } else {
+        let loaded = state.store.load(user_id).await?;
+        // Said before anything is asked: no password helps against it.
+        if loaded.user.is_enforced() {
+            return Err(ApiError::TwoFactorEnforced);
+        }
+        let request = request.ok_or(ApiError::InvalidRequest(
+            "send your password and a code from your authenticator app (or a recovery code)".into(),
+        ))?;
+        let password = request
+            .password
+            .ok_or(ApiError::InvalidRequest("the password is required".into()))?;
+        state.admit_login(origin.ip)?;
+        let turn = state.passwords.admit()?;
+        if let Some(until) = loaded.user.password_locked_until(now) {
+            return Err(ApiError::locked_until(Some(until), now));
+        }
+        if loaded.user.active_totp().is_some() && request.code.is_none() {
+            return Err(ApiError::InvalidRequest(
+                "a code from your authenticator app (or a recovery code) is required".into(),
+            ));
+        }
+        let stored = loaded
+            .user
+            .profile()
+            .map(|p| p.password_hash.clone())
+            .ok_or(ApiError::Unauthenticated)?;
+        let password = PasswordCheck {
+            matches: turn.verify(Some(stored.clone()), password).await?,
+            against: stored,
+        };
+        drop(turn);
+        let totp_secret = match loaded.user.active_totp() {
+            Some(totp) => Some(state.vault.fetch(user_id, totp.enrollment_id).await?),
+            None => None,
+        };
+        let committed = state
+            .store
+            .execute(loaded, &metadata, |_| UserCommand::DisableTwoFactor {
+                proof: TwoFactorOffProof::Reauthenticated {
+                    password: password.clone(),
+                    code: request.code.clone(),
+                    totp_secret: totp_secret.clone(),
+                },
+                at: now,
+            })
+            .await
+            .map_err(locked_from(now))?;
+        state.settle(committed.last_position).await;
+        committed
+    };
+    for event in &committed.events {
+        match event {
+            UserEvent::PasswordRejected { .. } => return Err(ApiError::InvalidCredentials),
+            UserEvent::ReauthenticationCodeRejected {
+                consecutive_failures,
+                ..
+            } => {
+                return Err(ApiError::InvalidCode {
+                    attempts_remaining: SECOND_FACTOR_FAILURES_BEFORE_BACKOFF
+                        .saturating_sub(*consecutive_failures),
+                })
+            }
+            _ => {}
+        }
+    }
     if !committed.events.is_empty() {
+        state.vault.erase(user_id, &[]).await?;
         state
             .notify(
-                email.as_deref(),
+                session.record.email.as_deref(),
                 TWO_FACTOR_OFF_SUBJECT,
                 two_factor_off_notice(),
             )
@@ -407,9 +503,10 @@ pub struct PasswordChange {
     new_password: String,
 }
 
-/// Changing the password forgets the user's remembered devices. An
+/// Change the password: remembered devices are forgotten and every other
+/// session of the user ends. A wrong current password counts as a failed
+/// sign-in (stored, toward the same lock, under the per-address limit). An
 /// administrator acting as the user may not do it.
-/// Change the password (forgets remembered devices).
 #[utoipa::path(
     post,
     path = "/me/password",
@@ -417,11 +514,13 @@ pub struct PasswordChange {
     security(("bearer" = [])),
     request_body = PasswordChange,
     responses(
-        (status = 204, description = "Changed"),
+        (status = 204, description = "Changed; the user's other sessions have ended"),
         BadRequest,
         BodyErrors,
         SessionErrors,
         (status = 401, description = "`invalid_credentials`: wrong current password, or `unauthenticated`", body = ErrorBody),
+        (status = 423, description = "`account_locked` (`Retry-After`): too many wrong passwords", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many attempts from this address", body = ErrorBody),
     ),
 )]
 pub async fn change_password(
@@ -437,20 +536,47 @@ pub async fn change_password(
     }
     check_password(&request.new_password)?;
     let turn = state.passwords.admit()?;
+    state.admit_login(origin.ip)?;
+    let now = state.now();
     let loaded = state.store.load(session.record.user_id).await?;
-    let stored = loaded.user.profile().map(|p| p.password_hash.clone());
-    if !turn.verify(stored, request.current_password).await? {
-        return Err(ApiError::InvalidCredentials);
+    if let Some(until) = loaded.user.password_locked_until(now) {
+        return Err(ApiError::locked_until(Some(until), now));
     }
+    let stored = loaded
+        .user
+        .profile()
+        .map(|p| p.password_hash.clone())
+        .ok_or(ApiError::Unauthenticated)?;
+    let current = PasswordCheck {
+        matches: turn
+            .verify(Some(stored.clone()), request.current_password)
+            .await?,
+        against: stored,
+    };
+    // Hashed whether or not the current one matched: both take as long.
     let password_hash = turn.hash(request.new_password).await?;
     drop(turn);
+    let kept_session_id = session.record.session_id;
     let committed = state
+        .store
         .execute(loaded, &session.metadata(&origin, &state), |_| {
             UserCommand::ChangePassword {
+                current: current.clone(),
                 password_hash: password_hash.clone(),
+                kept_session_id,
+                at: now,
             }
         })
-        .await?;
+        .await
+        .map_err(locked_from(now))?;
+    state.settle(committed.last_position).await;
+    if committed
+        .events
+        .iter()
+        .any(|event| matches!(event, UserEvent::PasswordRejected { .. }))
+    {
+        return Err(ApiError::InvalidCredentials);
+    }
     Ok(Written::new(
         StatusCode::NO_CONTENT,
         committed.last_position,

@@ -540,7 +540,10 @@ pub async fn end_impersonation(
     let session_id = session.record.session_id;
     let committed = state
         .execute(loaded, &session.metadata(&origin, &state), |_| {
-            UserCommand::EndImpersonation { session_id }
+            UserCommand::EndImpersonation {
+                session_id,
+                revoked: None,
+            }
         })
         .await?;
     Ok(Written::new(
@@ -594,6 +597,7 @@ pub async fn reset_two_factor(
             }
         })
         .await?;
+    state.vault.erase(id, &[]).await?;
     state
         .notify(
             email.as_deref(),

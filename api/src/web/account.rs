@@ -320,15 +320,31 @@ pub async fn confirm_totp(
     Reply::render(answer.status, &page)
 }
 
+#[derive(Deserialize)]
+pub struct DisableForm {
+    password: Option<String>,
+    code: Option<String>,
+}
+
 /// `POST /settings/two-factor/disable` ("Disable Two-Factor
-/// Authentication"): `DELETE /api/v1/me/two-factor`.
+/// Authentication"): `DELETE /api/v1/me/two-factor`, confirmed with the
+/// password and a fresh code from the user's own session; during "Login
+/// as" the form has no fields and the API asks for none.
 pub async fn disable_two_factor(
     State(web): State<Web>,
     visitor: Visitor,
+    request: Result<Form<DisableForm>, FormRejection>,
 ) -> Result<Reply, PageError> {
+    let request = read(request)?;
+    let body = request.password.map(|password| {
+        json!({
+            "password": password,
+            "code": request.code.map(|code| code.trim().to_string()),
+        })
+    });
     let answer = web
         .api
-        .as_visitor(&visitor, Method::DELETE, "/me/two-factor", None)
+        .as_visitor(&visitor, Method::DELETE, "/me/two-factor", body.as_ref())
         .await?;
     match answer.into_done() {
         Ok(()) => Ok(Reply::redirect("/settings?notice=two-factor-disabled")),
