@@ -236,20 +236,52 @@ fn occurred_at(metadata: &Json, recorded_at: DateTime<Utc>) -> DateTime<Utc> {
 }
 
 /// The columns of an event's audit row that depend on the event alone, in
-/// table order from `occurred_at` to `data`.
+/// table order from `occurred_at` to `data`: with the event's place and
+/// type, all that `/audit` and the exports show of it. The projector and the
+/// rebuild write them, and verify recomputes them, from this one derivation.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct AuditColumns {
+    pub occurred_at: DateTime<Utc>,
+    pub actor_id: Option<String>,
+    pub impersonator_id: Option<String>,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub data: String,
+}
+
+impl AuditColumns {
+    pub fn of(payload: &Json, metadata: &Json, recorded_at: DateTime<Utc>) -> Self {
+        AuditColumns {
+            occurred_at: occurred_at(metadata, recorded_at),
+            actor_id: metadata_text(metadata, "actor_id"),
+            impersonator_id: metadata_text(metadata, "impersonator_id"),
+            ip: metadata_text(metadata, "ip"),
+            user_agent: metadata_text(metadata, "user_agent"),
+            data: audit_data(payload),
+        }
+    }
+}
+
+impl From<AuditColumns> for [Arg; 6] {
+    fn from(columns: AuditColumns) -> Self {
+        [
+            columns.occurred_at.into(),
+            columns.actor_id.into(),
+            columns.impersonator_id.into(),
+            columns.ip.into(),
+            columns.user_agent.into(),
+            columns.data.into(),
+        ]
+    }
+}
+
+/// `AuditColumns` as the arguments of a row's insert.
 pub(crate) fn audit_columns(
     payload: &Json,
     metadata: &Json,
     recorded_at: DateTime<Utc>,
 ) -> [Arg; 6] {
-    [
-        occurred_at(metadata, recorded_at).into(),
-        metadata_text(metadata, "actor_id").into(),
-        metadata_text(metadata, "impersonator_id").into(),
-        metadata_text(metadata, "ip").into(),
-        metadata_text(metadata, "user_agent").into(),
-        audit_data(payload).into(),
-    ]
+    AuditColumns::of(payload, metadata, recorded_at).into()
 }
 
 /// The audit row for `event`, numbered `id` (apply order) and chained onto
