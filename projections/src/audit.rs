@@ -186,7 +186,8 @@ impl Chains {
 }
 
 /// Field names that hold secrets or their hashes (or may in a future event):
-/// passwords, tokens, codes, anything hashed.
+/// passwords, tokens, codes, anything hashed; and challenge ids, with which
+/// whoever holds one may attempt a sign-in's second step (and lock it).
 fn is_secret(key: &str) -> bool {
     let key = key.as_bytes();
     let holds = |word: &[u8]| {
@@ -196,9 +197,15 @@ fn is_secret(key: &str) -> bool {
     let ends = |word: &[u8]| {
         key.len() >= word.len() && key[key.len() - word.len()..].eq_ignore_ascii_case(word)
     };
-    [&b"hash"[..], b"secret", b"password", b"token"]
-        .into_iter()
-        .any(holds)
+    [
+        &b"hash"[..],
+        b"secret",
+        b"password",
+        b"token",
+        b"challenge_id",
+    ]
+    .into_iter()
+    .any(holds)
         || key.eq_ignore_ascii_case(b"code")
         || ends(b"_code")
         || ends(b"_codes")
@@ -219,6 +226,16 @@ pub(crate) fn audit_data(payload: &Json) -> String {
         },
         _ => "{}".to_string(),
     }
+}
+
+/// A `data` stored by an earlier rule, written again under today's: what
+/// `audit_data` gives for the same event when the stored text is what an
+/// earlier `audit_data` gave, and otherwise (an edited row) the edit kept,
+/// less the secrets, so that verify still sees it.
+pub(crate) fn stored_data_without_secrets(stored: &str) -> Result<String, serde_json::Error> {
+    let mut out = String::with_capacity(stored.len());
+    Json::parse(stored)?.write_canonical(&mut out, &|key| !is_secret(key));
+    Ok(out)
 }
 
 fn metadata_text(metadata: &Json, key: &str) -> Option<String> {
@@ -595,6 +612,44 @@ mod tests {
             audit_data(&Json::from(&json!({"Odd": "secret-value"}))),
             "{}"
         );
+    }
+
+    #[test]
+    fn audit_data_holds_no_challenge_id() {
+        let challenge = "5f0c3e52-8d4b-4c1e-9a55-0e1f7d3c2b11";
+        let payload = json!({"SecondFactorRejected": {
+            "challenge_id": challenge, "method": "totp", "attempts_remaining": 4,
+            "consecutive_failures": 1, "locked_until": null
+        }});
+        let data = audit_data(&Json::from(&payload));
+        assert_eq!(
+            data,
+            r#"{"attempts_remaining":4,"consecutive_failures":1,"locked_until":null,"method":"totp"}"#
+        );
+        let payload =
+            json!({"Future": {"passkey_challenge_id": challenge, "Challenge_IDs": [challenge]}});
+        assert_eq!(audit_data(&Json::from(&payload)), "{}");
+    }
+
+    /// The upgrade of a trail written before challenge ids were left out:
+    /// an untouched row becomes what `audit_data` gives today, and an edited
+    /// one keeps its edit (so that verify still reports it).
+    #[test]
+    fn stored_data_of_the_earlier_rule_becomes_todays() {
+        let payload = json!({"ChallengeIssued": {
+            "challenge_id": "c", "methods": ["totp", "recovery_code"], "expires_at": "t"
+        }});
+        let earlier = r#"{"challenge_id":"c","expires_at":"t","methods":["totp","recovery_code"]}"#;
+        assert_eq!(
+            stored_data_without_secrets(earlier).unwrap(),
+            audit_data(&Json::from(&payload))
+        );
+        let edited = r#"{"challenge_id":"c","expires_at":"t","methods":["email"]}"#;
+        assert_eq!(
+            stored_data_without_secrets(edited).unwrap(),
+            r#"{"expires_at":"t","methods":["email"]}"#
+        );
+        assert!(stored_data_without_secrets("{not json").is_err());
     }
 
     #[test]

@@ -1,15 +1,24 @@
 //! The audit trail as auditors read it: every column `/audit` and the
 //! exports show is recomputed by verify (an edit of any one, made with SQL
-//! behind the service's back, is reported at its row).
+//! behind the service's back, is reported at its row), no row's `data`
+//! holds a challenge id, and the upgrade of a trail written before that
+//! rule leaves it verifying.
+
+use std::collections::BTreeMap;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::Connection;
 
-use crate::helpers::{binary, spawn_app, Backend, TestApp};
+use crate::helpers::{binary, default_settings, spawn_app, Answer, Backend, TestApp};
 use crate::on_both_backends;
 
-on_both_backends!(verify_reports_an_edit_of_any_shown_audit_column_at_its_row);
+on_both_backends!(
+    verify_reports_an_edit_of_any_shown_audit_column_at_its_row,
+    a_sign_in_with_a_challenge_leaves_its_id_nowhere_in_the_audit_trail,
+    migrate_takes_challenge_ids_out_of_a_trail_written_the_old_way,
+    the_upgrade_runs_at_start_and_keeps_an_earlier_edit_evident,
+);
 
 /// Runs one statement (or a query) on the test database, with `$conn` a
 /// connection of the test's backend.
@@ -127,6 +136,35 @@ async fn audit_pages(app: &TestApp, token: &str) -> (Vec<Value>, String) {
     }
 }
 
+/// An export as the bytes an auditor downloads.
+async fn export(app: &TestApp, token: &str, format: &str) -> String {
+    let response = app
+        .client
+        .get(format!("{}/api/v1/audit?format={format}", app.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response.text().await.unwrap()
+}
+
+fn export_cli(app: &TestApp, format: &str) -> String {
+    let output = std::process::Command::new(binary())
+        .args([
+            "audit",
+            "export",
+            "--format",
+            format,
+            "--database-url",
+            &app.database_url,
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
 /// Something of every kind: an administrator's "Login as" of a user (with a
 /// reason, from a browser), the user's own change, the end of it.
 async fn trail_with_an_impersonation(app: &TestApp) -> String {
@@ -226,5 +264,240 @@ async fn verify_reports_an_edit_of_any_shown_audit_column_at_its_row(backend: Ba
         clean,
         "the untouched trail verifies with the same head"
     );
+    app.stop().await;
+}
+
+/// Signs a user with TOTP (and an email address) in through a challenge:
+/// a code sent by email, a wrong code, then the right one; returns the
+/// challenge's id.
+async fn sign_in_through_a_challenge(app: &TestApp) -> String {
+    app.create_user("ann", &password("ann"), Some("ann@example.com"), "user")
+        .await;
+    let token = app.token("ann", &password("ann")).await;
+    let (secret, _) = app.enroll_totp(&token).await;
+    app.next_step();
+    let login = app.login("ann", &password("ann")).await;
+    assert_eq!(login.body["status"], "two_factor_required", "{login:?}");
+    let challenge = login.body["challenge_id"].as_str().unwrap().to_string();
+    let sent = app
+        .post(
+            &format!("/api/v1/login/challenges/{challenge}/email"),
+            None,
+            json!({}),
+        )
+        .await;
+    assert_eq!(sent.status, StatusCode::ACCEPTED, "{sent:?}");
+    let right = app.code(&secret);
+    let wrong = (0..10)
+        .map(|digit| digit.to_string().repeat(6))
+        .find(|code| *code != right)
+        .unwrap();
+    let verify_path = format!("/api/v1/login/challenges/{challenge}/verify");
+    let refused = app
+        .post(
+            &verify_path,
+            None,
+            json!({ "method": "totp", "code": wrong, "remember_device": false }),
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{refused:?}");
+    let accepted: Answer = app
+        .post(
+            &verify_path,
+            None,
+            json!({ "method": "totp", "code": right, "remember_device": false }),
+        )
+        .await;
+    assert_eq!(accepted.status, StatusCode::OK, "{accepted:?}");
+    challenge
+}
+
+async fn a_sign_in_with_a_challenge_leaves_its_id_nowhere_in_the_audit_trail(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let challenge = sign_in_through_a_challenge(&app).await;
+    let root = app.admin_token().await;
+    let held = on_database!(app, conn => {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM events WHERE CAST(payload AS TEXT) LIKE '%' || $1 || '%'",
+        )
+        .bind(&challenge)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+    });
+    assert_eq!(held, 4, "issued, email sent, rejected, accepted");
+
+    let (rows, pages) = audit_pages(&app, &root).await;
+    for event_type in [
+        "ChallengeIssued",
+        "EmailCodeSent",
+        "SecondFactorRejected",
+        "SecondFactorAccepted",
+    ] {
+        let row = rows
+            .iter()
+            .find(|row| row["type"] == event_type)
+            .unwrap_or_else(|| panic!("a {event_type} row"));
+        let data = row["data"].as_object().unwrap();
+        assert!(!data.contains_key("challenge_id"), "{row}");
+        assert!(!data.is_empty(), "the rest stays: {row}");
+    }
+    let exports = [
+        ("the pages", pages),
+        ("the CSV export", export(&app, &root, "csv").await),
+        ("the JSON lines export", export(&app, &root, "jsonl").await),
+        ("twofold audit export", export_cli(&app, "jsonl")),
+        ("twofold audit export (CSV)", export_cli(&app, "csv")),
+    ];
+    for (what, text) in exports {
+        assert!(text.contains("SecondFactorAccepted"), "{what}: {text}");
+        assert!(!text.contains(&challenge), "{what} holds the challenge id");
+        assert!(!text.contains("challenge_id"), "{what}: {text}");
+    }
+    assert_verifies(&app, &root).await;
+    app.stop().await;
+}
+
+/// Writes `data` of every row whose event holds a challenge id the way
+/// earlier versions did (the id kept, keys sorted, compact) and forgets the
+/// upgrade; returns those rows' positions.
+async fn write_challenge_ids_the_old_way(app: &TestApp) -> Vec<i64> {
+    let sql = "SELECT a.position, a.data, CAST(e.payload AS TEXT)
+                 FROM audit_log a JOIN events e ON e.position = a.position
+                ORDER BY a.id";
+    let rows: Vec<(i64, String, String)> = on_database!(app, conn => {
+        sqlx::query_as(sql).fetch_all(&mut conn).await.unwrap()
+    });
+    let mut positions = Vec::new();
+    for (position, data, payload) in rows {
+        let payload: BTreeMap<String, Value> = match serde_json::from_str(&payload) {
+            Ok(payload) => payload,
+            Err(_) => continue, // a unit event: `"Name"`
+        };
+        let Some(challenge) = payload
+            .values()
+            .next()
+            .and_then(|inner| inner.get("challenge_id"))
+        else {
+            continue;
+        };
+        let mut old: BTreeMap<String, Value> = serde_json::from_str(&data).unwrap();
+        old.insert("challenge_id".into(), challenge.clone());
+        let old = serde_json::to_string(&old).unwrap();
+        on_database!(app, conn => {
+            sqlx::query("UPDATE audit_log SET data = $1 WHERE position = $2")
+                .bind(old)
+                .bind(position)
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        });
+        positions.push(position);
+    }
+    tamper(app, "DELETE FROM data_migrations").await;
+    positions
+}
+
+async fn count(app: &TestApp, sql: &str) -> i64 {
+    app.scalar(sql).await
+}
+
+async fn migrate_takes_challenge_ids_out_of_a_trail_written_the_old_way(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let challenge = sign_in_through_a_challenge(&app).await;
+    let root = app.admin_token().await;
+    let clean = assert_verifies(&app, &root).await;
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM data_migrations").await,
+        1,
+        "a new store is recorded as upgraded at its first start"
+    );
+
+    let old = write_challenge_ids_the_old_way(&app).await;
+    assert_eq!(old.len(), 4, "{old:?}");
+    let like = format!("SELECT count(*) FROM audit_log WHERE data LIKE '%{challenge}%'");
+    assert_eq!(count(&app, &like).await, 4);
+    // Why the upgrade: verify now compares `data` with today's rule.
+    let before = verify(&app, &root).await;
+    assert_eq!(
+        before["first_mismatch"]["problem"], "row_changed",
+        "{before}"
+    );
+    assert_eq!(before["first_mismatch"]["position"], old[0], "{before}");
+
+    let migrated = std::process::Command::new(binary())
+        .args(["migrate", "--database-url", &app.database_url])
+        .output()
+        .unwrap();
+    assert!(migrated.status.success(), "{migrated:?}");
+
+    assert_eq!(count(&app, &like).await, 0);
+    assert_eq!(
+        count(
+            &app,
+            "SELECT count(*) FROM audit_log WHERE data LIKE '%challenge_id%'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(
+            &app,
+            "SELECT rows_changed FROM data_migrations WHERE name = 'audit_data_without_challenge_ids'"
+        )
+        .await,
+        4
+    );
+    assert_eq!(assert_verifies(&app, &root).await, clean, "the same head");
+    app.stop().await;
+}
+
+async fn the_upgrade_runs_at_start_and_keeps_an_earlier_edit_evident(backend: Backend) {
+    let app = spawn_app(backend).await;
+    sign_in_through_a_challenge(&app).await;
+    let root = app.admin_token().await;
+    write_challenge_ids_the_old_way(&app).await;
+    // Someone edited one of the old rows before the upgrade.
+    let edited = row_of(&app, "SecondFactorRejected").await;
+    tamper(
+        &app,
+        &format!(
+            "UPDATE audit_log SET data = replace(data, '\"totp\"', '\"recovery_code\"')
+              WHERE position = {}",
+            edited.position
+        ),
+    )
+    .await;
+
+    // A second server on the same database: its start runs the upgrade.
+    let second = twofold_api::start(twofold_api::ServeConfig {
+        database_url: app.database_url.clone(),
+        database_max_connections: 4,
+        mail: twofold_api::MailConfig {
+            smtp_url: None,
+            directory: app.dir.path().join("mail-of-the-second-server"),
+            from: "twofold <no-reply@localhost>".into(),
+        },
+        listen: "127.0.0.1:0".parse().unwrap(),
+        master_key_file: app.dir.path().join("master.key"),
+        settings: default_settings(),
+        bootstrap_admin: None,
+        clock: app.clock.clone(),
+    })
+    .await
+    .expect("a second server on the same database starts");
+
+    assert_eq!(
+        count(
+            &app,
+            "SELECT count(*) FROM audit_log WHERE data LIKE '%challenge_id%'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(count(&app, "SELECT count(*) FROM data_migrations").await, 1);
+    // The edit was kept (less the challenge id): verify still names it.
+    assert_row_changed(&app, &root, &edited, "edited before the upgrade").await;
+    second.stop().await.unwrap();
     app.stop().await;
 }
