@@ -76,17 +76,26 @@ async fn end_stray_transaction(connection: &mut SqliteConnection) -> Result<bool
     Ok(true)
 }
 
+/// The SQL migrations, then the data migrations (rows rewritten by the
+/// service's own code, once each).
 pub async fn migrate(db: &Db) -> anyhow::Result<()> {
     let migrator = match db {
         Db::Sqlite(_) => sqlx::migrate!("../migrations/sqlite"),
         Db::Postgres(_) => sqlx::migrate!("../migrations/postgres"),
     };
-    if up_to_date(db, &migrator).await {
-        return Ok(());
+    if !up_to_date(db, &migrator).await {
+        match db {
+            Db::Sqlite(pool) => migrator.run(pool).await?,
+            Db::Postgres(pool) => migrator.run(pool).await?,
+        }
     }
-    match db {
-        Db::Sqlite(pool) => migrator.run(pool).await?,
-        Db::Postgres(pool) => migrator.run(pool).await?,
+    // Each runs once (recorded in `data_migrations`); later starts only read.
+    for (name, rows) in db
+        .run_data_migrations()
+        .await
+        .context("data migrations failed")?
+    {
+        tracing::info!(name, rows, "data migration applied");
     }
     Ok(())
 }

@@ -186,7 +186,8 @@ impl Chains {
 }
 
 /// Field names that hold secrets or their hashes (or may in a future event):
-/// passwords, tokens, codes, anything hashed.
+/// passwords, tokens, codes, anything hashed; and challenge ids, with which
+/// whoever holds one may attempt a sign-in's second step (and lock it).
 fn is_secret(key: &str) -> bool {
     let key = key.as_bytes();
     let holds = |word: &[u8]| {
@@ -196,9 +197,15 @@ fn is_secret(key: &str) -> bool {
     let ends = |word: &[u8]| {
         key.len() >= word.len() && key[key.len() - word.len()..].eq_ignore_ascii_case(word)
     };
-    [&b"hash"[..], b"secret", b"password", b"token"]
-        .into_iter()
-        .any(holds)
+    [
+        &b"hash"[..],
+        b"secret",
+        b"password",
+        b"token",
+        b"challenge_id",
+    ]
+    .into_iter()
+    .any(holds)
         || key.eq_ignore_ascii_case(b"code")
         || ends(b"_code")
         || ends(b"_codes")
@@ -221,6 +228,16 @@ pub(crate) fn audit_data(payload: &Json) -> String {
     }
 }
 
+/// A `data` stored by an earlier rule, written again under today's: what
+/// `audit_data` gives for the same event when the stored text is what an
+/// earlier `audit_data` gave, and otherwise (an edited row) the edit kept,
+/// less the secrets, so that verify still sees it.
+pub(crate) fn stored_data_without_secrets(stored: &str) -> Result<String, serde_json::Error> {
+    let mut out = String::with_capacity(stored.len());
+    Json::parse(stored)?.write_canonical(&mut out, &|key| !is_secret(key));
+    Ok(out)
+}
+
 fn metadata_text(metadata: &Json, key: &str) -> Option<String> {
     metadata.get(key).and_then(Json::as_str).map(str::to_string)
 }
@@ -236,20 +253,52 @@ fn occurred_at(metadata: &Json, recorded_at: DateTime<Utc>) -> DateTime<Utc> {
 }
 
 /// The columns of an event's audit row that depend on the event alone, in
-/// table order from `occurred_at` to `data`.
+/// table order from `occurred_at` to `data`: with the event's place and
+/// type, all that `/audit` and the exports show of it. The projector and the
+/// rebuild write them, and verify recomputes them, from this one derivation.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct AuditColumns {
+    pub occurred_at: DateTime<Utc>,
+    pub actor_id: Option<String>,
+    pub impersonator_id: Option<String>,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub data: String,
+}
+
+impl AuditColumns {
+    pub fn of(payload: &Json, metadata: &Json, recorded_at: DateTime<Utc>) -> Self {
+        AuditColumns {
+            occurred_at: occurred_at(metadata, recorded_at),
+            actor_id: metadata_text(metadata, "actor_id"),
+            impersonator_id: metadata_text(metadata, "impersonator_id"),
+            ip: metadata_text(metadata, "ip"),
+            user_agent: metadata_text(metadata, "user_agent"),
+            data: audit_data(payload),
+        }
+    }
+}
+
+impl From<AuditColumns> for [Arg; 6] {
+    fn from(columns: AuditColumns) -> Self {
+        [
+            columns.occurred_at.into(),
+            columns.actor_id.into(),
+            columns.impersonator_id.into(),
+            columns.ip.into(),
+            columns.user_agent.into(),
+            columns.data.into(),
+        ]
+    }
+}
+
+/// `AuditColumns` as the arguments of a row's insert.
 pub(crate) fn audit_columns(
     payload: &Json,
     metadata: &Json,
     recorded_at: DateTime<Utc>,
 ) -> [Arg; 6] {
-    [
-        occurred_at(metadata, recorded_at).into(),
-        metadata_text(metadata, "actor_id").into(),
-        metadata_text(metadata, "impersonator_id").into(),
-        metadata_text(metadata, "ip").into(),
-        metadata_text(metadata, "user_agent").into(),
-        audit_data(payload).into(),
-    ]
+    AuditColumns::of(payload, metadata, recorded_at).into()
 }
 
 /// The audit row for `event`, numbered `id` (apply order) and chained onto
@@ -563,6 +612,44 @@ mod tests {
             audit_data(&Json::from(&json!({"Odd": "secret-value"}))),
             "{}"
         );
+    }
+
+    #[test]
+    fn audit_data_holds_no_challenge_id() {
+        let challenge = "5f0c3e52-8d4b-4c1e-9a55-0e1f7d3c2b11";
+        let payload = json!({"SecondFactorRejected": {
+            "challenge_id": challenge, "method": "totp", "attempts_remaining": 4,
+            "consecutive_failures": 1, "locked_until": null
+        }});
+        let data = audit_data(&Json::from(&payload));
+        assert_eq!(
+            data,
+            r#"{"attempts_remaining":4,"consecutive_failures":1,"locked_until":null,"method":"totp"}"#
+        );
+        let payload =
+            json!({"Future": {"passkey_challenge_id": challenge, "Challenge_IDs": [challenge]}});
+        assert_eq!(audit_data(&Json::from(&payload)), "{}");
+    }
+
+    /// The upgrade of a trail written before challenge ids were left out:
+    /// an untouched row becomes what `audit_data` gives today, and an edited
+    /// one keeps its edit (so that verify still reports it).
+    #[test]
+    fn stored_data_of_the_earlier_rule_becomes_todays() {
+        let payload = json!({"ChallengeIssued": {
+            "challenge_id": "c", "methods": ["totp", "recovery_code"], "expires_at": "t"
+        }});
+        let earlier = r#"{"challenge_id":"c","expires_at":"t","methods":["totp","recovery_code"]}"#;
+        assert_eq!(
+            stored_data_without_secrets(earlier).unwrap(),
+            audit_data(&Json::from(&payload))
+        );
+        let edited = r#"{"challenge_id":"c","expires_at":"t","methods":["email"]}"#;
+        assert_eq!(
+            stored_data_without_secrets(edited).unwrap(),
+            r#"{"expires_at":"t","methods":["email"]}"#
+        );
+        assert!(stored_data_without_secrets("{not json").is_err());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 mod audit;
 mod bulk;
 mod cores;
+mod data_migrations;
 mod db;
 mod feed;
 mod json;

@@ -1,6 +1,7 @@
-//! `twofold audit verify`: recomputes the audit trail's hash chains from the
-//! events table and compares them, event by event in feed order, with what
-//! the projection stored when it applied each event.
+//! `twofold audit verify`: recomputes the audit trail from the events table
+//! (its hash chains and every column `/audit` and the exports show) and
+//! compares it, event by event in feed order, with what the projection
+//! stored when it applied each event.
 //!
 //! Reads only (a verifier can run with a read-only role) and streams both
 //! tables in keyset pages; memory grows with the number of users (one
@@ -8,10 +9,11 @@
 
 use std::collections::VecDeque;
 
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use sqlx::Row;
 
-use crate::audit::{head_hash, Chains, Hash, GENESIS};
+use crate::audit::{head_hash, AuditColumns, Chains, Hash, GENESIS};
 use crate::cores::off_the_runtime;
 use crate::db::{Db, ProjectionError};
 use crate::feed::EventPosition;
@@ -87,6 +89,10 @@ pub struct Mismatch {
     /// `sequence_gap`: the user's stream skips a sequence number.
     /// `content_changed`: payload, metadata, type or version differ.
     /// `trail_changed`: the events match but the stored head does not.
+    /// `row_changed`: the event is the one recorded, but a column of its
+    /// trail row that `/audit` and the exports show (position, user_id,
+    /// sequence, type, occurred_at, actor_id, impersonator_id, ip,
+    /// user_agent, data) is not what the event gives.
     /// `head_differs` / `head_not_reached`: the expected head (kept outside
     /// the database) is not what the history gives at its position.
     pub problem: &'static str,
@@ -109,8 +115,91 @@ struct TrailRow {
     position: i64,
     user_id: String,
     sequence: i64,
+    shown: Shown,
     chain_hash: String,
     head_hash: String,
+}
+
+/// What `/audit` and the exports show of a row besides its place (position,
+/// user and sequence, compared on their own): as stored, or as the event
+/// gives it (recomputed in the store's form).
+#[derive(Debug)]
+struct Shown {
+    event_type: String,
+    occurred_at: Time,
+    actor_id: Option<String>,
+    impersonator_id: Option<String>,
+    ip: Option<String>,
+    user_agent: Option<String>,
+    data: String,
+}
+
+/// `occurred_at` as each store keeps it: SQLite the text sqlx writes for a
+/// bound time; PostgreSQL microseconds.
+#[derive(Debug, PartialEq, Eq)]
+enum Time {
+    Text(String),
+    Microseconds(i64),
+    /// A time recomputed for PostgreSQL, which keeps microseconds: the
+    /// projector's bound value is cut toward 2000-01-01 (sqlx), the
+    /// rebuild's COPY text down; the two differ only before 2000.
+    Cut {
+        down: i64,
+        toward_2000: i64,
+    },
+}
+
+impl Time {
+    fn of(at: DateTime<Utc>, as_text: bool) -> Self {
+        if as_text {
+            return Time::Text(at.to_rfc3339_opts(SecondsFormat::AutoSi, false));
+        }
+        let down = at.timestamp_micros();
+        let epoch = DateTime::from_timestamp_micros(POSTGRES_EPOCH_MICROS).unwrap_or_default();
+        let toward_2000 = (at - epoch)
+            .num_microseconds()
+            .map_or(down, |since| since + POSTGRES_EPOCH_MICROS);
+        Time::Cut { down, toward_2000 }
+    }
+
+    /// Whether the stored time is this recomputed one.
+    fn stored_as(&self, stored: &Time) -> bool {
+        match (self, stored) {
+            (Time::Cut { down, toward_2000 }, Time::Microseconds(stored)) => {
+                stored == down || stored == toward_2000
+            }
+            _ => self == stored,
+        }
+    }
+}
+
+/// 2000-01-01T00:00:00Z, PostgreSQL's epoch for timestamps.
+const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+impl Shown {
+    /// What the event gives: the columns `record` and the rebuild write.
+    fn of(event_type: &str, columns: AuditColumns, as_text: bool) -> Self {
+        Shown {
+            event_type: event_type.to_string(),
+            occurred_at: Time::of(columns.occurred_at, as_text),
+            actor_id: columns.actor_id,
+            impersonator_id: columns.impersonator_id,
+            ip: columns.ip,
+            user_agent: columns.user_agent,
+            data: columns.data,
+        }
+    }
+
+    /// Whether the stored row shows what this recomputation gives.
+    fn stored_as(&self, stored: &Shown) -> bool {
+        self.data == stored.data
+            && self.event_type == stored.event_type
+            && self.occurred_at.stored_as(&stored.occurred_at)
+            && self.actor_id == stored.actor_id
+            && self.impersonator_id == stored.impersonator_id
+            && self.ip == stored.ip
+            && self.user_agent == stored.user_agent
+    }
 }
 
 /// The trail rows read so far and not yet compared, in apply order.
@@ -136,7 +225,7 @@ impl Trail {
     }
 }
 
-fn mismatch(event: &Chained<()>, problem: &'static str) -> Mismatch {
+fn mismatch<T>(event: &Chained<T>, problem: &'static str) -> Mismatch {
     Mismatch {
         user_id: Some(event.aggregate_id.clone()),
         sequence: Some(event.sequence),
@@ -170,11 +259,17 @@ struct Walk<'a> {
 }
 
 impl Walk<'_> {
-    /// Checks one event, its chain recomputed, against the row the
-    /// projection stored for it.
-    fn check(&mut self, event: &Chained<()>, row: &TrailRow) -> Result<(), Mismatch> {
+    /// Checks one event, its chain and columns recomputed, against the row
+    /// the projection stored for it.
+    fn check(&mut self, event: &Chained<Shown>, row: &TrailRow) -> Result<(), Mismatch> {
         if event.aggregate_id != row.user_id || event.sequence != row.sequence {
-            return Err(mismatch(event, "event_changed"));
+            // The chain covers the event's user and sequence: when it still
+            // matches, the event is the one recorded and the row was edited.
+            return Err(if same_hash(&event.chain, &row.chain_hash) {
+                mismatch(event, "row_changed")
+            } else {
+                mismatch(event, "event_changed")
+            });
         }
         if event.sequence != event.previous.sequence + 1 {
             return Err(mismatch(event, "sequence_gap"));
@@ -186,6 +281,9 @@ impl Walk<'_> {
         if !same_hash(&head, &row.head_hash) {
             return Err(mismatch(event, "trail_changed"));
         }
+        if !event.derived.stored_as(&row.shown) {
+            return Err(mismatch(event, "row_changed"));
+        }
         self.head = head;
         self.head_position = Some(event.at.position);
         self.checked += 1;
@@ -196,6 +294,19 @@ impl Walk<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Whether the row of another position is this event's row with only
+    /// its `position` column edited: the head links the event's own
+    /// position, so it still matches when the event is where it was.
+    fn only_position_edited(&self, event: &Chained<Shown>, row: &TrailRow) -> bool {
+        event.aggregate_id == row.user_id
+            && event.sequence == row.sequence
+            && same_hash(&event.chain, &row.chain_hash)
+            && same_hash(
+                &head_hash(&self.head, event.at.position, &event.chain),
+                &row.head_hash,
+            )
     }
 
     fn report(&self, first_mismatch: Option<Mismatch>) -> VerifyReport {
@@ -234,9 +345,9 @@ impl Db {
         progress: impl Fn(u64),
     ) -> Result<VerifyReport, ProjectionError> {
         let (bound, last_id) = self.verify_bounds().await?;
-        let events_sql = match self {
-            Db::Sqlite(_) => SQLITE_EVENTS,
-            Db::Postgres(_) => POSTGRES_EVENTS,
+        let (events_sql, times_as_text) = match self {
+            Db::Sqlite(_) => (SQLITE_EVENTS, true),
+            Db::Postgres(_) => (POSTGRES_EVENTS, false),
         };
         let mut walk = Walk {
             expect,
@@ -274,7 +385,12 @@ impl Db {
                 let read_ahead = trail.wants_page().then_some(trail.after_id);
                 let (chained, next_rows, trail_page) = tokio::join!(
                     off_the_runtime(move || {
-                        let chained = chain_page(&rows, &mut chains, |_, _, _| Ok(()));
+                        // The columns are recomputed here, on every core;
+                        // comparing them is the walk's (a few string compares).
+                        let chained = chain_page(&rows, &mut chains, |event, payload, metadata| {
+                            let columns = AuditColumns::of(payload, metadata, event.recorded_at);
+                            Ok(Shown::of(event.event_type, columns, times_as_text))
+                        });
                         (chains, chained)
                     }),
                     async {
@@ -304,7 +420,11 @@ impl Db {
                     let found = match self.next_trail_row(&mut trail, last_id).await? {
                         None => mismatch(&event, "event_not_in_trail"),
                         Some(row) if event.at.position != row.position => {
-                            self.misplaced(&event, row).await?
+                            if walk.only_position_edited(&event, &row) {
+                                mismatch(&event, "row_changed")
+                            } else {
+                                self.misplaced(&event, row).await?
+                            }
                         }
                         Some(row) => match walk.check(&event, &row) {
                             Ok(()) => continue,
@@ -328,7 +448,7 @@ impl Db {
     /// the trail's event deleted, the store's inserted, or were they moved?
     async fn misplaced(
         &self,
-        event: &Chained<()>,
+        event: &Chained<Shown>,
         row: TrailRow,
     ) -> Result<Mismatch, ProjectionError> {
         let count = |table: &'static str, position: i64| async move {
@@ -391,26 +511,41 @@ SELECT (SELECT transaction_id FROM projection_checkpoints WHERE name = $1) AS tr
         after_id: i64,
         last_id: i64,
     ) -> Result<Vec<TrailRow>, ProjectionError> {
-        const SQL: &str = "
-SELECT id, position, user_id, sequence, chain_hash, head_hash
-  FROM audit_log
- WHERE id > $1 AND id <= $2
- ORDER BY id
- LIMIT $3";
         on_pool!(self, pool => {
-            let rows = sqlx::query(SQL)
-                .bind(after_id)
-                .bind(last_id)
-                .bind(PAGE)
-                .fetch_all(pool)
-                .await?;
+            let rows = sqlx::query(match self {
+                Db::Sqlite(_) => SQLITE_TRAIL,
+                Db::Postgres(_) => POSTGRES_TRAIL,
+            })
+            .bind(after_id)
+            .bind(last_id)
+            .bind(PAGE)
+            .fetch_all(pool)
+            .await?;
             rows.iter()
                 .map(|row| {
+                    let text: Option<String> = row.try_get("occurred_text")?;
+                    let at: Option<DateTime<Utc>> = row.try_get("occurred_at")?;
+                    let occurred_at = match (text, at) {
+                        (Some(text), _) => Time::Text(text),
+                        (None, Some(at)) => Time::Microseconds(at.timestamp_micros()),
+                        // NOT NULL in the schema; should it be missing, it
+                        // differs from any time an event gives.
+                        (None, None) => Time::Text(String::new()),
+                    };
                     Ok(TrailRow {
                         id: row.try_get("id")?,
                         position: row.try_get("position")?,
                         user_id: row.try_get("user_id")?,
                         sequence: row.try_get("sequence")?,
+                        shown: Shown {
+                            event_type: row.try_get("type")?,
+                            occurred_at,
+                            actor_id: row.try_get("actor_id")?,
+                            impersonator_id: row.try_get("impersonator_id")?,
+                            ip: row.try_get("ip")?,
+                            user_agent: row.try_get("user_agent")?,
+                            data: row.try_get("data")?,
+                        },
                         chain_hash: row.try_get("chain_hash")?,
                         head_hash: row.try_get("head_hash")?,
                     })
@@ -420,10 +555,31 @@ SELECT id, position, user_id, sequence, chain_hash, head_hash
     }
 }
 
+/// Trail rows in apply order. `occurred_at` is compared as stored: SQLite's
+/// text as it is (`occurred_text`), PostgreSQL's timestamp (`occurred_at`).
+const SQLITE_TRAIL: &str = "
+SELECT id, position, user_id, sequence, type, occurred_at AS occurred_text,
+       NULL AS occurred_at, actor_id, impersonator_id, ip, user_agent, data,
+       chain_hash, head_hash
+  FROM audit_log
+ WHERE id > $1 AND id <= $2
+ ORDER BY id
+ LIMIT $3";
+
+const POSTGRES_TRAIL: &str = "
+SELECT id, position, user_id, sequence, type, NULL::text AS occurred_text,
+       occurred_at, actor_id, impersonator_id, ip, user_agent, data,
+       chain_hash, head_hash
+  FROM audit_log
+ WHERE id > $1 AND id <= $2
+ ORDER BY id
+ LIMIT $3";
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
-    use super::{ExpectedHead, PAGE, SQLITE_EVENTS};
+    use super::{ExpectedHead, Time, PAGE, SQLITE_EVENTS};
+    use chrono::{DateTime, Utc};
     use proptest::prelude::*;
     use sqlx::Row;
 
@@ -462,6 +618,31 @@ mod tests {
         let plan = plan.join("; ");
         assert!(plan.contains("USING INDEX events_position"), "{plan}");
         assert!(!plan.contains("TEMP B-TREE"), "no sort: {plan}");
+    }
+
+    /// "As stored": SQLite's text to the byte; PostgreSQL's microseconds as
+    /// either writer cuts them (alike after 2000), one microsecond off is
+    /// an edit.
+    #[test]
+    fn recomputed_times_compare_as_each_store_keeps_them() {
+        let at: DateTime<Utc> = "2024-05-06T07:08:09.123456789Z".parse().unwrap();
+        assert_eq!(
+            Time::of(at, true),
+            Time::Text("2024-05-06T07:08:09.123456789+00:00".into())
+        );
+        let micros = 1_714_979_289_123_456;
+        let postgres = Time::of(at, false);
+        assert!(postgres.stored_as(&Time::Microseconds(micros)));
+        assert!(!postgres.stored_as(&Time::Microseconds(micros + 1)));
+        assert!(!postgres.stored_as(&Time::Microseconds(micros - 1)));
+
+        let before_2000: DateTime<Utc> = "1999-12-31T23:59:59.000000500Z".parse().unwrap();
+        let down = before_2000.timestamp_micros();
+        let postgres = Time::of(before_2000, false);
+        assert!(postgres.stored_as(&Time::Microseconds(down)));
+        assert!(postgres.stored_as(&Time::Microseconds(down + 1)));
+        assert!(!postgres.stored_as(&Time::Microseconds(down + 2)));
+        assert!(!postgres.stored_as(&Time::Text(String::new())));
     }
 
     #[test]

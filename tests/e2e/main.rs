@@ -5,6 +5,7 @@
 mod helpers;
 
 mod administration;
+mod audit_integrity;
 mod authorization;
 mod browser;
 mod credentials;
