@@ -10,6 +10,7 @@ mod browser;
 mod email;
 mod faults;
 mod foundation;
+mod hardening;
 mod hygiene;
 mod malformed;
 mod openapi;

@@ -38,7 +38,7 @@ impl Visitor {
     }
 }
 
-fn came_over_https(parts: &Parts) -> bool {
+pub(super) fn came_over_https(parts: &Parts) -> bool {
     let header_says = |name: &str, wanted: &dyn Fn(&str) -> bool| {
         parts
             .headers
@@ -65,11 +65,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Visitor {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let secure = came_over_https(parts);
         Ok(Visitor {
-            cookies: Cookies::from_headers(&parts.headers),
+            cookies: Cookies::from_headers(&parts.headers, secure),
             connect: parts.extensions.get::<ConnectInfo<SocketAddr>>().cloned(),
             user_agent: parts.headers.get(header::USER_AGENT).cloned(),
-            secure: came_over_https(parts),
+            secure,
         })
     }
 }
