@@ -12,6 +12,7 @@ mod faults;
 mod foundation;
 mod hardening;
 mod hygiene;
+mod lifecycle;
 mod malformed;
 mod openapi;
 mod processes;

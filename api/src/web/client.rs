@@ -16,6 +16,7 @@ use tower::ServiceExt;
 
 use super::cookies::{self, Cookies};
 use super::pages::PageError;
+use crate::client_address::ClientAddress;
 
 /// JSON answers are small; a page never needs more than this of one.
 const ANSWER_LIMIT: usize = 4 * 1024 * 1024;
@@ -25,6 +26,8 @@ const ANSWER_LIMIT: usize = 4 * 1024 * 1024;
 pub struct Visitor {
     pub cookies: Cookies,
     connect: Option<ConnectInfo<SocketAddr>>,
+    /// The client behind trusted proxies, passed on to the API as it is.
+    client: Option<ClientAddress>,
     user_agent: Option<HeaderValue>,
     /// The page came over HTTPS (directly, or through a proxy that says so):
     /// cookies are then marked `Secure`.
@@ -69,6 +72,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Visitor {
         Ok(Visitor {
             cookies: Cookies::from_headers(&parts.headers, secure),
             connect: parts.extensions.get::<ConnectInfo<SocketAddr>>().cloned(),
+            client: parts.extensions.get::<ClientAddress>().copied(),
             user_agent: parts.headers.get(header::USER_AGENT).cloned(),
             secure,
         })
@@ -169,6 +173,9 @@ impl ApiClient {
             .map_err(|error| PageError::Internal(format!("bad API request: {error}")))?;
         if let Some(connect) = visitor.connect {
             request.extensions_mut().insert(connect);
+        }
+        if let Some(client) = visitor.client {
+            request.extensions_mut().insert(client);
         }
         match self.router.clone().oneshot(request).await {
             Ok(response) => Ok(response),
