@@ -22,18 +22,23 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::client_address::TrustedProxies;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{ServeArgs, TotpHash};
 use crate::database;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::mail::Mailer;
+use crate::new_files::NewFiles;
 use crate::openapi as doc;
 use crate::routes::{audit, login, me, ops, reports, users};
 use crate::security::{self, SecretVault};
+use crate::serve::{self, ConnectionLimits};
 use crate::state::{AppState, Settings};
 use crate::store::{EventMetadata, EventStore};
 
 const BODY_LIMIT: usize = 64 * 1024;
+/// Where the JSON API lives.
+const API_PREFIX: &str = "/api/v1";
 /// How often a process picks up what other processes wrote.
 const POLL_EVERY: Duration = Duration::from_millis(250);
 
@@ -70,19 +75,37 @@ fn documented() -> OpenApiRouter<AppState> {
         .routes(routes!(audit::verify))
         .routes(routes!(doc::openapi_json));
     OpenApiRouter::with_openapi(doc::ApiDoc::openapi())
-        .nest("/api/v1", api)
+        .nest(API_PREFIX, api)
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
-        .routes(routes!(ops::metrics))
 }
 
-/// The OpenAPI 3.1 document of every route `router` serves.
+/// `/metrics`: on the main listener, or alone on `--metrics-listen`.
+fn metrics_route() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(ops::metrics))
+}
+
+/// The OpenAPI 3.1 document of every route `router` serves (`/metrics`
+/// included, wherever it is served).
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    documented().into_openapi()
+    documented().merge(metrics_route()).into_openapi()
 }
 
-pub fn router(state: AppState) -> Router {
-    let (api, _) = documented().split_for_parts();
+/// Where `/metrics` is served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricsPlace {
+    /// On the main listener, beside the API (the default).
+    MainListener,
+    /// Only on its own listener (`--metrics-listen`): the main one answers 404.
+    OwnListener,
+}
+
+pub fn router(state: AppState, metrics: MetricsPlace) -> Router {
+    let routes = match metrics {
+        MetricsPlace::MainListener => documented().merge(metrics_route()),
+        MetricsPlace::OwnListener => documented(),
+    };
+    let (api, _) = routes.split_for_parts();
     api.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(record_metrics))
@@ -110,8 +133,31 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// `/metrics` alone, for `--metrics-listen`.
+fn metrics_router(state: AppState) -> Router {
+    let (metrics, _) = metrics_route().split_for_parts();
+    metrics.fallback(not_found).with_state(state)
+}
+
 async fn not_found() -> ApiError {
     ApiError::NotFound("no such endpoint")
+}
+
+/// The JSON API's answers hold tokens, codes and personal data: no cache
+/// (browser, proxy) may keep any of them, errors and unknown paths included.
+async fn no_store_on_api(request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    let is_api = path
+        .strip_prefix(API_PREFIX)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+    let mut response = next.run(request).await;
+    if is_api {
+        response.headers_mut().insert(
+            axum::http::header::CACHE_CONTROL,
+            axum::http::HeaderValue::from_static("no-store"),
+        );
+    }
+    response
 }
 
 async fn method_not_allowed() -> Response {
@@ -165,6 +211,12 @@ pub struct ServeConfig {
     pub settings: Settings,
     pub bootstrap_admin: Option<String>,
     pub clock: Arc<dyn Clock>,
+    /// How long clients may take to send a request, and a stop to finish.
+    pub connections: ConnectionLimits,
+    /// Reverse proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: TrustedProxies,
+    /// Serve `/metrics` on this address only (not on `listen`).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl ServeConfig {
@@ -229,6 +281,12 @@ impl ServeConfig {
             },
             bootstrap_admin: args.bootstrap_admin,
             clock: Arc::new(SystemClock),
+            connections: ConnectionLimits {
+                request_read_timeout: Duration::from_secs(args.request_read_timeout_seconds),
+                shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
+            },
+            trusted_proxies: args.trusted_proxies,
+            metrics_listen: args.metrics_listen,
         })
     }
 }
@@ -254,15 +312,20 @@ impl MailConfig {
 /// A started server: where it listens and how to stop it.
 pub struct Running {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served when it has a listener of its own.
+    pub metrics_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
-    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    servers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
-    /// Stops accepting, finishes in-flight requests, then returns.
+    /// Stops accepting, lets in-flight requests finish within the shutdown
+    /// grace period, then returns.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.send_replace(true);
-        self.server.await??;
+        for server in self.servers {
+            server.await?;
+        }
         Ok(())
     }
 
@@ -272,10 +335,42 @@ impl Running {
     }
 }
 
+/// Starts the service. A start that fails removes the files it created
+/// (the SQLite database, the master key, the mail directory), so that
+/// trying again, or with other settings, begins from the same state.
 pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
-    let db = database::connect(&config.database_url, config.database_max_connections).await?;
-    database::migrate(&db).await.context("migrations failed")?;
-    let key = security::load_or_create_master_key(&config.master_key_file)?;
+    let mut created = NewFiles::default();
+    if let Some(file) = database::sqlite_file(&config.database_url)
+        .filter(|_| config.database_url.starts_with("sqlite:"))
+    {
+        created.watch_sqlite(&file);
+    }
+    if config.mail.smtp_url.is_none() {
+        created.watch_directory(&config.mail.directory);
+    }
+    let started =
+        match database::connect(&config.database_url, config.database_max_connections).await {
+            Ok(db) => {
+                let started = start_on(&db, config, &mut created).await;
+                if started.is_err() {
+                    close(&db).await;
+                }
+                started
+            }
+            Err(error) => Err(error),
+        };
+    if started.is_err() {
+        created.remove();
+    }
+    started
+}
+
+async fn start_on(db: &Db, config: ServeConfig, created: &mut NewFiles) -> anyhow::Result<Running> {
+    database::migrate(db).await.context("migrations failed")?;
+    let (key, key_created) = security::master_key_for_store(&config.master_key_file, db).await?;
+    if key_created {
+        created.add(config.master_key_file.clone());
+    }
     let mailer = config.mail.mailer()?;
     let projector = Projector::new(db.clone()).await?;
     let state = AppState::new(
@@ -289,30 +384,67 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     )
     .context("cannot start the password hashing threads")?;
     if let Some(spec) = &config.bootstrap_admin {
-        bootstrap_admin(&state, &db, spec).await?;
+        bootstrap_admin(&state, db, spec).await?;
     }
-    let (shutdown, stopped) = watch::channel(false);
-    projector.spawn_poller(POLL_EVERY, stopped.clone());
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
+    let metrics_listener = match config.metrics_listen {
+        Some(metrics_listen) => Some(
+            TcpListener::bind(metrics_listen)
+                .await
+                .with_context(|| format!("cannot listen on {metrics_listen} for metrics"))?,
+        ),
+        None => None,
+    };
+    let metrics_addr = metrics_listener
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()?;
+    let (shutdown, stopped) = watch::channel(false);
+    projector.spawn_poller(POLL_EVERY, stopped.clone());
+    let metrics_place = match metrics_listener {
+        Some(_) => MetricsPlace::OwnListener,
+        None => MetricsPlace::MainListener,
+    };
     // The web pages sit in front of the API and call it in-process.
-    let app = crate::web::with_pages(router(state.clone()), &state)
-        .into_make_service_with_connect_info::<SocketAddr>();
-    let mut stop = stopped;
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                drop(stop.wait_for(|stopped| *stopped).await);
-            })
-            .await
-    });
+    let app = crate::web::with_pages(router(state.clone(), metrics_place), &state)
+        .layer(middleware::from_fn_with_state(
+            config.connections.request_read_timeout,
+            serve::body_deadline,
+        ))
+        .layer(middleware::from_fn(no_store_on_api));
+    let trusted = Arc::new(config.trusted_proxies);
+    let mut servers = vec![tokio::spawn(serve::serve(
+        listener,
+        app,
+        config.connections,
+        Arc::clone(&trusted),
+        stopped.clone(),
+    ))];
+    if let Some(metrics_listener) = metrics_listener {
+        servers.push(tokio::spawn(serve::serve(
+            metrics_listener,
+            metrics_router(state),
+            config.connections,
+            trusted,
+            stopped,
+        )));
+    }
     Ok(Running {
         addr,
+        metrics_addr,
         shutdown,
-        server,
+        servers,
     })
+}
+
+async fn close(db: &Db) {
+    match db {
+        Db::Sqlite(pool) => pool.close().await,
+        Db::Postgres(pool) => pool.close().await,
+    }
 }
 
 /// `TWOFOLD_BOOTSTRAP_ADMIN=username:password`: the first super admin.

@@ -171,6 +171,53 @@ pub struct ServeArgs {
     /// `issuer:account`).
     #[arg(long, env = "TWOFOLD_TOTP_ISSUER", default_value = "twofold", value_parser = parse_totp_issuer)]
     pub totp_issuer: String,
+    /// Seconds a client has to send a request's headers, and then again its
+    /// body.
+    ///
+    /// A connection whose headers (or, between requests, whose next request)
+    /// do not arrive in time is closed; a body that does not arrive in time
+    /// is answered 408 and its connection closed. This keeps slow or stalled
+    /// clients (slowloris) from holding connections, and a stop, open.
+    #[arg(
+        long,
+        env = "TWOFOLD_REQUEST_READ_TIMEOUT_SECONDS",
+        default_value_t = crate::serve::DEFAULT_REQUEST_READ_TIMEOUT.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..),
+    )]
+    pub request_read_timeout_seconds: u64,
+    /// Seconds a stop (SIGTERM, Ctrl-C) waits for requests in progress.
+    ///
+    /// On a stop the service accepts no new connection and lets requests in
+    /// progress finish; connections still open when this period ends are
+    /// closed and the process exits, whatever its clients do.
+    #[arg(
+        long,
+        env = "TWOFOLD_SHUTDOWN_GRACE_SECONDS",
+        default_value_t = crate::serve::DEFAULT_SHUTDOWN_GRACE.as_secs(),
+    )]
+    pub shutdown_grace_seconds: u64,
+    /// Reverse proxies whose X-Forwarded-For header names the client:
+    /// comma-separated addresses or CIDR blocks (10.0.0.0/8,2001:db8::/32).
+    ///
+    /// When the TCP peer is one of them, the client is the right-most
+    /// X-Forwarded-For address that is not itself a trusted proxy; from any
+    /// other peer the header is ignored. That address is what the per-address
+    /// sign-in limit counts and what events record as `ip`. Default: none
+    /// (the header is always ignored).
+    #[arg(
+        long,
+        env = "TWOFOLD_TRUSTED_PROXIES",
+        default_value = "",
+        hide_default_value = true
+    )]
+    pub trusted_proxies: crate::client_address::TrustedProxies,
+    /// Serve /metrics on this address (e.g. 127.0.0.1:9090) instead of on
+    /// --listen, which then answers 404 for it.
+    ///
+    /// Lets operators keep metrics off the public listener (reachable only
+    /// from the monitoring network). Default: unset, /metrics on --listen.
+    #[arg(long, env = "TWOFOLD_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// `username:password` of a super admin to create when the store has none.
     #[arg(
         long,

@@ -19,6 +19,9 @@ pub enum ApiError {
     Unprocessable(String),
     #[error("the request body is larger than 64 KiB")]
     PayloadTooLarge,
+    /// The body did not arrive within the read timeout (a slow client).
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
     #[error("sign in first")]
     Unauthenticated,
     #[error("wrong username or password")]
@@ -104,6 +107,7 @@ impl ApiError {
             InvalidRequest(_) => (StatusCode::BAD_REQUEST, C::InvalidRequest),
             Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, C::InvalidRequest),
             PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, C::InvalidRequest),
+            RequestTimeout => (StatusCode::REQUEST_TIMEOUT, C::InvalidRequest),
             Unauthenticated => (StatusCode::UNAUTHORIZED, C::Unauthenticated),
             InvalidCredentials => (StatusCode::UNAUTHORIZED, C::InvalidCredentials),
             InvalidCode { .. } => (StatusCode::UNAUTHORIZED, C::InvalidCode),

@@ -121,10 +121,15 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestOrigin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        // The client behind trusted proxies, else the TCP peer.
         let ip = parts
             .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| addr.ip());
+            .get::<crate::client_address::ClientAddress>()
+            .map(|client| client.0)
+            .or_else(|| {
+                let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>();
+                peer.map(|ConnectInfo(addr)| addr.ip())
+            });
         let text = |name: &str| {
             parts
                 .headers

@@ -3,6 +3,7 @@
 
 mod app;
 mod auth;
+mod client_address;
 mod clock;
 pub mod config;
 mod database;
@@ -11,12 +12,14 @@ mod error;
 mod export;
 mod extract;
 mod mail;
+mod new_files;
 mod openapi;
 mod qr;
 mod read_query;
 mod respond;
 mod routes;
 mod security;
+mod serve;
 mod state;
 mod store;
 mod telemetry;
@@ -28,10 +31,15 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 pub use app::{openapi, start, MailConfig, Running, ServeConfig};
+pub use client_address::TrustedProxies;
 pub use clock::Clock;
+pub use serve::ConnectionLimits;
 pub use state::Settings;
 
 use config::{AuditAction, Cli, Command, ExportFormat, ProjectionsAction};
+
+/// How long the exit waits for tasks that outlived the serve loop.
+const LEFTOVER_TASKS_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The `twofold` binary.
 pub fn main() -> ExitCode {
@@ -44,7 +52,11 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    let outcome = runtime.block_on(run(cli.command));
+    // The serve loop has already waited its grace period: tasks still
+    // running (a client's abandoned request) do not hold the exit up.
+    runtime.shutdown_timeout(LEFTOVER_TASKS_WAIT);
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");

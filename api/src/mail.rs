@@ -3,8 +3,7 @@
 
 use std::path::PathBuf;
 
-use lettre::message::header::ContentType;
-use lettre::message::Mailbox;
+use lettre::message::{Mailbox, SinglePart};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use uuid::Uuid;
 
@@ -64,12 +63,18 @@ impl Mailer {
             .to
             .parse()
             .map_err(|error| MailError::Build(format!("{error}")))?;
+        // lettre adds `Date` itself; `MIME-Version` comes with the single
+        // part. The Message-ID names the sender's domain rather than this
+        // machine's host name (lettre's default), which is internal.
+        let from = self.from().clone();
+        let message_id = format!("<{}@{}>", Uuid::new_v4().simple(), from.email.domain());
         let message = Message::builder()
-            .from(self.from().clone())
+            .from(from)
             .to(to)
             .subject(mail.subject.clone())
-            .header(ContentType::TEXT_PLAIN)
-            .body(mail.body.clone())
+            .message_id(Some(message_id))
+            .date_now()
+            .singlepart(SinglePart::plain(mail.body.clone()))
             .map_err(|error| MailError::Build(error.to_string()))?;
         match self {
             Mailer::Smtp { transport, .. } => transport

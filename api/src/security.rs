@@ -335,15 +335,62 @@ pub fn new_totp_secret() -> Result<TotpSecret, StoreError> {
     TotpSecret::from_bytes(bytes).map_err(|error| StoreError::Failed(error.to_string()))
 }
 
-/// Reads the master key, or creates one (mode 0600) when the file is missing.
-pub fn load_or_create_master_key(path: &Path) -> anyhow::Result<MasterKey> {
-    if path.exists() {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read master key {}", path.display()))?;
-        let bytes = hex::decode(text.trim()).context("master key file must hold 64 hex digits")?;
-        return MasterKey::from_bytes(&bytes)
-            .map_err(|_| anyhow::anyhow!("master key must be 32 bytes"));
+/// The master key for the store `db`: read from `path`, or created there
+/// (mode 0600) when the file is missing and the store holds no sealed secret
+/// yet. The second value is true when this call created the file.
+///
+/// Refused, without writing anything, when the store holds sealed secrets
+/// and the file is missing or its key does not open them: a new or wrong key
+/// would start a service whose every TOTP sign-in fails (a store restored
+/// from a backup without its key, or started with another deployment's key).
+pub async fn master_key_for_store(path: &Path, db: &Db) -> anyhow::Result<(MasterKey, bool)> {
+    let sealed = first_sealed_secret(db)
+        .await
+        .context("cannot read the sealed TOTP secrets")?;
+    let exists = path
+        .try_exists()
+        .with_context(|| format!("cannot look for the master key file {}", path.display()))?;
+    if !exists {
+        anyhow::ensure!(
+            sealed.is_none(),
+            "the master key file {} does not exist, but the store holds TOTP secrets sealed \
+             with a master key: restore that key file (no new key was written, it could not \
+             open them)",
+            path.display()
+        );
+        return Ok((create_master_key(path)?, true));
     }
+    let key = read_master_key(path)?;
+    if let Some((user_id, enrollment_id, secret)) = sealed {
+        anyhow::ensure!(
+            key.open(&secret, &associated_data(user_id, enrollment_id))
+                .is_ok(),
+            "the master key in {} does not open the TOTP secrets in the store: start with the \
+             key file that sealed them",
+            path.display()
+        );
+    }
+    Ok((key, false))
+}
+
+fn read_master_key(path: &Path) -> anyhow::Result<MasterKey> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the master key file {}", path.display()))?;
+    let bytes = hex::decode(text.trim()).with_context(|| {
+        format!(
+            "the master key file {} must hold 64 hex digits",
+            path.display()
+        )
+    })?;
+    MasterKey::from_bytes(&bytes).map_err(|_| {
+        anyhow::anyhow!(
+            "the master key in {} must be 32 bytes (64 hex digits)",
+            path.display()
+        )
+    })
+}
+
+fn create_master_key(path: &Path) -> anyhow::Result<MasterKey> {
     let mut bytes = [0u8; 32];
     OsRng.fill_bytes(&mut bytes);
     let mut options = std::fs::OpenOptions::new();
@@ -355,11 +402,31 @@ pub fn load_or_create_master_key(path: &Path) -> anyhow::Result<MasterKey> {
     }
     let mut file = options
         .open(path)
-        .with_context(|| format!("cannot create master key {}", path.display()))?;
+        .with_context(|| format!("cannot create the master key file {}", path.display()))?;
     writeln!(file, "{}", hex::encode(bytes))?;
     file.sync_all()?;
     tracing::info!(path = %path.display(), "created a new master key");
     MasterKey::from_bytes(&bytes).map_err(|_| anyhow::anyhow!("master key must be 32 bytes"))
+}
+
+/// One sealed TOTP secret of the store, with what it is bound to, to try a
+/// key on; `None` when the store holds none.
+async fn first_sealed_secret(db: &Db) -> anyhow::Result<Option<(Uuid, Uuid, SealedSecret)>> {
+    let row: Option<(String, String, Vec<u8>, Vec<u8>)> = on_pool!(db, pool => {
+        sqlx::query_as(
+            "SELECT user_id, enrollment_id, nonce, ciphertext FROM totp_secrets LIMIT 1",
+        )
+        .fetch_optional(pool)
+        .await?
+    });
+    let Some((user_id, enrollment_id, nonce, ciphertext)) = row else {
+        return Ok(None);
+    };
+    Ok(Some((
+        Uuid::parse_str(&user_id).context("a sealed secret's user id is no UUID")?,
+        Uuid::parse_str(&enrollment_id).context("a sealed secret's enrollment id is no UUID")?,
+        SealedSecret { nonce, ciphertext },
+    )))
 }
 
 /// TOTP secrets sealed with AES-256-GCM, bound to user and enrollment.

@@ -178,7 +178,8 @@ impl LoginLimiter {
         if windows.len() > 100_000 {
             windows.retain(|_, (window, _)| *window == minute);
         }
-        let entry = windows.entry(ip).or_insert((minute, 0));
+        let key = crate::client_address::limit_key(ip);
+        let entry = windows.entry(key).or_insert((minute, 0));
         if entry.0 != minute {
             *entry = (minute, 0);
         }
@@ -188,5 +189,30 @@ impl LoginLimiter {
         }
         entry.1 += 1;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn addresses_in_one_ipv6_64_share_a_sign_in_limit_and_ipv4_ones_do_not() {
+        let limiter = LoginLimiter::new(2);
+        let now = Utc::now();
+        let admit = |ip: &str| limiter.admit(ip.parse().unwrap(), now).is_ok();
+        assert!(admit("2001:db8:0:1::1"));
+        assert!(admit("2001:db8:0:1:ffff::2"));
+        assert!(
+            !admit("2001:db8:0:1::3"),
+            "the third from one /64 is refused"
+        );
+        assert!(admit("2001:db8:0:2::1"), "another /64 has its own limit");
+        assert!(admit("192.0.2.1"));
+        assert!(admit("192.0.2.1"));
+        assert!(!admit("::ffff:192.0.2.1"), "IPv4-mapped counts as IPv4");
+        assert!(admit("192.0.2.2"), "each IPv4 address has its own limit");
     }
 }

@@ -483,6 +483,9 @@ async fn the_upgrade_runs_at_start_and_keeps_an_earlier_edit_evident(backend: Ba
         settings: default_settings(),
         bootstrap_admin: None,
         clock: app.clock.clone(),
+        connections: Default::default(),
+        trusted_proxies: Default::default(),
+        metrics_listen: None,
     })
     .await
     .expect("a second server on the same database starts");

@@ -760,11 +760,10 @@ async fn pages_refuse_forged_forms_and_send_a_strict_content_security_policy() {
         .unwrap();
     assert_eq!(cross.status(), StatusCode::FORBIDDEN);
 
-    // The real form signs in; behind a TLS proxy the cookie is Secure.
+    // The real form signs in.
     let signed_in = client
         .post(format!("{}/login", app.base))
         .header("cookie", cookie)
-        .header("x-forwarded-proto", "https")
         .form(&[
             ("csrf", token.as_str()),
             ("username", ADMIN.0),
@@ -783,7 +782,50 @@ async fn pages_refuse_forged_forms_and_send_a_strict_content_security_policy() {
         .find(|value| value.starts_with("twofold_session="))
         .expect("a session cookie");
     assert!(
-        session.contains("HttpOnly") && session.contains("Secure"),
+        session.contains("HttpOnly") && !session.contains("Secure"),
+        "{session}"
+    );
+
+    // Behind a TLS proxy the cookies are Secure and `__Host-` prefixed
+    // (hardening.rs checks that only such names are read there).
+    let page = client
+        .get(format!("{}/", app.base))
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .unwrap();
+    let anchor = page.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(anchor.starts_with("__Host-twofold_csrf="), "{anchor}");
+    let html = page.text().await.unwrap();
+    let token = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    let signed_in = client
+        .post(format!("{}/login", app.base))
+        .header("cookie", anchor.split(';').next().unwrap())
+        .header("x-forwarded-proto", "https")
+        .form(&[
+            ("csrf", token),
+            ("username", ADMIN.0),
+            ("password", ADMIN.1),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), StatusCode::SEE_OTHER);
+    let session = signed_in
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|value| value.to_str().unwrap().to_string())
+        .find(|value| value.starts_with("__Host-twofold_session="))
+        .expect("a prefixed session cookie");
+    assert!(
+        session.contains("HttpOnly") && session.contains("Secure") && session.contains("Path=/"),
         "{session}"
     );
 

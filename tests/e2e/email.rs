@@ -26,6 +26,7 @@ on_both_backends!(
     refused_code_requests_are_stored_once_per_challenge,
     an_address_has_one_spelling_and_sharing_compares_it,
     an_emailed_code_is_stored_only_as_a_keyed_hash,
+    every_message_carries_a_message_id_a_date_and_a_mime_version,
 );
 
 /// A real SMTP server (Python's aiosmtpd) writing what it receives to a Maildir.
@@ -479,5 +480,84 @@ async fn an_emailed_code_is_stored_only_as_a_keyed_hash(backend: Backend) {
         stored_hash
     );
     assert_eq!(verify_email(&app, &id, &code).await.status, StatusCode::OK);
+    app.stop().await;
+}
+
+/// The `Message-ID`, `Date` (as Unix seconds) and `MIME-Version` of a
+/// message, read by an independent parser (Python's `email` package).
+fn identity_headers(message: &str) -> (String, i64, String) {
+    const SCRIPT: &str = "import email, email.policy, json, sys\n\
+        m = email.message_from_string(sys.stdin.read(), policy=email.policy.default)\n\
+        print(json.dumps([str(m['Message-ID']), int(m['Date'].datetime.timestamp()), \
+        str(m['MIME-Version'])]))";
+    let mut child = Command::new("python3")
+        .args(["-c", SCRIPT])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), message.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn assert_identified(messages: &[String]) {
+    let mut ids = std::collections::BTreeSet::new();
+    for message in messages {
+        let (id, date, mime) = identity_headers(message);
+        assert!(
+            id.starts_with('<') && id.ends_with("@localhost>"),
+            "a Message-ID in the sender's domain: {id}"
+        );
+        assert!(ids.insert(id), "each message has its own id");
+        let now = chrono::Utc::now().timestamp();
+        assert!((now - date).abs() < 300, "dated now: {date} vs {now}");
+        assert_eq!(mime, "1.0");
+    }
+}
+
+async fn every_message_carries_a_message_id_a_date_and_a_mime_version(backend: Backend) {
+    async fn two_notices(app: &TestApp) {
+        let id = app
+            .create_user("uli", "uli-password", Some("uli@example.com"), "user")
+            .await;
+        let admin = app.admin_token().await;
+        let acting = app
+            .post(
+                &format!("/api/v1/users/{id}/impersonation"),
+                Some(&admin),
+                json!({ "reason": "ticket 9" }),
+            )
+            .await;
+        assert_eq!(acting.status, StatusCode::CREATED);
+        let reset = app
+            .delete(
+                &format!("/api/v1/users/{id}/two-factor"),
+                &admin,
+                Some(json!({ "reason": "lost phone" })),
+            )
+            .await;
+        assert_eq!(reset.status, StatusCode::NO_CONTENT);
+    }
+
+    let app = spawn_app(backend).await;
+    two_notices(&app).await;
+    let written = mail_dir_messages(&app);
+    assert_eq!(written.len(), 2);
+    assert_identified(&written);
+    app.stop().await;
+
+    let smtp = SmtpSink::start();
+    let app = spawn_app_mailing(backend, default_settings(), Some(smtp.url())).await;
+    two_notices(&app).await;
+    let delivered = smtp.messages();
+    assert_eq!(delivered.len(), 2);
+    assert_identified(&delivered);
     app.stop().await;
 }

@@ -9,7 +9,9 @@ use chrono::{DateTime, Duration, Utc};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use sqlx::Connection;
-use twofold_api::{Clock, MailConfig, Running, ServeConfig, Settings};
+use twofold_api::{
+    Clock, ConnectionLimits, MailConfig, Running, ServeConfig, Settings, TrustedProxies,
+};
 use twofold_domain::totp::TotpParameters;
 use twofold_domain::TwoFactorPolicy;
 
@@ -75,6 +77,8 @@ pub fn default_settings() -> Settings {
 pub struct TestApp {
     pub backend: Backend,
     pub base: String,
+    /// Where `/metrics` is served when it has a listener of its own.
+    pub metrics_base: Option<String>,
     pub database_url: String,
     pub clock: Arc<ManualClock>,
     pub client: reqwest::Client,
@@ -97,18 +101,27 @@ pub async fn spawn_app_mailing(
     settings: Settings,
     smtp_url: Option<String>,
 ) -> TestApp {
+    spawn_app_configured(backend, settings, |config| config.mail.smtp_url = smtp_url).await
+}
+
+/// Starts the app with the test defaults, changed by `configure`.
+pub async fn spawn_app_configured(
+    backend: Backend,
+    settings: Settings,
+    configure: impl FnOnce(&mut ServeConfig),
+) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let database_url = match backend {
         Backend::Sqlite => format!("sqlite://{}", dir.path().join("twofold.db").display()),
         Backend::Postgres => fresh_postgres_database().await,
     };
     let clock = Arc::new(ManualClock(Mutex::new(chrono::Utc::now())));
-    let running = twofold_api::start(ServeConfig {
+    let mut config = ServeConfig {
         database_url: database_url.clone(),
         // Tests run side by side on one PostgreSQL (max_connections 100).
         database_max_connections: 4,
         mail: MailConfig {
-            smtp_url,
+            smtp_url: None,
             directory: dir.path().join("mail"),
             from: "twofold <no-reply@localhost>".into(),
         },
@@ -117,12 +130,16 @@ pub async fn spawn_app_mailing(
         settings,
         bootstrap_admin: Some(format!("{}:{}", ADMIN.0, ADMIN.1)),
         clock: clock.clone(),
-    })
-    .await
-    .expect("twofold starts");
+        connections: ConnectionLimits::default(),
+        trusted_proxies: TrustedProxies::default(),
+        metrics_listen: None,
+    };
+    configure(&mut config);
+    let running = twofold_api::start(config).await.expect("twofold starts");
     TestApp {
         backend,
         base: format!("http://{}", running.addr),
+        metrics_base: running.metrics_addr.map(|addr| format!("http://{addr}")),
         database_url,
         clock,
         client: reqwest::Client::new(),
@@ -389,6 +406,15 @@ impl TestApp {
         if let Some(running) = self.running.take() {
             running.stop().await.unwrap();
         }
+    }
+
+    /// Stops the app and hands over its directory (the SQLite file, the
+    /// master key, the mail), for a test that starts something else on it.
+    pub async fn stop_keeping_files(mut self) -> tempfile::TempDir {
+        if let Some(running) = self.running.take() {
+            running.stop().await.unwrap();
+        }
+        self.dir
     }
 }
 

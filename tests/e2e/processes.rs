@@ -1886,6 +1886,9 @@ async fn two_servers_on_one_database_retry_conflicting_commands(backend: Backend
         settings: default_settings(),
         bootstrap_admin: None,
         clock: first.clock.clone(),
+        connections: twofold_api::ConnectionLimits::default(),
+        trusted_proxies: twofold_api::TrustedProxies::default(),
+        metrics_listen: None,
     })
     .await
     .expect("a second server on the same database starts");

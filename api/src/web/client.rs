@@ -16,6 +16,7 @@ use tower::ServiceExt;
 
 use super::cookies::{self, Cookies};
 use super::pages::PageError;
+use crate::client_address::ClientAddress;
 
 /// JSON answers are small; a page never needs more than this of one.
 const ANSWER_LIMIT: usize = 4 * 1024 * 1024;
@@ -25,6 +26,8 @@ const ANSWER_LIMIT: usize = 4 * 1024 * 1024;
 pub struct Visitor {
     pub cookies: Cookies,
     connect: Option<ConnectInfo<SocketAddr>>,
+    /// The client behind trusted proxies, passed on to the API as it is.
+    client: Option<ClientAddress>,
     user_agent: Option<HeaderValue>,
     /// The page came over HTTPS (directly, or through a proxy that says so):
     /// cookies are then marked `Secure`.
@@ -38,7 +41,7 @@ impl Visitor {
     }
 }
 
-fn came_over_https(parts: &Parts) -> bool {
+pub(super) fn came_over_https(parts: &Parts) -> bool {
     let header_says = |name: &str, wanted: &dyn Fn(&str) -> bool| {
         parts
             .headers
@@ -65,11 +68,13 @@ impl<S: Send + Sync> FromRequestParts<S> for Visitor {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let secure = came_over_https(parts);
         Ok(Visitor {
-            cookies: Cookies::from_headers(&parts.headers),
+            cookies: Cookies::from_headers(&parts.headers, secure),
             connect: parts.extensions.get::<ConnectInfo<SocketAddr>>().cloned(),
+            client: parts.extensions.get::<ClientAddress>().copied(),
             user_agent: parts.headers.get(header::USER_AGENT).cloned(),
-            secure: came_over_https(parts),
+            secure,
         })
     }
 }
@@ -168,6 +173,9 @@ impl ApiClient {
             .map_err(|error| PageError::Internal(format!("bad API request: {error}")))?;
         if let Some(connect) = visitor.connect {
             request.extensions_mut().insert(connect);
+        }
+        if let Some(client) = visitor.client {
+            request.extensions_mut().insert(client);
         }
         match self.router.clone().oneshot(request).await {
             Ok(response) => Ok(response),

@@ -3,6 +3,10 @@
 //! random anchor cookie). Another site can neither read that cookie nor the
 //! page, so it cannot forge the field; `SameSite=Lax` already keeps the
 //! cookies off its posts, and a cross-site `Sec-Fetch-Site` is refused too.
+//! Once a session cookie is present only the session's token counts: an
+//! anchor is no secret of the visitor's (whoever can plant a cookie, from a
+//! sibling subdomain or over plain HTTP, can plant one whose token they
+//! know), so it may only stand in while there is no session to protect.
 //! Stateless: any process of the deployment checks any form.
 
 use axum::body::Body;
@@ -15,6 +19,7 @@ use base64::Engine;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::client::came_over_https;
 use super::cookies::{self, Cookies};
 use super::pages::PageError;
 
@@ -34,11 +39,17 @@ pub fn new_anchor() -> String {
     crate::security::new_token()
 }
 
+/// The secret a form's token must derive from: the session once there is
+/// one, the anchor only before.
+fn form_secret(cookies: &Cookies) -> Option<&str> {
+    cookies
+        .get(cookies::SESSION)
+        .or_else(|| cookies.get(cookies::ANCHOR))
+}
+
 fn matches(given: &str, cookies: &Cookies) -> bool {
-    [cookies::SESSION, cookies::ANCHOR]
-        .iter()
-        .filter_map(|name| cookies.get(name))
-        .any(|secret| bool::from(token(secret).as_bytes().ct_eq(given.as_bytes())))
+    form_secret(cookies)
+        .is_some_and(|secret| bool::from(token(secret).as_bytes().ct_eq(given.as_bytes())))
 }
 
 /// Checks every POST to a page before its handler runs.
@@ -50,8 +61,8 @@ pub async fn guard(request: Request, next: Next) -> Response {
         .headers()
         .get("sec-fetch-site")
         .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"cross-site"));
-    let cookies = Cookies::from_headers(request.headers());
     let (parts, body) = request.into_parts();
+    let cookies = Cookies::from_headers(&parts.headers, came_over_https(&parts));
     let Ok(bytes) = axum::body::to_bytes(body, FORM_LIMIT).await else {
         return PageError::BadForm("the form is too large".into()).into_response();
     };
@@ -84,10 +95,22 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_static("twofold_csrf=anchor-one"),
         );
-        let cookies = Cookies::from_headers(&headers);
+        let cookies = Cookies::from_headers(&headers, false);
         assert!(matches(&token("anchor-one"), &cookies));
         assert!(!matches(&token("anchor-two"), &cookies));
         assert!(!matches("", &cookies));
         assert!(!matches(&token("anchor-one"), &Cookies::default()));
+    }
+
+    #[test]
+    fn with_a_session_cookie_the_anchors_token_no_longer_counts() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("twofold_csrf=planted; twofold_session=the-session"),
+        );
+        let cookies = Cookies::from_headers(&headers, false);
+        assert!(!matches(&token("planted"), &cookies));
+        assert!(matches(&token("the-session"), &cookies));
     }
 }
