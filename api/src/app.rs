@@ -17,7 +17,7 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 use twofold_domain::totp::{TotpAlgorithm, TotpParameters};
 use twofold_domain::{Email, Role, TwoFactorPolicy, Username};
-use twofold_projections::{Db, Projector};
+use twofold_projections::{Db, Projector, ReadModels};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -25,16 +25,16 @@ use utoipa_axum::routes;
 use crate::client_address::TrustedProxies;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{ServeArgs, TotpHash};
-use crate::database;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::mail::Mailer;
 use crate::new_files::NewFiles;
 use crate::openapi as doc;
 use crate::routes::{audit, login, me, ops, reports, users};
-use crate::security::{self, SecretVault};
+use crate::security;
 use crate::serve::{self, ConnectionLimits};
 use crate::state::{AppState, Settings};
-use crate::store::{EventMetadata, EventStore};
+use twofold_store::SecretVault;
+use twofold_store::{EventMetadata, EventStore};
 
 const BODY_LIMIT: usize = 64 * 1024;
 /// Where the JSON API lives.
@@ -222,7 +222,7 @@ pub struct ServeConfig {
 impl ServeConfig {
     pub fn from_args(args: ServeArgs) -> anyhow::Result<Self> {
         let url = args.database.database_url;
-        let sqlite_dir = database::sqlite_file(&url)
+        let sqlite_dir = twofold_store::sqlite_file(&url)
             .filter(|_| url.starts_with("sqlite:"))
             .and_then(|file| file.parent().map(std::path::Path::to_path_buf));
         let mail = MailConfig {
@@ -235,7 +235,7 @@ impl ServeConfig {
         let master_key_file = match args.master_key_file {
             Some(path) => path,
             None => {
-                let file = database::sqlite_file(&url)
+                let file = twofold_store::sqlite_file(&url)
                     .filter(|_| url.starts_with("sqlite:"))
                     .context("--master-key-file is required with PostgreSQL")?;
                 let mut name = file.file_name().unwrap_or_default().to_os_string();
@@ -340,7 +340,7 @@ impl Running {
 /// trying again, or with other settings, begins from the same state.
 pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     let mut created = NewFiles::default();
-    if let Some(file) = database::sqlite_file(&config.database_url)
+    if let Some(file) = twofold_store::sqlite_file(&config.database_url)
         .filter(|_| config.database_url.starts_with("sqlite:"))
     {
         created.watch_sqlite(&file);
@@ -349,7 +349,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         created.watch_directory(&config.mail.directory);
     }
     let started =
-        match database::connect(&config.database_url, config.database_max_connections).await {
+        match twofold_store::connect(&config.database_url, config.database_max_connections).await {
             Ok(db) => {
                 let started = start_on(&db, config, &mut created).await;
                 if started.is_err() {
@@ -365,8 +365,22 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     started
 }
 
+/// The schema's migrations, then the read models' data migrations (rows
+/// rewritten by the service's own code, once each; later starts only read).
+pub async fn migrate(db: &Db) -> anyhow::Result<()> {
+    twofold_store::migrate(db).await?;
+    for (name, rows) in ReadModels::new(db.clone())
+        .run_data_migrations()
+        .await
+        .context("data migrations failed")?
+    {
+        tracing::info!(name, rows, "data migration applied");
+    }
+    Ok(())
+}
+
 async fn start_on(db: &Db, config: ServeConfig, created: &mut NewFiles) -> anyhow::Result<Running> {
-    database::migrate(db).await.context("migrations failed")?;
+    migrate(db).await.context("migrations failed")?;
     let (key, key_created) = security::master_key_for_store(&config.master_key_file, db).await?;
     if key_created {
         created.add(config.master_key_file.clone());
@@ -449,7 +463,11 @@ async fn close(db: &Db) {
 
 /// `TWOFOLD_BOOTSTRAP_ADMIN=username:password`: the first super admin.
 async fn bootstrap_admin(state: &AppState, db: &Db, spec: &str) -> anyhow::Result<()> {
-    if db.users_with_role(Role::SuperAdmin.as_str()).await? > 0 {
+    if ReadModels::new(db.clone())
+        .users_with_role(Role::SuperAdmin.as_str())
+        .await?
+        > 0
+    {
         return Ok(());
     }
     let (username, password) = spec

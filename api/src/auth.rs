@@ -9,7 +9,7 @@ use twofold_projections::SessionRecord;
 use crate::error::ApiError;
 use crate::extract::RequestOrigin;
 use crate::state::AppState;
-use crate::store::EventMetadata;
+use twofold_store::EventMetadata;
 
 /// A live session. It may be restricted to enrolling a second factor; use
 /// `FullSession` for everything else.
@@ -64,7 +64,7 @@ impl FromRequestParts<AppState> for Session {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer(parts).ok_or(ApiError::Unauthenticated)?;
         let hash = TokenHash::of(token);
-        let db = state.projector.db();
+        let db = state.projector.read_models();
         let record = match db.session_by_token_hash(hash.as_str()).await? {
             Some(record) => record,
             None => {

@@ -107,7 +107,7 @@ pub struct DatabaseArgs {
 
 impl DatabaseArgs {
     pub async fn connect(&self) -> anyhow::Result<twofold_projections::Db> {
-        crate::database::connect(&self.database_url, self.database_max_connections).await
+        twofold_store::connect(&self.database_url, self.database_max_connections).await
     }
 }
 

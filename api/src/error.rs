@@ -9,7 +9,7 @@ use twofold_domain::UserError;
 use twofold_projections::ProjectionError;
 use utoipa::ToSchema;
 
-use crate::store::{is_unavailable, StoreError};
+use twofold_store::{is_unavailable, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {

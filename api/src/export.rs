@@ -9,7 +9,7 @@ use futures::Stream;
 use serde::Serialize;
 use serde_json::Value;
 use twofold_projections::{
-    AuditEntry, AuditFilter, Db, DirectoryEntry, DirectoryFilter, ProjectionError,
+    AuditEntry, AuditFilter, DirectoryEntry, DirectoryFilter, ProjectionError, ReadModels,
 };
 
 /// Rows read from the store per page of an export.
@@ -87,7 +87,7 @@ fn report_row(entry: DirectoryEntry) -> Vec<String> {
 }
 
 /// The 2FA report, one row per user in username order, as CSV chunks.
-pub fn two_factor_csv(db: Db) -> impl Stream<Item = Result<Vec<u8>, ExportError>> + Send {
+pub fn two_factor_csv(db: ReadModels) -> impl Stream<Item = Result<Vec<u8>, ExportError>> + Send {
     let first = DirectoryFilter {
         limit: PAGE,
         ..DirectoryFilter::default()
@@ -197,7 +197,7 @@ fn audit_chunk(
 /// Every audit row `filter` selects (from its cursor on; its limit is the
 /// page size only), in stored order.
 pub fn audit_rows(
-    db: Db,
+    db: ReadModels,
     filter: AuditFilter,
     format: AuditFormat,
 ) -> impl Stream<Item = Result<Vec<u8>, ExportError>> + Send {

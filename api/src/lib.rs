@@ -6,7 +6,6 @@ mod auth;
 mod client_address;
 mod clock;
 pub mod config;
-mod database;
 mod enumeration;
 mod error;
 mod export;
@@ -21,7 +20,6 @@ mod routes;
 mod security;
 mod serve;
 mod state;
-mod store;
 mod telemetry;
 mod web;
 
@@ -81,7 +79,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Migrate(args) => {
             let db = args.connect().await?;
-            database::migrate(&db).await?;
+            app::migrate(&db).await?;
             tracing::info!("migrations applied");
             Ok(())
         }
@@ -89,11 +87,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
             action: ProjectionsAction::Rebuild(args),
         } => {
             let db = args.connect().await?;
-            database::migrate(&db).await?;
+            app::migrate(&db).await?;
             // No `Projector` here: its constructor would first apply the
             // whole backlog one event at a time, only for it to be rebuilt.
             let progress = progress_bar("rebuilding read models");
-            let applied = db
+            let applied = twofold_projections::ReadModels::new(db)
                 .rebuild_read_models(|count| progress.set_position(count))
                 .await?;
             progress.finish_and_clear();
@@ -111,7 +109,7 @@ async fn audit(action: AuditAction) -> anyhow::Result<()> {
         AuditAction::Verify(args) => {
             let db = args.database.connect().await?;
             let progress = progress_bar("verifying the audit trail");
-            let report = db
+            let report = twofold_projections::ReadModels::new(db)
                 .verify_audit_trail(args.expect_head.as_ref(), |count| {
                     progress.set_position(count)
                 })
@@ -131,7 +129,7 @@ async fn audit(action: AuditAction) -> anyhow::Result<()> {
                 ExportFormat::Jsonl => export::AuditFormat::JsonLines,
             };
             let mut rows = std::pin::pin!(export::audit_rows(
-                db,
+                twofold_projections::ReadModels::new(db),
                 twofold_projections::AuditFilter::default(),
                 format
             ));

@@ -1,4 +1,4 @@
-//! Passwords, random tokens and the sealed TOTP secrets.
+//! Passwords, random tokens and the master key file.
 
 use std::io::Write;
 use std::num::NonZeroUsize;
@@ -16,14 +16,12 @@ use rand::rngs::OsRng;
 use rand::RngCore;
 use subtle::ConstantTimeEq;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
-use twofold_domain::sealed::{CodeKey, MasterKey, SealedSecret};
+use twofold_domain::sealed::MasterKey;
 use twofold_domain::totp::TotpSecret;
 use twofold_domain::PasswordHash;
-use twofold_projections::{on_pool, Db};
-use uuid::Uuid;
+use twofold_store::{Db, SecretVault, StoreError};
 
 use crate::error::ApiError;
-use crate::store::StoreError;
 
 /// OWASP's argon2id minimum: m=19 MiB, t=2, p=1.
 const PASSWORD_PARAMS: Params = match Params::new(19 * 1024, 2, 1, None) {
@@ -344,7 +342,7 @@ pub fn new_totp_secret() -> Result<TotpSecret, StoreError> {
 /// would start a service whose every TOTP sign-in fails (a store restored
 /// from a backup without its key, or started with another deployment's key).
 pub async fn master_key_for_store(path: &Path, db: &Db) -> anyhow::Result<(MasterKey, bool)> {
-    let sealed = first_sealed_secret(db)
+    let sealed = SecretVault::sample(db)
         .await
         .context("cannot read the sealed TOTP secrets")?;
     let exists = path
@@ -361,10 +359,9 @@ pub async fn master_key_for_store(path: &Path, db: &Db) -> anyhow::Result<(Maste
         return Ok((create_master_key(path)?, true));
     }
     let key = read_master_key(path)?;
-    if let Some((user_id, enrollment_id, secret)) = sealed {
+    if let Some(sealed) = sealed {
         anyhow::ensure!(
-            key.open(&secret, &associated_data(user_id, enrollment_id))
-                .is_ok(),
+            sealed.opens_with(&key),
             "the master key in {} does not open the TOTP secrets in the store: start with the \
              key file that sealed them",
             path.display()
@@ -407,140 +404,6 @@ fn create_master_key(path: &Path) -> anyhow::Result<MasterKey> {
     file.sync_all()?;
     tracing::info!(path = %path.display(), "created a new master key");
     MasterKey::from_bytes(&bytes).map_err(|_| anyhow::anyhow!("master key must be 32 bytes"))
-}
-
-/// One sealed TOTP secret of the store, with what it is bound to, to try a
-/// key on; `None` when the store holds none.
-async fn first_sealed_secret(db: &Db) -> anyhow::Result<Option<(Uuid, Uuid, SealedSecret)>> {
-    let row: Option<(String, String, Vec<u8>, Vec<u8>)> = on_pool!(db, pool => {
-        sqlx::query_as(
-            "SELECT user_id, enrollment_id, nonce, ciphertext FROM totp_secrets LIMIT 1",
-        )
-        .fetch_optional(pool)
-        .await?
-    });
-    let Some((user_id, enrollment_id, nonce, ciphertext)) = row else {
-        return Ok(None);
-    };
-    Ok(Some((
-        Uuid::parse_str(&user_id).context("a sealed secret's user id is no UUID")?,
-        Uuid::parse_str(&enrollment_id).context("a sealed secret's enrollment id is no UUID")?,
-        SealedSecret { nonce, ciphertext },
-    )))
-}
-
-/// TOTP secrets sealed with AES-256-GCM, bound to user and enrollment.
-pub struct SecretVault {
-    key: MasterKey,
-    db: Db,
-}
-
-fn associated_data(user_id: Uuid, enrollment_id: Uuid) -> Vec<u8> {
-    format!("twofold/totp/{user_id}/{enrollment_id}").into_bytes()
-}
-
-impl SecretVault {
-    pub fn new(key: MasterKey, db: Db) -> Self {
-        Self { key, db }
-    }
-
-    /// The key of the keyed hashes of emailed codes.
-    pub fn code_key(&self) -> CodeKey {
-        self.key.code_key()
-    }
-
-    /// Erases the user's sealed TOTP secrets but those of `kept`
-    /// enrollments: once 2FA is off or reset, or an enrollment restarted,
-    /// the others open nothing anyone should use (the events keep only the
-    /// enrollments' ids).
-    pub async fn erase(&self, user_id: Uuid, kept: &[Uuid]) -> Result<(), StoreError> {
-        let kept: Vec<String> = kept.iter().map(Uuid::to_string).collect();
-        let kept = serde_json::to_string(&kept)?;
-        let _turn = self.db.write_turn().await;
-        match &self.db {
-            Db::Sqlite(pool) => {
-                sqlx::query(
-                    "DELETE FROM totp_secrets WHERE user_id = $1
-                        AND enrollment_id NOT IN (SELECT value FROM json_each($2))",
-                )
-                .bind(user_id.to_string())
-                .bind(kept)
-                .execute(pool)
-                .await?;
-            }
-            Db::Postgres(pool) => {
-                sqlx::query(
-                    "DELETE FROM totp_secrets WHERE user_id = $1
-                        AND enrollment_id NOT IN (SELECT jsonb_array_elements_text($2::jsonb))",
-                )
-                .bind(user_id.to_string())
-                .bind(kept)
-                .execute(pool)
-                .await?;
-            }
-        }
-        Ok(())
-    }
-
-    pub async fn store(
-        &self,
-        user_id: Uuid,
-        enrollment_id: Uuid,
-        secret: &TotpSecret,
-    ) -> Result<(), StoreError> {
-        let mut nonce = [0u8; 12];
-        OsRng.fill_bytes(&mut nonce);
-        let sealed = self
-            .key
-            .seal(
-                secret.expose_bytes(),
-                nonce,
-                &associated_data(user_id, enrollment_id),
-            )
-            .map_err(|_| StoreError::Failed("sealing a TOTP secret failed".into()))?;
-        let _turn = self.db.write_turn().await;
-        on_pool!(&self.db, pool => {
-            sqlx::query(
-                "INSERT INTO totp_secrets (enrollment_id, user_id, nonce, ciphertext) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(enrollment_id.to_string())
-            .bind(user_id.to_string())
-            .bind(sealed.nonce)
-            .bind(sealed.ciphertext)
-            .execute(pool)
-            .await?;
-        });
-        Ok(())
-    }
-
-    pub async fn fetch(
-        &self,
-        user_id: Uuid,
-        enrollment_id: Uuid,
-    ) -> Result<TotpSecret, StoreError> {
-        let row: Option<(Vec<u8>, Vec<u8>)> = on_pool!(&self.db, pool => {
-            sqlx::query_as(
-                "SELECT nonce, ciphertext FROM totp_secrets WHERE enrollment_id = $1 AND user_id = $2",
-            )
-            .bind(enrollment_id.to_string())
-            .bind(user_id.to_string())
-            .fetch_optional(pool)
-            .await?
-        });
-        let (nonce, ciphertext) =
-            row.ok_or_else(|| StoreError::Failed("a TOTP secret is missing".into()))?;
-        let plain = self
-            .key
-            .open(
-                &SealedSecret { nonce, ciphertext },
-                &associated_data(user_id, enrollment_id),
-            )
-            .map_err(|_| {
-                StoreError::Failed("a TOTP secret does not open with this master key".into())
-            })?;
-        TotpSecret::from_bytes(plain.to_vec())
-            .map_err(|error| StoreError::Failed(error.to_string()))
-    }
 }
 
 #[cfg(test)]

@@ -15,8 +15,9 @@ use crate::clock::Clock;
 use crate::enumeration::{RecentRejections, UnknownNames};
 use crate::error::ApiError;
 use crate::mail::{Mailer, OutgoingMail};
-use crate::security::{PasswordHasher, SecretVault, LONGEST_HASHING_WAIT};
-use crate::store::{Committed, EventMetadata, EventStore, Loaded};
+use crate::security::{PasswordHasher, LONGEST_HASHING_WAIT};
+use twofold_store::SecretVault;
+use twofold_store::{Committed, EventMetadata, EventStore, Loaded};
 
 /// Deployment choices that shape the rules.
 #[derive(Clone, Debug)]

@@ -169,7 +169,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Rebuild(args) => {
             let db = seed::connect(&args.database_url).await?;
-            let events: i64 = twofold_projections::on_pool!(&db, pool => {
+            let events: i64 = twofold_store::on_pool!(&db, pool => {
                 sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(pool).await?
             });
             let timed = |verb: &[&str]| -> anyhow::Result<f64> {

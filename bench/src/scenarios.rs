@@ -638,7 +638,7 @@ const PG_STATS_DELAY: Duration = Duration::from_secs(11);
 
 async fn store_counters(ctx: &Ctx) -> anyhow::Result<Option<StoreCounters>> {
     let Some(db) = &ctx.db else { return Ok(None) };
-    let position: Option<i64> = twofold_projections::on_pool!(db, pool => {
+    let position: Option<i64> = twofold_store::on_pool!(db, pool => {
         sqlx::query_scalar("SELECT max(position) FROM events").fetch_one(pool).await?
     });
     let commits = match (db, ctx.args.commit_stats) {

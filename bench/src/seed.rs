@@ -227,7 +227,8 @@ async fn seed_into(
     match args.read_models {
         ReadModels::Direct => {
             let bar = progress_bar(written, "rebuilding the read models");
-            db.rebuild_read_models(|count| bar.set_position(count))
+            twofold_projections::ReadModels::new(db.clone())
+                .rebuild_read_models(|count| bar.set_position(count))
                 .await?;
             bar.finish_and_clear();
         }
@@ -275,7 +276,7 @@ async fn seed_into(
     if args.verify {
         let bar = progress_bar(written, "verifying the audit trail");
         let started = Instant::now();
-        let report = db
+        let report = twofold_projections::ReadModels::new(db.clone())
             .verify_audit_trail(None, |count| bar.set_position(count))
             .await?;
         bar.finish_and_clear();
@@ -355,7 +356,7 @@ async fn prepare(db: &Db) -> anyhow::Result<i64> {
             last.unwrap_or(0) + 1
         }
     };
-    let taken: Option<String> = twofold_projections::on_pool!(db, pool => {
+    let taken: Option<String> = twofold_store::on_pool!(db, pool => {
         sqlx::query_scalar(
             "SELECT aggregate_id FROM events WHERE event_type = 'UserRegistered' AND aggregate_id = $1",
         )

@@ -21,7 +21,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use crate::cores::{cores, on_every_shard};
-use crate::db::{Db, ProjectionError};
+use crate::db::{ProjectionError, ReadModels};
 use crate::feed::StoredEvent;
 use crate::json::{write_string, Json};
 use crate::on_pool;
@@ -418,7 +418,7 @@ impl AuditFilter {
     }
 }
 
-impl Db {
+impl ReadModels {
     /// One page of the audit trail in apply (= feed) order; returns the page
     /// and whether more rows follow.
     pub async fn audit_page(
@@ -426,7 +426,7 @@ impl Db {
         filter: &AuditFilter,
     ) -> Result<(Vec<AuditEntry>, bool), ProjectionError> {
         let (sql, args) = filter.sql();
-        on_pool!(self, pool => {
+        on_pool!(&self.0, pool => {
             let mut query = sqlx::query(&sql);
             for arg in args {
                 query = match arg {

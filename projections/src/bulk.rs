@@ -19,7 +19,7 @@ use twofold_domain::{AuthenticatedBy, TwoFactorStatus, UserEvent};
 
 use crate::audit::{audit_columns, hash_text, head_hash, Chains, Hash, AUDIT_COLUMNS};
 use crate::cores::off_the_runtime;
-use crate::db::{Db, ProjectionError};
+use crate::db::{Db, ProjectionError, ReadModels};
 use crate::feed::{EventPosition, POSTGRES_FEED, SQLITE_FEED};
 use crate::pages::{chain_page, FeedRow};
 use crate::read_models::{session_method, TABLES};
@@ -37,7 +37,7 @@ pub(crate) struct Rebuilt {
     pub applied: EventPosition,
 }
 
-impl Db {
+impl ReadModels {
     /// Empties every read model and rebuilds it from the whole history in
     /// one transaction, so readers see the old rows until it commits;
     /// `progress` hears the running count of events. Returns how many
@@ -47,7 +47,7 @@ impl Db {
         &self,
         progress: impl Fn(u64),
     ) -> Result<u64, ProjectionError> {
-        Ok(rebuild(self, progress).await?.events)
+        Ok(rebuild(&self.0, progress).await?.events)
     }
 }
 

@@ -7,7 +7,7 @@
 use sqlx::Row;
 
 use crate::audit::stored_data_without_secrets;
-use crate::db::{Db, ProjectionError};
+use crate::db::{Db, ProjectionError, ReadModels};
 use crate::on_pool;
 use crate::runner::lock_projection;
 
@@ -32,7 +32,7 @@ const UPDATE_SUFFIX: &str = ")
 UPDATE audit_log SET data = (SELECT changed.data FROM changed WHERE changed.id = audit_log.id)
  WHERE id IN (SELECT id FROM changed)";
 
-impl Db {
+impl ReadModels {
     /// Runs every data migration not yet recorded as done; returns the rows
     /// each one that ran changed.
     pub async fn run_data_migrations(&self) -> Result<Vec<(&'static str, u64)>, ProjectionError> {
@@ -51,7 +51,7 @@ impl Db {
     /// A SELECT, so that a start with nothing to do writes nothing.
     async fn data_migration_done(&self, name: &str) -> Result<bool, ProjectionError> {
         const SQL: &str = "SELECT count(*) FROM data_migrations WHERE name = $1";
-        Ok(on_pool!(self, pool => {
+        Ok(on_pool!(&self.0, pool => {
             sqlx::query_scalar::<_, i64>(SQL).bind(name).fetch_one(pool).await?
         }) > 0)
     }
@@ -117,8 +117,8 @@ impl Db {
                 Ok(Some(changed_rows))
             }};
         }
-        let _turn = self.write_turn().await;
-        match self {
+        let _turn = self.0.write_turn().await;
+        match &self.0 {
             Db::Sqlite(pool) => {
                 let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
                 migrate!(tx, sqlx::Sqlite)
@@ -168,7 +168,10 @@ mod tests {
         }
         let db = Db::Sqlite(pool.clone());
         assert_eq!(
-            db.run_data_migrations().await.unwrap(),
+            ReadModels::new(db.clone())
+                .run_data_migrations()
+                .await
+                .unwrap(),
             [(AUDIT_DATA_WITHOUT_CHALLENGE_IDS, 1_250)]
         );
         let after = data(&pool).await;
@@ -182,7 +185,11 @@ mod tests {
             .execute(&pool)
             .await
             .unwrap();
-        assert!(db.run_data_migrations().await.unwrap().is_empty());
+        assert!(ReadModels::new(db.clone())
+            .run_data_migrations()
+            .await
+            .unwrap()
+            .is_empty());
         assert_eq!(data(&pool).await[0], r#"{"challenge_id":"x"}"#);
     }
 }

@@ -18,11 +18,12 @@ mod statement;
 mod verify;
 
 pub use audit::{AuditEntry, AuditFilter};
-pub use db::{Db, ProjectionError};
+pub use db::{Db, ProjectionError, ReadModels};
 pub use feed::{EventPosition, StoredEvent};
 pub use queries::{DirectoryEntry, DirectoryFilter, SessionRecord};
 pub use report::TwoFactorCount;
 pub use runner::Projector;
+pub(crate) use twofold_store::on_pool;
 pub use verify::{ExpectedHead, Mismatch, VerifyReport};
 
 /// An empty SQLite store with the schema, for unit tests: in memory, on

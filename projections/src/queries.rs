@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 use uuid::Uuid;
 
-use crate::db::{Db, ProjectionError};
+use crate::db::{Db, ProjectionError, ReadModels};
 use crate::on_pool;
 use crate::statement::{bind_all, Arg};
 
@@ -223,7 +223,7 @@ impl DirectoryFilter {
     }
 }
 
-impl Db {
+impl ReadModels {
     pub async fn session_by_token_hash(
         &self,
         token_hash: &str,
@@ -236,7 +236,7 @@ SELECT s.session_id, s.user_id, u.username, u.email, u.role, u.two_factor_status
   JOIN user_directory u ON u.user_id = s.user_id
   LEFT JOIN user_directory i ON i.user_id = s.impersonator_id
  WHERE s.token_hash = $1";
-        on_pool!(self, pool => {
+        on_pool!(&self.0, pool => {
             let Some(row) = sqlx::query(SQL).bind(token_hash).fetch_optional(pool).await? else {
                 return Ok(None);
             };
@@ -266,8 +266,8 @@ SELECT s.session_id, s.user_id, u.username, u.email, u.role, u.two_factor_status
         session_id: Uuid,
         at: DateTime<Utc>,
     ) -> Result<(), ProjectionError> {
-        let _turn = self.write_turn().await;
-        on_pool!(self, pool => {
+        let _turn = self.0.write_turn().await;
+        on_pool!(&self.0, pool => {
             sqlx::query("UPDATE sessions SET last_seen_at = $2 WHERE session_id = $1")
                 .bind(session_id.to_string())
                 .bind(at)
@@ -282,7 +282,7 @@ SELECT s.session_id, s.user_id, u.username, u.email, u.role, u.two_factor_status
         user_id: Uuid,
     ) -> Result<Option<DirectoryEntry>, ProjectionError> {
         let sql = format!("SELECT {DIRECTORY_COLUMNS} FROM user_directory WHERE user_id = $1");
-        on_pool!(self, pool => {
+        on_pool!(&self.0, pool => {
             match sqlx::query(&sql).bind(user_id.to_string()).fetch_optional(pool).await? {
                 Some(row) => Ok(Some(directory_entry!(row))),
                 None => Ok(None),
@@ -296,8 +296,8 @@ SELECT s.session_id, s.user_id, u.username, u.email, u.role, u.two_factor_status
         &self,
         filter: &DirectoryFilter,
     ) -> Result<(Vec<DirectoryEntry>, bool), ProjectionError> {
-        let (sql, args) = filter.sql(&SearchDialect::of(self));
-        on_pool!(self, pool => {
+        let (sql, args) = filter.sql(&SearchDialect::of(&self.0));
+        on_pool!(&self.0, pool => {
             let rows = bind_all!(sqlx::query(&sql), args).fetch_all(pool).await?;
             let more = rows.len() > filter.limit as usize;
             let mut entries = Vec::with_capacity(rows.len());
@@ -312,7 +312,7 @@ SELECT s.session_id, s.user_id, u.username, u.email, u.role, u.two_factor_status
         &self,
         challenge_id: Uuid,
     ) -> Result<Option<Uuid>, ProjectionError> {
-        on_pool!(self, pool => {
+        on_pool!(&self.0, pool => {
             let owner: Option<String> =
                 sqlx::query_scalar("SELECT user_id FROM challenges WHERE challenge_id = $1")
                     .bind(challenge_id.to_string())
@@ -323,7 +323,7 @@ SELECT s.session_id, s.user_id, u.username, u.email, u.role, u.two_factor_status
     }
 
     pub async fn users_with_role(&self, role: &str) -> Result<i64, ProjectionError> {
-        on_pool!(self, pool => {
+        on_pool!(&self.0, pool => {
             Ok(sqlx::query_scalar("SELECT count(*) FROM user_directory WHERE role = $1")
                 .bind(role)
                 .fetch_one(pool)
@@ -333,7 +333,7 @@ SELECT s.session_id, s.user_id, u.username, u.email, u.role, u.two_factor_status
 
     /// How many users hold this address (compared without case).
     pub async fn users_with_email(&self, email_key: &str) -> Result<i64, ProjectionError> {
-        on_pool!(self, pool => {
+        on_pool!(&self.0, pool => {
             Ok(sqlx::query_scalar("SELECT count(*) FROM user_directory WHERE email_key = $1")
                 .bind(email_key)
                 .fetch_one(pool)
@@ -598,7 +598,10 @@ mod tests {
                 // Each page holds a user or ends the search: a repeated page
                 // shows up in `seen` instead of looping for ever.
                 for _ in 0..=users.len() {
-                    let (page, more) = db.search_directory(&filter).await.unwrap();
+                    let (page, more) = ReadModels::new(db.clone())
+                        .search_directory(&filter)
+                        .await
+                        .unwrap();
                     assert!(page.len() <= limit as usize);
                     seen.extend(page.iter().map(|entry| entry.username.clone()));
                     if !more {

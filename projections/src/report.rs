@@ -3,7 +3,7 @@
 
 use sqlx::Row;
 
-use crate::db::{Db, ProjectionError};
+use crate::db::{ProjectionError, ReadModels};
 use crate::on_pool;
 
 /// How many users share one role, 2FA status and enforcement.
@@ -15,11 +15,11 @@ pub struct TwoFactorCount {
     pub users: i64,
 }
 
-impl Db {
+impl ReadModels {
     pub async fn two_factor_counts(&self) -> Result<Vec<TwoFactorCount>, ProjectionError> {
         const SQL: &str = "SELECT role, two_factor_status, enforced, users FROM two_factor_counts
                             WHERE users <> 0 ORDER BY role, two_factor_status, enforced";
-        on_pool!(self, pool => {
+        on_pool!(&self.0, pool => {
             let rows = sqlx::query(SQL).fetch_all(pool).await?;
             rows.iter()
                 .map(|row| {

@@ -7,7 +7,7 @@ use tokio::sync::{watch, Mutex};
 
 use crate::audit::{self, Hash, AUDIT_COLUMNS};
 use crate::bulk;
-use crate::db::{Db, ProjectionError};
+use crate::db::{Db, ProjectionError, ReadModels};
 use crate::feed::{decode, EventPosition, StoredEvent, POSTGRES_FEED, SQLITE_FEED};
 use crate::read_models::plan;
 use crate::statement::{execute_all, insert_rows, postgres_script, Arg, Statement};
@@ -115,6 +115,7 @@ pub(crate) async fn lock_projection(tx: &mut sqlx::PgConnection) -> Result<(), s
 /// event is applied once, in order, in the same transaction as the checkpoint.
 pub struct Projector {
     db: Db,
+    models: ReadModels,
     applied: watch::Sender<EventPosition>,
     round: Mutex<()>,
 }
@@ -122,6 +123,7 @@ pub struct Projector {
 impl Projector {
     pub async fn new(db: Db) -> Result<Arc<Self>, ProjectionError> {
         let projector = Arc::new(Self {
+            models: ReadModels::new(db.clone()),
             db,
             applied: watch::Sender::new(EventPosition::default()),
             round: Mutex::new(()),
@@ -130,8 +132,9 @@ impl Projector {
         Ok(projector)
     }
 
-    pub fn db(&self) -> &Db {
-        &self.db
+    /// The read models it keeps, for their queries.
+    pub fn read_models(&self) -> &ReadModels {
+        &self.models
     }
 
     /// The last event this process knows to be applied.

@@ -15,7 +15,7 @@ use sqlx::Row;
 
 use crate::audit::{head_hash, AuditColumns, Chains, Hash, GENESIS};
 use crate::cores::off_the_runtime;
-use crate::db::{Db, ProjectionError};
+use crate::db::{Db, ProjectionError, ReadModels};
 use crate::feed::EventPosition;
 use crate::on_pool;
 use crate::pages::{chain_page, Chained};
@@ -330,7 +330,7 @@ impl Walk<'_> {
     }
 }
 
-impl Db {
+impl ReadModels {
     /// Recomputes both chains over every event the projection has applied
     /// and compares them with the trail; stops at the first disagreement.
     /// `progress` hears the running count of events checked.
@@ -345,7 +345,7 @@ impl Db {
         progress: impl Fn(u64),
     ) -> Result<VerifyReport, ProjectionError> {
         let (bound, last_id) = self.verify_bounds().await?;
-        let (events_sql, times_as_text) = match self {
+        let (events_sql, times_as_text) = match &self.0 {
             Db::Sqlite(_) => (SQLITE_EVENTS, true),
             Db::Postgres(_) => (POSTGRES_EVENTS, false),
         };
@@ -356,7 +356,7 @@ impl Db {
             head_position: None,
             checked: 0,
         };
-        on_pool!(self, pool => {
+        on_pool!(&self.0, pool => {
             let events_page = |after: EventPosition| {
                 sqlx::query(events_sql)
                     .bind(after.transaction_id)
@@ -453,7 +453,7 @@ impl Db {
     ) -> Result<Mismatch, ProjectionError> {
         let count = |table: &'static str, position: i64| async move {
             let sql = format!("SELECT count(*) FROM {table} WHERE position = $1");
-            on_pool!(self, pool => {
+            on_pool!(&self.0, pool => {
                 sqlx::query_scalar::<_, i64>(&sql).bind(position).fetch_one(pool).await
             })
         };
@@ -473,7 +473,7 @@ impl Db {
 SELECT (SELECT transaction_id FROM projection_checkpoints WHERE name = $1) AS transaction_id,
        (SELECT position FROM projection_checkpoints WHERE name = $1) AS position,
        (SELECT coalesce(max(id), 0) FROM audit_log) AS last_id";
-        on_pool!(self, pool => {
+        on_pool!(&self.0, pool => {
             let row = sqlx::query(SQL).bind(CHECKPOINT).fetch_one(pool).await?;
             let transaction_id: Option<i64> = row.try_get("transaction_id")?;
             let position: Option<i64> = row.try_get("position")?;
@@ -511,8 +511,8 @@ SELECT (SELECT transaction_id FROM projection_checkpoints WHERE name = $1) AS tr
         after_id: i64,
         last_id: i64,
     ) -> Result<Vec<TrailRow>, ProjectionError> {
-        on_pool!(self, pool => {
-            let rows = sqlx::query(match self {
+        on_pool!(&self.0, pool => {
+            let rows = sqlx::query(match &self.0 {
                 Db::Sqlite(_) => SQLITE_TRAIL,
                 Db::Postgres(_) => POSTGRES_TRAIL,
             })

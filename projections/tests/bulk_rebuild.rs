@@ -15,7 +15,8 @@ use twofold_domain::totp::TotpParameters;
 use twofold_domain::values::SecondFactorMethod;
 use twofold_domain::values::{AuthenticatedBy, Email, PasswordHash, Role, TokenHash, Username};
 use twofold_domain::UserEvent;
-use twofold_projections::{on_pool, Db, Projector};
+use twofold_projections::Projector;
+use twofold_store::{on_pool, Db};
 use uuid::Uuid;
 
 /// A small deterministic generator, so a failure can be replayed.
@@ -321,7 +322,10 @@ async fn rebuild_equals_the_live_projector(db: Db) {
     // The service goes on from the rebuilt models, and the trail verifies.
     history.step(0, &mut dice).await;
     assert_eq!(projector.catch_up().await.unwrap(), 1);
-    let report = db.verify_audit_trail(None, |_| {}).await.unwrap();
+    let report = twofold_projections::ReadModels::new(db.clone())
+        .verify_audit_trail(None, |_| {})
+        .await
+        .unwrap();
     assert!(report.ok, "{report:?}");
     assert_eq!(report.events_checked as usize, events + 1);
 }

@@ -12,7 +12,7 @@ use sqlx::SqlitePool;
 use twofold_domain::totp::TotpParameters;
 use twofold_domain::values::{AuthenticatedBy, Email, PasswordHash, Role, TokenHash, Username};
 use twofold_domain::UserEvent;
-use twofold_projections::{Db, Projector};
+use twofold_projections::{Db, Projector, ReadModels};
 use uuid::Uuid;
 
 async fn store() -> SqlitePool {
@@ -220,7 +220,7 @@ async fn counters_equal_the_directory_and_reapplying_or_rebuilding_changes_nothi
     assert_eq!(projector.rebuild(|_| {}).await.unwrap() as usize, events);
     assert_eq!(snapshot(&pool).await, incremental);
 
-    let report = Db::Sqlite(pool.clone())
+    let report = ReadModels::new(Db::Sqlite(pool.clone()))
         .verify_audit_trail(None, |_| {})
         .await
         .unwrap();
@@ -245,12 +245,16 @@ async fn audit_rows_hold_no_secret_and_verify_names_an_edited_event() {
         let _: Value = serde_json::from_str(data).unwrap();
     }
     let db = Db::Sqlite(pool.clone());
-    let clean = db.verify_audit_trail(None, |_| {}).await.unwrap();
+    let clean = ReadModels::new(db.clone())
+        .verify_audit_trail(None, |_| {})
+        .await
+        .unwrap();
     let expect = format!("{}:{}", clean.head_position.unwrap(), clean.head)
         .parse()
         .unwrap();
     assert!(
-        db.verify_audit_trail(Some(&expect), |_| {})
+        ReadModels::new(db.clone())
+            .verify_audit_trail(Some(&expect), |_| {})
             .await
             .unwrap()
             .ok
@@ -263,7 +267,10 @@ async fn audit_rows_hold_no_secret_and_verify_names_an_edited_event() {
     .execute(&pool)
     .await
     .unwrap();
-    let report = db.verify_audit_trail(Some(&expect), |_| {}).await.unwrap();
+    let report = ReadModels::new(db.clone())
+        .verify_audit_trail(Some(&expect), |_| {})
+        .await
+        .unwrap();
     assert!(!report.ok);
     let mismatch = report.first_mismatch.unwrap();
     assert_eq!(mismatch.problem, "content_changed");

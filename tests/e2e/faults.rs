@@ -16,7 +16,7 @@ use futures::future::join_all;
 use rand::Rng;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use twofold_projections::{on_pool, Db};
+use twofold_store::{on_pool, Db};
 
 use crate::helpers::{binary, fresh_postgres_database, Answer, Backend, ADMIN};
 use crate::on_both_backends;

@@ -313,7 +313,7 @@ pub(crate) struct StoredRow {
 
 /// Every stored event, per aggregate in sequence order.
 pub(crate) async fn stored_events(db: &Db) -> Vec<StoredRow> {
-    let rows: Vec<(String, i64, String, String)> = twofold_projections::on_pool!(db, pool => {
+    let rows: Vec<(String, i64, String, String)> = twofold_store::on_pool!(db, pool => {
         sqlx::query_as(
             "SELECT aggregate_id, sequence, event_type, CAST(payload AS TEXT)
                FROM events ORDER BY aggregate_id, sequence",
@@ -837,7 +837,7 @@ struct Recorded {
 /// A user's stored events in sequence order, read back as the domain's
 /// events; the sequences must run 1, 2, 3 ... without a gap.
 async fn user_history(db: &Db, user_id: &str) -> Vec<Recorded> {
-    let rows: Vec<(i64, i64, String)> = twofold_projections::on_pool!(db, pool => {
+    let rows: Vec<(i64, i64, String)> = twofold_store::on_pool!(db, pool => {
         sqlx::query_as(
             "SELECT sequence, position, CAST(payload AS TEXT) FROM events
               WHERE aggregate_id = $1 ORDER BY sequence",
@@ -1250,7 +1250,7 @@ fn fold_administration(history: &[Recorded]) -> Folded {
 
 /// The user's last sequence number now.
 async fn last_sequence(db: &Db, user_id: &str) -> i64 {
-    twofold_projections::on_pool!(db, pool => {
+    twofold_store::on_pool!(db, pool => {
         sqlx::query_scalar("SELECT coalesce(max(sequence), 0) FROM events WHERE aggregate_id = $1")
             .bind(user_id)
             .fetch_one(pool)
@@ -1658,7 +1658,7 @@ async fn directory_rows(db: &Db) -> Vec<Vec<Option<String>>> {
         Option<String>,
         Option<String>,
     );
-    let rows: Vec<Row> = twofold_projections::on_pool!(db, pool => {
+    let rows: Vec<Row> = twofold_store::on_pool!(db, pool => {
         sqlx::query_as(
             "SELECT user_id, username, email, email_key, role, two_factor_status,
                     CAST(enforced AS TEXT), CAST(enabled_at AS TEXT),
@@ -1675,7 +1675,7 @@ async fn directory_rows(db: &Db) -> Vec<Vec<Option<String>>> {
 }
 
 async fn checkpoint(db: &Db) -> Option<(i64, i64)> {
-    twofold_projections::on_pool!(db, pool => {
+    twofold_store::on_pool!(db, pool => {
         sqlx::query_as(
             "SELECT transaction_id, position FROM projection_checkpoints WHERE name = 'read_models'",
         )
@@ -1740,7 +1740,7 @@ async fn read_models_see_every_event_even_when_commits_are_delayed(backend: Back
     // The app creates the schema and writes a registration to copy.
     let app = spawn_app(backend).await;
     let db = open_db(&app.database_url).await;
-    let template: (String, String) = twofold_projections::on_pool!(&db, pool => {
+    let template: (String, String) = twofold_store::on_pool!(&db, pool => {
         sqlx::query_as(
             "SELECT CAST(payload AS TEXT), CAST(metadata AS TEXT) FROM events
               WHERE event_type = 'UserRegistered' ORDER BY sequence LIMIT 1",
@@ -1847,7 +1847,7 @@ async fn read_models_see_every_event_even_when_commits_are_delayed(backend: Back
     assert_eq!(restarted.catch_up().await.unwrap(), 0);
     assert_eq!(restarted.applied(), projector.applied());
     assert_eq!(directory_rows(&db).await, before);
-    let events: i64 = twofold_projections::on_pool!(&db, pool => {
+    let events: i64 = twofold_store::on_pool!(&db, pool => {
         sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = 'user'")
             .fetch_one(pool)
             .await

@@ -178,7 +178,7 @@ pub async fn audit_trail(
 ) -> Result<Response, ApiError> {
     session.require(Role::can_read_reports)?;
     let (filter, output) = parse(query.caught_up(&state).await?)?;
-    let db = state.projector.db().clone();
+    let db = state.projector.read_models().clone();
     match output {
         Output::Page => {
             let (entries, more) = db.audit_page(&filter).await?;
@@ -235,7 +235,7 @@ pub async fn verify(
     state.projector.catch_up().await?;
     let report = state
         .projector
-        .db()
+        .read_models()
         .verify_audit_trail(None, |_| {})
         .await?;
     if !report.ok {

@@ -22,7 +22,7 @@ use crate::openapi::{BadRequest, BodyErrors, MethodSchema, SessionErrors, Unavai
 use crate::respond::Written;
 use crate::security;
 use crate::state::AppState;
-use crate::store::{EventMetadata, Loaded, StoreError};
+use twofold_store::{EventMetadata, Loaded, StoreError};
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -228,7 +228,12 @@ pub async fn email_eligible(state: &AppState, user: &User) -> Result<bool, ApiEr
 
 /// "Shared with other users": another account has the same address.
 async fn address_shared(state: &AppState, email: &Email) -> Result<bool, ApiError> {
-    Ok(state.projector.db().users_with_email(&email.key()).await? > 1)
+    Ok(state
+        .projector
+        .read_models()
+        .users_with_email(&email.key())
+        .await?
+        > 1)
 }
 
 #[derive(Serialize, ToSchema)]
@@ -248,7 +253,7 @@ fn new_email_code() -> String {
 async fn challenge_owner(state: &AppState, challenge_id: Uuid) -> Result<Loaded, ApiError> {
     let user_id = state
         .projector
-        .db()
+        .read_models()
         .challenge_owner(challenge_id)
         .await?
         .ok_or(ApiError::NotFound("no such sign-in challenge"))?;

@@ -168,7 +168,7 @@ pub async fn start_totp_enrollment(
     let enrollment_id = Uuid::new_v4();
     let secret = security::new_totp_secret()?;
     // A restarted enrollment's earlier secret will never be confirmed.
-    state.vault.erase(user_id, &[]).await?;
+    state.vault.erase(user_id).await?;
     state.vault.store(user_id, enrollment_id, &secret).await?;
     let parameters = state.settings.totp;
     let committed = state
@@ -390,7 +390,7 @@ pub async fn disable_two_factor(
         }
     }
     if !committed.events.is_empty() {
-        state.vault.erase(user_id, &[]).await?;
+        state.vault.erase(user_id).await?;
         state
             .notify(
                 session.record.email.as_deref(),
@@ -457,7 +457,7 @@ pub async fn remembered_devices(
 pub async fn forget_devices(
     state: &AppState,
     user_id: Uuid,
-    metadata: &crate::store::EventMetadata,
+    metadata: &twofold_store::EventMetadata,
 ) -> Result<Written<()>, ApiError> {
     let loaded = state.store.load(user_id).await?;
     let committed = state

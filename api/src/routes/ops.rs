@@ -4,7 +4,6 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::response::Response;
-use twofold_projections::on_pool;
 
 use crate::error::{ErrorBody, ErrorCode};
 use crate::extract::Json;
@@ -33,9 +32,7 @@ pub async fn healthz() -> Json<Status> {
     ),
 )]
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let answered: Result<i64, sqlx::Error> = on_pool!(state.store.db(), pool => {
-        sqlx::query_scalar("SELECT CAST(1 AS BIGINT)").fetch_one(pool).await
-    });
+    let answered = twofold_store::ping(state.store.db()).await;
     match answered {
         Ok(_) => (StatusCode::OK, Json(Status { status: "ready" })).into_response(),
         Err(error) => {

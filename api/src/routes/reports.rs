@@ -76,7 +76,7 @@ pub async fn two_factor_report(
     match query.format.as_deref() {
         None | Some("json") => {}
         Some("csv") => {
-            let rows = export::two_factor_csv(state.projector.db().clone());
+            let rows = export::two_factor_csv(state.projector.read_models().clone());
             return Ok((
                 [
                     (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
@@ -91,7 +91,7 @@ pub async fn two_factor_report(
         }
         Some(_) => return Err(ApiError::InvalidRequest("format is json or csv".into())),
     }
-    let counts = state.projector.db().two_factor_counts().await?;
+    let counts = state.projector.read_models().two_factor_counts().await?;
     let (mut total, mut enabled, mut pending, mut disabled) = (0, 0, 0, 0);
     let (mut enforced, mut enforced_not_enabled) = (0, 0);
     let mut by_role: BTreeMap<&str, (i64, i64)> = Role::ALL

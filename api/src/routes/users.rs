@@ -21,7 +21,7 @@ use crate::read_query::{MinPosition, ReadQuery};
 use crate::respond::Written;
 use crate::security;
 use crate::state::AppState;
-use crate::store::EventMetadata;
+use twofold_store::EventMetadata;
 
 #[derive(Serialize, ToSchema)]
 #[schema(as = User)]
@@ -71,7 +71,7 @@ pub fn user_email(user: &twofold_domain::User) -> Option<String> {
 async fn user_view(state: &AppState, id: Uuid) -> Result<UserView, ApiError> {
     state
         .projector
-        .db()
+        .read_models()
         .directory_entry(id)
         .await?
         .map(UserView::from)
@@ -415,7 +415,11 @@ pub async fn list_users(
         after_username,
         limit,
     };
-    let (entries, more) = state.projector.db().search_directory(&filter).await?;
+    let (entries, more) = state
+        .projector
+        .read_models()
+        .search_directory(&filter)
+        .await?;
     let next_cursor = more
         .then(|| entries.last().map(|e| encode_cursor(&e.username)))
         .flatten();
@@ -597,7 +601,7 @@ pub async fn reset_two_factor(
             }
         })
         .await?;
-    state.vault.erase(id, &[]).await?;
+    state.vault.erase(id).await?;
     state
         .notify(
             email.as_deref(),

@@ -11,7 +11,9 @@ use postgres_es::PostgresEventRepository;
 use serde::Serialize;
 use sqlite_es::SqliteEventRepository;
 use twofold_domain::{User, UserCommand, UserError, UserEvent, Username};
-use twofold_projections::{on_pool, Db, EventPosition};
+
+use crate::feed::EventPosition;
+use crate::{on_pool, Db};
 use uuid::Uuid;
 
 /// A command's aggregate is reloaded and retried this many times when
@@ -499,8 +501,8 @@ mod tests {
     use super::*;
 
     async fn store_on(url: &str) -> EventStore {
-        let db = crate::database::connect(url, 4).await.unwrap();
-        crate::database::migrate(&db).await.unwrap();
+        let db = crate::connect::connect(url, 4).await.unwrap();
+        crate::connect::migrate(&db).await.unwrap();
         EventStore::new(db)
     }
 

@@ -1,3 +1,5 @@
+//! Opening the store named by a URL, and its schema migrations.
+
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -8,7 +10,8 @@ use sqlx::sqlite::{
     SqliteSynchronous, SqliteTransactionManager,
 };
 use sqlx::{Connection, Executor, TransactionManager};
-use twofold_projections::Db;
+
+use crate::Db;
 
 /// Opens the store named by the URL: SQLite (created when missing, WAL,
 /// synchronous=FULL so an acknowledged write survives power loss) or PostgreSQL.
@@ -76,8 +79,7 @@ async fn end_stray_transaction(connection: &mut SqliteConnection) -> Result<bool
     Ok(true)
 }
 
-/// The SQL migrations, then the data migrations (rows rewritten by the
-/// service's own code, once each).
+/// The schema's migrations (`migrations/`), each applied once.
 pub async fn migrate(db: &Db) -> anyhow::Result<()> {
     let migrator = match db {
         Db::Sqlite(_) => sqlx::migrate!("../migrations/sqlite"),
@@ -89,15 +91,17 @@ pub async fn migrate(db: &Db) -> anyhow::Result<()> {
             Db::Postgres(pool) => migrator.run(pool).await?,
         }
     }
-    // Each runs once (recorded in `data_migrations`); later starts only read.
-    for (name, rows) in db
-        .run_data_migrations()
-        .await
-        .context("data migrations failed")?
-    {
-        tracing::info!(name, rows, "data migration applied");
-    }
     Ok(())
+}
+
+/// Whether the store answers a trivial query (readiness).
+pub async fn ping(db: &Db) -> Result<(), sqlx::Error> {
+    crate::on_pool!(db, pool => {
+        sqlx::query_scalar::<_, i64>("SELECT CAST(1 AS BIGINT)")
+            .fetch_one(pool)
+            .await
+            .map(drop)
+    })
 }
 
 /// Every migration already applied, unchanged. Checked with a SELECT first

@@ -1,0 +1,16 @@
+//! twofold's store: connections and migrations, the event store (append,
+//! load, snapshots, the users kept in memory, the command executor), the
+//! global order of the events, and the sealed secrets. The one place where
+//! SQLite and PostgreSQL differ.
+
+mod connect;
+mod db;
+mod events;
+pub mod feed;
+mod vault;
+
+pub use connect::{connect, migrate, ping, sqlite_file};
+pub use db::Db;
+pub use events::{is_unavailable, Committed, EventMetadata, EventStore, Loaded, StoreError};
+pub use feed::{EventPosition, StoredEvent};
+pub use vault::SecretVault;
