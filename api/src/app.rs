@@ -15,26 +15,25 @@ use tokio::sync::watch;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
+use twofold_app::mail::Mailer;
+use twofold_app::{passwords, App, Clock, Settings};
 use twofold_domain::totp::{TotpAlgorithm, TotpParameters};
-use twofold_domain::{Email, Role, TwoFactorPolicy, Username};
+use twofold_domain::TwoFactorPolicy;
 use twofold_projections::{Db, Projector, ReadModels};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::client_address::TrustedProxies;
-use crate::clock::{Clock, SystemClock};
 use crate::config::{ServeArgs, TotpHash};
 use crate::error::{ApiError, ErrorBody, ErrorCode};
-use crate::mail::Mailer;
 use crate::new_files::NewFiles;
 use crate::openapi as doc;
 use crate::routes::{audit, login, me, ops, reports, users};
-use crate::security;
 use crate::serve::{self, ConnectionLimits};
-use crate::state::{AppState, Settings};
-use twofold_store::SecretVault;
-use twofold_store::{EventMetadata, EventStore};
+use crate::state::AppState;
+use twofold_app::clock::SystemClock;
+use twofold_store::{EventStore, SecretVault};
 
 const BODY_LIMIT: usize = 64 * 1024;
 /// Where the JSON API lives.
@@ -257,7 +256,7 @@ impl ServeConfig {
             .map_err(|error| anyhow::anyhow!("TOTP settings: {error}"))?;
         let password_hash_workers = args
             .password_hash_workers
-            .unwrap_or_else(security::default_hashing_workers);
+            .unwrap_or_else(passwords::default_hashing_workers);
         Ok(ServeConfig {
             database_url: url,
             database_max_connections: args.database.database_max_connections,
@@ -277,7 +276,7 @@ impl ServeConfig {
                 password_hash_workers,
                 password_hash_queue: args
                     .password_hash_queue
-                    .unwrap_or_else(|| security::default_hashing_queue(password_hash_workers)),
+                    .unwrap_or_else(|| passwords::default_hashing_queue(password_hash_workers)),
             },
             bootstrap_admin: args.bootstrap_admin,
             clock: Arc::new(SystemClock),
@@ -381,25 +380,28 @@ pub async fn migrate(db: &Db) -> anyhow::Result<()> {
 
 async fn start_on(db: &Db, config: ServeConfig, created: &mut NewFiles) -> anyhow::Result<Running> {
     migrate(db).await.context("migrations failed")?;
-    let (key, key_created) = security::master_key_for_store(&config.master_key_file, db).await?;
+    let (key, key_created) =
+        twofold_app::master_key::master_key_for_store(&config.master_key_file, db).await?;
     if key_created {
         created.add(config.master_key_file.clone());
     }
     let mailer = config.mail.mailer()?;
     let projector = Projector::new(db.clone()).await?;
-    let state = AppState::new(
+    let app = App::new(
         EventStore::new(db.clone()),
         Arc::clone(&projector),
         SecretVault::new(key, db.clone()),
         config.clock,
         config.settings,
-        metrics_handle(),
         mailer,
     )
     .context("cannot start the password hashing threads")?;
     if let Some(spec) = &config.bootstrap_admin {
-        bootstrap_admin(&state, db, spec).await?;
+        if app.bootstrap_admin(spec).await? {
+            tracing::info!("created the bootstrap super admin");
+        }
     }
+    let state = AppState::new(app, metrics_handle(), openapi());
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -458,42 +460,6 @@ async fn close(db: &Db) {
     match db {
         Db::Sqlite(pool) => pool.close().await,
         Db::Postgres(pool) => pool.close().await,
-    }
-}
-
-/// `TWOFOLD_BOOTSTRAP_ADMIN=username:password`: the first super admin.
-async fn bootstrap_admin(state: &AppState, db: &Db, spec: &str) -> anyhow::Result<()> {
-    if ReadModels::new(db.clone())
-        .users_with_role(Role::SuperAdmin.as_str())
-        .await?
-        > 0
-    {
-        return Ok(());
-    }
-    let (username, password) = spec
-        .split_once(':')
-        .context("TWOFOLD_BOOTSTRAP_ADMIN must be username:password")?;
-    let username = Username::parse(username).context("bootstrap admin: bad username")?;
-    let metadata = EventMetadata {
-        occurred_at: Some(state.now()),
-        ..EventMetadata::default()
-    };
-    let registered = crate::routes::users::register(
-        state,
-        &metadata,
-        username.clone(),
-        password.to_string(),
-        None::<Email>,
-        Role::SuperAdmin,
-    )
-    .await;
-    match registered {
-        Ok(_) => {
-            tracing::info!(%username, "created the bootstrap super admin");
-            Ok(())
-        }
-        Err(ApiError::Conflict(_)) => Ok(()),
-        Err(error) => Err(anyhow::anyhow!("bootstrap admin: {error}")),
     }
 }
 

@@ -6,7 +6,7 @@
 //! its own address, and with it a fresh sign-in limit or a false `ip` in
 //! the audit trail.
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 
 use axum::http::HeaderMap;
@@ -14,11 +14,6 @@ use ipnet::IpNet;
 
 /// The header proxies append the address they received a request from to.
 pub const FORWARDED_FOR: &str = "x-forwarded-for";
-
-/// Per-address limits count an IPv6 client by this prefix: one subscriber
-/// usually holds a whole /64, so counting single addresses would give each
-/// client 2^64 separate limits.
-pub const IPV6_LIMIT_PREFIX: u32 = 64;
 
 /// The client's address as resolved when the request arrived (see
 /// `serve.rs`); `RequestOrigin` reads it.
@@ -101,24 +96,14 @@ fn parse_entry(entry: &str) -> Option<IpAddr> {
         .or_else(|| entry.parse::<SocketAddr>().ok().map(|address| address.ip()))
 }
 
-/// The key a per-address limit counts `ip` under: an IPv4 address itself
-/// (also when written IPv4-mapped), an IPv6 address's /64.
-pub fn limit_key(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => IpAddr::V4(v4),
-        IpAddr::V6(v6) => {
-            let network = u128::MAX << (128 - IPV6_LIMIT_PREFIX);
-            IpAddr::V6(Ipv6Addr::from(u128::from(v6) & network))
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
     use axum::http::HeaderValue;
     use proptest::prelude::*;
+
+    use std::net::Ipv6Addr;
 
     use super::*;
 
@@ -217,21 +202,6 @@ mod tests {
         assert!(parsed.contains(ip("2001:db8:1::1")));
         assert!("10.0.0.0/33".parse::<TrustedProxies>().is_err());
         assert!("proxy.example".parse::<TrustedProxies>().is_err());
-    }
-
-    #[test]
-    fn ipv6_addresses_share_a_limit_per_64_and_ipv4_per_address() {
-        assert_eq!(
-            limit_key(ip("2001:db8:1:2:aaaa::1")),
-            limit_key(ip("2001:db8:1:2:bbbb::2"))
-        );
-        assert_eq!(limit_key(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
-        assert_ne!(
-            limit_key(ip("2001:db8:1:2::1")),
-            limit_key(ip("2001:db8:1:3::1"))
-        );
-        assert_ne!(limit_key(ip("192.0.2.1")), limit_key(ip("192.0.2.2")));
-        assert_eq!(limit_key(ip("::ffff:192.0.2.1")), ip("192.0.2.1"));
     }
 
     fn any_ip() -> impl Strategy<Value = IpAddr> {

@@ -3,13 +3,9 @@
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, Utc};
 use serde::Serialize;
-use twofold_domain::UserError;
-use twofold_projections::ProjectionError;
+use twofold_app::AppError;
 use utoipa::ToSchema;
-
-use twofold_store::{is_unavailable, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -125,12 +121,6 @@ impl ApiError {
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, C::Internal),
         }
     }
-
-    pub fn locked_until(until: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Self {
-        ApiError::AccountLocked {
-            retry_after: until.map(|until| (until - now).num_seconds().max(1)),
-        }
-    }
 }
 
 impl IntoResponse for ApiError {
@@ -164,71 +154,27 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<UserError> for ApiError {
-    fn from(error: UserError) -> Self {
-        use UserError::*;
+impl From<AppError> for ApiError {
+    fn from(error: AppError) -> Self {
         match error {
-            AlreadyRegistered => ApiError::Conflict(error.to_string()),
-            NotRegistered => ApiError::NotFound("no such user"),
-            InvalidUsername
-            | InvalidEmail
-            | InvalidRole
-            | ReasonRequired
-            | MethodUnavailable
-            | ReauthenticationRequired => ApiError::InvalidRequest(error.to_string()),
-            // Another process changed the password while this one was
-            // checking it: the password given is no longer the password.
-            StalePasswordCheck => ApiError::InvalidCredentials,
-            EmailUnavailable => ApiError::EmailUnavailable,
-            AccountLocked { until } => ApiError::AccountLocked {
-                retry_after: until
-                    .map(|until| (until - crate::clock::system_now()).num_seconds().max(1)),
-            },
-            ChallengeNotFound => ApiError::NotFound("no such sign-in challenge"),
-            ChallengeExpired => ApiError::ChallengeExpired,
-            ChallengeLocked => ApiError::ChallengeLocked,
-            TwoFactorAlreadyEnabled | TwoFactorNotEnabled | NoPendingEnrollment => {
-                ApiError::Conflict(error.to_string())
+            AppError::InvalidRequest(message) => ApiError::InvalidRequest(message),
+            AppError::Unauthenticated => ApiError::Unauthenticated,
+            AppError::InvalidCredentials => ApiError::InvalidCredentials,
+            AppError::InvalidCode { attempts_remaining } => {
+                ApiError::InvalidCode { attempts_remaining }
             }
-            TwoFactorEnforced => ApiError::TwoFactorEnforced,
-            ImpersonationForbidden => ApiError::Forbidden("you may not log in as this user"),
-            SessionNotFound => ApiError::NotFound("no such session"),
-            TooManyEmailCodes { retry_at } => ApiError::RateLimited {
-                retry_after: (retry_at - crate::clock::system_now()).num_seconds().max(1),
-            },
-        }
-    }
-}
-
-impl From<StoreError> for ApiError {
-    fn from(error: StoreError) -> Self {
-        match error {
-            StoreError::Rejected(error) => error.into(),
-            StoreError::UsernameTaken => ApiError::Conflict("the username is taken".into()),
-            StoreError::Contended => {
-                ApiError::Conflict("the user changed meanwhile; try again".into())
-            }
-            StoreError::Unavailable(cause) => {
-                tracing::warn!(%cause, "event store unavailable");
-                ApiError::Unavailable { retry_after: 1 }
-            }
-            StoreError::Failed(cause) => ApiError::Internal(cause),
-        }
-    }
-}
-
-impl From<ProjectionError> for ApiError {
-    fn from(error: ProjectionError) -> Self {
-        let unavailable = match &error {
-            ProjectionError::Database(cause) => is_unavailable(cause),
-            ProjectionError::Lagging => true,
-            ProjectionError::Corrupt { .. } => false,
-        };
-        if unavailable {
-            tracing::warn!(%error, "read models unavailable");
-            ApiError::Unavailable { retry_after: 1 }
-        } else {
-            ApiError::Internal(error.to_string())
+            AppError::Forbidden(message) => ApiError::Forbidden(message),
+            AppError::EnrollmentRequired => ApiError::EnrollmentRequired,
+            AppError::NotFound(message) => ApiError::NotFound(message),
+            AppError::Conflict(message) => ApiError::Conflict(message),
+            AppError::EmailUnavailable => ApiError::EmailUnavailable,
+            AppError::TwoFactorEnforced => ApiError::TwoFactorEnforced,
+            AppError::ChallengeExpired => ApiError::ChallengeExpired,
+            AppError::ChallengeLocked => ApiError::ChallengeLocked,
+            AppError::AccountLocked { retry_after } => ApiError::AccountLocked { retry_after },
+            AppError::RateLimited { retry_after } => ApiError::RateLimited { retry_after },
+            AppError::Unavailable { retry_after } => ApiError::Unavailable { retry_after },
+            AppError::Internal(cause) => ApiError::Internal(cause),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! axum's extractors, answering bad input with the contract's JSON errors.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
@@ -8,6 +8,7 @@ use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use twofold_app::RequestOrigin;
 
 use crate::error::ApiError;
 
@@ -111,13 +112,9 @@ pub struct Path<T>(pub T);
 
 /// Where a request came from, recorded in each event's metadata.
 #[derive(Clone, Debug, Default)]
-pub struct RequestOrigin {
-    pub ip: Option<IpAddr>,
-    pub user_agent: Option<String>,
-    pub request_id: Option<String>,
-}
+pub struct Origin(pub RequestOrigin);
 
-impl<S: Send + Sync> FromRequestParts<S> for RequestOrigin {
+impl<S: Send + Sync> FromRequestParts<S> for Origin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
@@ -137,10 +134,10 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestOrigin {
                 .and_then(|value| value.to_str().ok())
                 .map(|value| value.chars().take(512).collect::<String>())
         };
-        Ok(RequestOrigin {
+        Ok(Origin(RequestOrigin {
             ip,
             user_agent: text(header::USER_AGENT.as_str()),
             request_id: text("x-request-id"),
-        })
+        }))
     }
 }

@@ -4,20 +4,16 @@
 mod app;
 mod auth;
 mod client_address;
-mod clock;
 pub mod config;
-mod enumeration;
 mod error;
 mod export;
 mod extract;
-mod mail;
 mod new_files;
 mod openapi;
 mod qr;
 mod read_query;
 mod respond;
 mod routes;
-mod security;
 mod serve;
 mod state;
 mod telemetry;
@@ -30,9 +26,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 pub use app::{openapi, start, MailConfig, Running, ServeConfig};
 pub use client_address::TrustedProxies;
-pub use clock::Clock;
 pub use serve::ConnectionLimits;
-pub use state::Settings;
+pub use twofold_app::{Clock, Settings};
 
 use config::{AuditAction, Cli, Command, ExportFormat, ProjectionsAction};
 

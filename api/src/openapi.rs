@@ -5,8 +5,9 @@
 //! /api/v1/openapi.json` serves it.
 
 use std::borrow::Cow;
-use std::sync::OnceLock;
+use std::sync::Arc;
 
+use axum::extract::State;
 use serde::Serialize;
 use twofold_domain::{Role, SecondFactorMethod, TwoFactorStatus};
 use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
@@ -16,6 +17,7 @@ use utoipa::{IntoResponses, Modify, OpenApi, PartialSchema, ToSchema};
 
 use crate::error::ErrorBody;
 use crate::extract::Json;
+use crate::state::AppState;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -176,12 +178,6 @@ pub struct Status {
     pub status: &'static str,
 }
 
-/// The whole description, built once from the router's annotations.
-pub fn document() -> &'static utoipa::openapi::OpenApi {
-    static DOCUMENT: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
-    DOCUMENT.get_or_init(crate::app::openapi)
-}
-
 /// This OpenAPI 3.1 document.
 #[utoipa::path(
     get,
@@ -189,8 +185,8 @@ pub fn document() -> &'static utoipa::openapi::OpenApi {
     tag = "operations",
     responses((status = 200, description = "The OpenAPI 3.1 description of this API", body = Object)),
 )]
-pub async fn openapi_json() -> Json<&'static utoipa::openapi::OpenApi> {
-    Json(document())
+pub async fn openapi_json(State(state): State<AppState>) -> Json<Arc<utoipa::openapi::OpenApi>> {
+    Json(Arc::clone(&state.openapi))
 }
 
 #[cfg(test)]
@@ -200,7 +196,7 @@ mod tests {
 
     #[test]
     fn domain_enums_are_described_with_their_serde_names() {
-        let spec = serde_json::to_value(document()).unwrap();
+        let spec = serde_json::to_value(crate::app::openapi()).unwrap();
         let schemas = &spec["components"]["schemas"];
         let names = |schema: &str| -> Vec<String> {
             serde_json::from_value(schemas[schema]["enum"].clone()).unwrap()

@@ -1,16 +1,14 @@
 //! `min_position=n` on the read endpoints (`/users`, `/reports/...`,
-//! `/audit`): one extractor, so each waits for its read model the same way.
+//! `/audit`): one extractor, so each reads it the same way.
 
 use axum::extract::{FromRequestParts, Query};
 use axum::http::request::Parts;
 use axum::http::Uri;
 use serde::de::DeserializeOwned;
-use tokio::time::Instant;
-use twofold_projections::ProjectionError;
 
 use crate::error::ApiError;
 use crate::extract::check_text;
-use crate::state::{AppState, READ_YOUR_WRITES_TIMEOUT};
+use crate::state::AppState;
 
 /// `min_position`, as the OpenAPI document lists it for every read endpoint.
 #[derive(utoipa::IntoParams)]
@@ -23,25 +21,17 @@ pub struct MinPosition {
     min_position: Option<i64>,
 }
 
-/// How often to look again for an event not yet visible to this process.
-const LOOK_AGAIN: std::time::Duration = std::time::Duration::from_millis(25);
-
-/// The endpoint's query `T` (without `min_position`). Bad input answers 400
-/// at extraction; the query itself is only handed out by `caught_up`, which
-/// waits until the read models have applied the event at `min_position`
-/// (503 with `Retry-After` after 5 s). The handler checks the caller's role
-/// first, so nobody waits before being told they may not read.
+/// The endpoint's query `T` (without `min_position`), and `min_position`.
+/// Bad input answers 400 at extraction; the application waits for the read
+/// models to reach `min_position` once it has checked the caller's rights.
 pub struct ReadQuery<T> {
     query: T,
     min_position: Option<i64>,
 }
 
 impl<T> ReadQuery<T> {
-    pub async fn caught_up(self, state: &AppState) -> Result<T, ApiError> {
-        if let Some(position) = self.min_position {
-            reach(state, position).await?;
-        }
-        Ok(self.query)
+    pub fn into_parts(self) -> (T, Option<i64>) {
+        (self.query, self.min_position)
     }
 }
 
@@ -66,27 +56,6 @@ fn split_min_position(query: &str) -> Result<(Option<i64>, String), ApiError> {
         }
     }
     Ok((min_position, rest.join("&")))
-}
-
-/// Returns once the read models hold the event stored at `position`.
-async fn reach(state: &AppState, position: i64) -> Result<(), ApiError> {
-    let deadline = Instant::now() + READ_YOUR_WRITES_TIMEOUT;
-    loop {
-        // Not found yet: still being written elsewhere, or never will be.
-        if let Some(at) = state.projector.locate(position).await? {
-            let left = deadline.saturating_duration_since(Instant::now());
-            return match state.projector.wait_for(at, left).await {
-                // The caller asked for a future the models have not reached:
-                // not a fault of the store, so no warning is logged.
-                Err(ProjectionError::Lagging) => Err(ApiError::Unavailable { retry_after: 1 }),
-                other => Ok(other?),
-            };
-        }
-        if Instant::now() >= deadline {
-            return Err(ApiError::Unavailable { retry_after: 1 });
-        }
-        tokio::time::sleep(LOOK_AGAIN).await;
-    }
 }
 
 impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ReadQuery<T> {

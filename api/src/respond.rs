@@ -19,6 +19,15 @@ impl<T: IntoResponse> Written<T> {
             body,
         }
     }
+
+    /// A use case's result, answered with `status` as `body` makes it.
+    pub fn of<V>(
+        status: StatusCode,
+        written: twofold_app::Written<V>,
+        body: impl FnOnce(V) -> T,
+    ) -> Self {
+        Self::new(status, written.position, body(written.value))
+    }
 }
 
 impl<T: IntoResponse> IntoResponse for Written<T> {

@@ -67,6 +67,15 @@ pub enum UserCommand {
     ChangeEmail {
         email: Option<Email>,
     },
+    /// Several of an administrator's changes at once (one request, one
+    /// append): each field given is applied in this order, and only a real
+    /// change is recorded.
+    UpdateProfile {
+        email: Option<Option<Email>>,
+        role: Option<Role>,
+        enforce_two_factor: Option<bool>,
+        reason: Option<String>,
+    },
     ChangeRole {
         role: Role,
     },
@@ -163,6 +172,7 @@ impl UserCommand {
         match self {
             UserCommand::RegisterUser { .. } => "RegisterUser",
             UserCommand::ChangeEmail { .. } => "ChangeEmail",
+            UserCommand::UpdateProfile { .. } => "UpdateProfile",
             UserCommand::ChangeRole { .. } => "ChangeRole",
             UserCommand::ChangePassword { .. } => "ChangePassword",
             UserCommand::SignIn { .. } => "SignIn",

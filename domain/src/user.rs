@@ -335,6 +335,38 @@ impl User {
                     vec![UserEvent::EmailChanged { email }]
                 })
             }
+            UpdateProfile {
+                email,
+                role,
+                enforce_two_factor,
+                reason,
+            } => {
+                let parts = [
+                    email.map(|email| ChangeEmail { email }),
+                    role.map(|role| ChangeRole { role }),
+                    enforce_two_factor.map(|enforce| {
+                        if enforce {
+                            EnforceTwoFactor {
+                                reason: reason.clone(),
+                            }
+                        } else {
+                            LiftTwoFactorEnforcement {
+                                reason: reason.clone(),
+                            }
+                        }
+                    }),
+                ];
+                // Each part decided on the state the parts before it leave.
+                let mut state = self.clone();
+                let mut events = Vec::new();
+                for part in parts.into_iter().flatten() {
+                    for event in state.decide(part)? {
+                        state.apply_event(event.clone());
+                        events.push(event);
+                    }
+                }
+                Ok(events)
+            }
             ChangeRole { role } => {
                 let unchanged = self.registered()?.role == role;
                 Ok(if unchanged {

@@ -38,6 +38,22 @@ impl Role {
         matches!(self, Role::Auditor | Role::Admin | Role::SuperAdmin)
     }
 
+    /// Who may create a user of `role`, or edit a user who has it: an
+    /// administrator creates and edits plain users; only a super admin gives
+    /// or edits another role.
+    pub fn may_manage(self, role: Role) -> bool {
+        match self {
+            Role::SuperAdmin => true,
+            Role::Admin => role == Role::User,
+            Role::User | Role::Auditor => false,
+        }
+    }
+
+    /// Who may change a user's role or 2FA enforcement, or reset their 2FA.
+    pub fn may_change_policy(self) -> bool {
+        self == Role::SuperAdmin
+    }
+
     /// "Login as": an admin may act as plain users, a super admin also as admins
     /// and auditors; nobody may act as a super admin.
     pub fn may_impersonate(self, target: Role) -> bool {
@@ -252,6 +268,21 @@ impl TwoFactorStatus {
     }
 }
 
+impl FromStr for TwoFactorStatus {
+    type Err = UserError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [
+            TwoFactorStatus::Disabled,
+            TwoFactorStatus::Pending,
+            TwoFactorStatus::Enabled,
+        ]
+        .into_iter()
+        .find(|status| status.as_str() == s)
+        .ok_or(UserError::InvalidRole)
+    }
+}
+
 /// Why an email code could not be sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -352,6 +383,18 @@ mod tests {
             Email::parse("DAVE@example.com").unwrap().key(),
             "dave@example.com"
         );
+    }
+
+    #[test]
+    fn administrators_manage_plain_users_and_super_admins_everyone() {
+        assert!(Role::Admin.may_manage(Role::User));
+        assert!(!Role::Admin.may_manage(Role::Auditor));
+        assert!(!Role::Admin.may_manage(Role::Admin));
+        assert!(Role::SuperAdmin.may_manage(Role::SuperAdmin));
+        assert!(!Role::Auditor.may_manage(Role::User));
+        assert!(!Role::User.may_manage(Role::User));
+        assert!(Role::SuperAdmin.may_change_policy());
+        assert!(!Role::Admin.may_change_policy());
     }
 
     #[test]

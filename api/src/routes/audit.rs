@@ -9,12 +9,11 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use twofold_domain::Role;
 use twofold_projections::{AuditFilter, VerifyReport};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::auth::FullSession;
+use crate::auth::FullCaller;
 use crate::error::ApiError;
 use crate::export::{self, AuditFormat, AuditView};
 use crate::extract::Json;
@@ -173,15 +172,17 @@ fn parse(query: AuditQuery) -> Result<(AuditFilter, Output), ApiError> {
 )]
 pub async fn audit_trail(
     State(state): State<AppState>,
-    FullSession(session): FullSession,
+    FullCaller(session): FullCaller,
     query: ReadQuery<AuditQuery>,
 ) -> Result<Response, ApiError> {
-    session.require(Role::can_read_reports)?;
-    let (filter, output) = parse(query.caught_up(&state).await?)?;
-    let db = state.projector.read_models().clone();
+    let (query, min_position) = query.into_parts();
+    let (filter, output) = parse(query)?;
     match output {
         Output::Page => {
-            let (entries, more) = db.audit_page(&filter).await?;
+            let (entries, more) = state
+                .app
+                .audit_page(&session, &filter, min_position)
+                .await?;
             let next_cursor = entries
                 .last()
                 .filter(|_| more)
@@ -206,7 +207,11 @@ pub async fn audit_trail(
                         format!("attachment; filename=\"{file}\""),
                     ),
                 ],
-                Body::from_stream(export::audit_rows(db, filter, format)),
+                Body::from_stream(export::audit_rows(
+                    state.app.reports_for(&session, min_position).await?,
+                    filter,
+                    format,
+                )),
             )
                 .into_response())
         }
@@ -229,19 +234,9 @@ pub async fn audit_trail(
 )]
 pub async fn verify(
     State(state): State<AppState>,
-    FullSession(session): FullSession,
+    FullCaller(session): FullCaller,
 ) -> Result<Json<VerifyReport>, ApiError> {
-    session.require(Role::can_read_reports)?;
-    state.projector.catch_up().await?;
-    let report = state
-        .projector
-        .read_models()
-        .verify_audit_trail(None, |_| {})
-        .await?;
-    if !report.ok {
-        tracing::error!(?report.first_mismatch, "the audit trail does not match the events");
-    }
-    Ok(Json(report))
+    Ok(Json(state.app.verify_audit_trail(&session).await?))
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ pub async fn healthz() -> Json<Status> {
     ),
 )]
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let answered = twofold_store::ping(state.store.db()).await;
+    let answered = state.app.store_answers().await;
     match answered {
         Ok(_) => (StatusCode::OK, Json(Status { status: "ready" })).into_response(),
         Err(error) => {

@@ -8,10 +8,9 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use twofold_domain::Role;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::auth::FullSession;
+use crate::auth::FullCaller;
 use crate::error::ApiError;
 use crate::export;
 use crate::openapi::{BadRequest, SessionErrors, Unavailable};
@@ -68,15 +67,14 @@ pub struct TwoFactorReport {
 )]
 pub async fn two_factor_report(
     State(state): State<AppState>,
-    FullSession(session): FullSession,
+    FullCaller(session): FullCaller,
     query: ReadQuery<ReportQuery>,
 ) -> Result<Response, ApiError> {
-    session.require(Role::can_read_reports)?;
-    let query = query.caught_up(&state).await?;
+    let (query, min_position) = query.into_parts();
     match query.format.as_deref() {
         None | Some("json") => {}
         Some("csv") => {
-            let rows = export::two_factor_csv(state.projector.read_models().clone());
+            let models = state.app.reports_for(&session, min_position).await?;
             return Ok((
                 [
                     (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
@@ -85,52 +83,35 @@ pub async fn two_factor_report(
                         "attachment; filename=\"two-factor-report.csv\"",
                     ),
                 ],
-                Body::from_stream(rows),
+                Body::from_stream(export::two_factor_csv(models)),
             )
                 .into_response());
         }
         Some(_) => return Err(ApiError::InvalidRequest("format is json or csv".into())),
     }
-    let counts = state.projector.read_models().two_factor_counts().await?;
-    let (mut total, mut enabled, mut pending, mut disabled) = (0, 0, 0, 0);
-    let (mut enforced, mut enforced_not_enabled) = (0, 0);
-    let mut by_role: BTreeMap<&str, (i64, i64)> = Role::ALL
-        .iter()
-        .map(|role| (role.as_str(), (0, 0)))
-        .collect();
-    for count in &counts {
-        let is_enabled = count.two_factor_status == "enabled";
-        total += count.users;
-        match count.two_factor_status.as_str() {
-            "enabled" => enabled += count.users,
-            "pending" => pending += count.users,
-            _ => disabled += count.users,
-        }
-        if count.enforced {
-            enforced += count.users;
-            if !is_enabled {
-                enforced_not_enabled += count.users;
-            }
-        }
-        let role = by_role.entry(count.role.as_str()).or_default();
-        role.0 += count.users;
-        if is_enabled {
-            role.1 += count.users;
-        }
-    }
-    let by_role = by_role
+    let report = state.app.two_factor_report(&session, min_position).await?;
+    let by_role = report
+        .by_role
         .into_iter()
-        .map(|(role, (total, enabled))| (role.to_string(), RoleCount { total, enabled }))
+        .map(|(role, count)| {
+            (
+                role.as_str().to_string(),
+                RoleCount {
+                    total: count.total,
+                    enabled: count.enabled,
+                },
+            )
+        })
         .collect();
     Ok(axum::Json(TwoFactorReport {
-        total,
-        enabled,
-        pending,
-        disabled,
-        enforced,
-        enforced_not_enabled,
+        total: report.total,
+        enabled: report.enabled,
+        pending: report.pending,
+        disabled: report.disabled,
+        enforced: report.enforced,
+        enforced_not_enabled: report.enforced_not_enabled,
         by_role,
-        as_of: state.now(),
+        as_of: report.as_of,
     })
     .into_response())
 }

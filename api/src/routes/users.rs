@@ -6,22 +6,22 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
-use twofold_domain::{Email, NewSession, Role, TokenHash, UserCommand, Username};
+use twofold_app::{NewUser, UserChanges};
+use twofold_domain::Role;
 use twofold_projections::{DirectoryEntry, DirectoryFilter};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::auth::FullSession;
+use crate::auth::FullCaller;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{Json, Path, RequestOrigin};
+use crate::extract::{Json, Origin, Path};
 use crate::openapi::{
     BadRequest, BodyErrors, RoleSchema, SessionErrors, TwoFactorStatusSchema, Unavailable,
 };
 use crate::read_query::{MinPosition, ReadQuery};
 use crate::respond::Written;
-use crate::security;
+use crate::routes::me::DeviceList;
 use crate::state::AppState;
-use twofold_store::EventMetadata;
 
 #[derive(Serialize, ToSchema)]
 #[schema(as = User)]
@@ -54,40 +54,9 @@ impl From<DirectoryEntry> for UserView {
     }
 }
 
-pub const TWO_FACTOR_OFF_SUBJECT: &str = "Two-factor authentication was turned off";
-
-pub fn two_factor_off_notice() -> String {
-    "Two-factor authentication is now off for your account. Sign in and enable it again \
-     from My Settings. If you did not expect this, tell your administrator.\n"
-        .to_string()
-}
-
-pub fn user_email(user: &twofold_domain::User) -> Option<String> {
-    user.profile()
-        .and_then(|p| p.email.as_ref())
-        .map(|e| e.as_str().to_string())
-}
-
-async fn user_view(state: &AppState, id: Uuid) -> Result<UserView, ApiError> {
-    state
-        .projector
-        .read_models()
-        .directory_entry(id)
-        .await?
-        .map(UserView::from)
-        .ok_or(ApiError::NotFound("no such user"))
-}
-
-fn parse_email(email: Option<&str>) -> Result<Option<Email>, ApiError> {
-    email
-        .filter(|e| !e.trim().is_empty())
-        .map(Email::parse)
-        .transpose()
-        .map_err(ApiError::from)
-}
-
 fn parse_role(role: &str) -> Result<Role, ApiError> {
-    role.parse::<Role>().map_err(ApiError::from)
+    role.parse::<Role>()
+        .map_err(|error| ApiError::InvalidRequest(error.to_string()))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -104,49 +73,6 @@ pub struct CreateUser {
     /// `user` by default; only a super admin gives another role.
     #[schema(value_type = Option<RoleSchema>)]
     role: Option<String>,
-}
-
-pub fn check_password(password: &str) -> Result<(), ApiError> {
-    if password.chars().count() < security::PASSWORD_MIN_CHARS
-        || password.len() > security::PASSWORD_MAX_BYTES
-    {
-        return Err(ApiError::InvalidRequest(format!(
-            "passwords are {} characters or more, at most {} bytes",
-            security::PASSWORD_MIN_CHARS,
-            security::PASSWORD_MAX_BYTES
-        )));
-    }
-    Ok(())
-}
-
-/// Registers a user; shared by the API and the bootstrap admin.
-pub async fn register(
-    state: &AppState,
-    metadata: &EventMetadata,
-    username: Username,
-    password: String,
-    email: Option<Email>,
-    role: Role,
-) -> Result<(Uuid, Option<twofold_projections::EventPosition>), ApiError> {
-    check_password(&password)?;
-    if state.store.find_username(&username).await?.is_some() {
-        return Err(ApiError::Conflict("the username is taken".into()));
-    }
-    let password_hash = state.passwords.hash_for_new_user(password).await?;
-    let user_id = Uuid::new_v4();
-    let loaded = state.store.load(user_id).await?;
-    let at = state.now();
-    let committed = state
-        .execute(loaded, metadata, |_| UserCommand::RegisterUser {
-            user_id,
-            username: username.clone(),
-            email: email.clone(),
-            role,
-            password_hash: password_hash.clone(),
-            at,
-        })
-        .await?;
-    Ok((user_id, committed.last_position))
 }
 
 /// Create a user.
@@ -166,30 +92,20 @@ pub async fn register(
 )]
 pub async fn create_user(
     State(state): State<AppState>,
-    origin: RequestOrigin,
-    FullSession(session): FullSession,
+    Origin(origin): Origin,
+    FullCaller(session): FullCaller,
     Json(request): Json<CreateUser>,
 ) -> Result<Written<Json<UserView>>, ApiError> {
-    session.require(Role::is_administrator)?;
-    let role = request
-        .role
-        .as_deref()
-        .map(parse_role)
-        .transpose()?
-        .unwrap_or(Role::User);
-    if role != Role::User {
-        session.require(|r| r == Role::SuperAdmin)?;
-    }
-    let username = Username::parse(&request.username)?;
-    let email = parse_email(request.email.as_deref())?;
-    let metadata = session.metadata(&origin, &state);
-    let (user_id, position) =
-        register(&state, &metadata, username, request.password, email, role).await?;
-    Ok(Written::new(
-        StatusCode::CREATED,
-        position,
-        Json(user_view(&state, user_id).await?),
-    ))
+    let user = NewUser {
+        username: request.username,
+        password: request.password,
+        email: request.email,
+        role: request.role.as_deref().map(parse_role).transpose()?,
+    };
+    let created = state.app.create_user(&session, &origin, user).await?;
+    Ok(Written::of(StatusCode::CREATED, created, |entry| {
+        Json(UserView::from(entry))
+    }))
 }
 
 /// One user, as the search shows it.
@@ -208,11 +124,10 @@ pub async fn create_user(
 )]
 pub async fn get_user(
     State(state): State<AppState>,
-    FullSession(session): FullSession,
+    FullCaller(session): FullCaller,
     Path(id): Path<Uuid>,
 ) -> Result<Json<UserView>, ApiError> {
-    session.require(Role::is_administrator)?;
-    Ok(Json(user_view(&state, id).await?))
+    Ok(Json(state.app.user(&session, id).await?.into()))
 }
 
 /// `"email": null` clears the address; a missing field leaves it alone.
@@ -236,25 +151,6 @@ pub struct UpdateUser {
     reason: Option<String>,
 }
 
-enum Change {
-    Email(Option<Email>),
-    Role(Role),
-    Enforcement(bool),
-}
-
-impl Change {
-    fn command(&self, reason: Option<String>) -> UserCommand {
-        match self {
-            Change::Email(email) => UserCommand::ChangeEmail {
-                email: email.clone(),
-            },
-            Change::Role(role) => UserCommand::ChangeRole { role: *role },
-            Change::Enforcement(true) => UserCommand::EnforceTwoFactor { reason },
-            Change::Enforcement(false) => UserCommand::LiftTwoFactorEnforcement { reason },
-        }
-    }
-}
-
 /// Change a user's email, role or 2FA enforcement.
 #[utoipa::path(
     patch,
@@ -274,61 +170,24 @@ impl Change {
 )]
 pub async fn update_user(
     State(state): State<AppState>,
-    origin: RequestOrigin,
-    FullSession(session): FullSession,
+    Origin(origin): Origin,
+    FullCaller(session): FullCaller,
     Path(id): Path<Uuid>,
     Json(request): Json<UpdateUser>,
 ) -> Result<Written<Json<UserView>>, ApiError> {
-    session.require(Role::is_administrator)?;
-    if request.enforce_two_factor.is_some() || request.role.is_some() {
-        session.require(|r| r == Role::SuperAdmin)?;
-    }
-    let role = request.role.as_deref().map(parse_role).transpose()?;
-    let email = match &request.email {
-        Some(email) => Some(parse_email(email.as_deref())?),
-        None => None,
+    let changes = UserChanges {
+        email: request.email,
+        role: request.role.as_deref().map(parse_role).transpose()?,
+        enforce_two_factor: request.enforce_two_factor,
+        reason: request.reason,
     };
-    let mut changes = Vec::new();
-    if let Some(email) = email {
-        changes.push(Change::Email(email));
-    }
-    if let Some(role) = role {
-        changes.push(Change::Role(role));
-    }
-    if let Some(enforce) = request.enforce_two_factor {
-        changes.push(Change::Enforcement(enforce));
-    }
-    let metadata = session.metadata(&origin, &state);
-    let mut position = None;
-    let mut loaded = state.store.load(id).await?;
-    if loaded.user.profile().is_none() {
-        return Err(ApiError::NotFound("no such user"));
-    }
-    let target_role = loaded.user.profile().map(|p| p.role);
-    if target_role != Some(Role::User) {
-        // Administrators manage plain users; only a super admin edits staff.
-        session.require(|r| r == Role::SuperAdmin)?;
-    }
-    let mut changes = changes.into_iter().peekable();
-    while let Some(change) = changes.next() {
-        let committed = state
-            .store
-            .execute(loaded, &metadata, |_| {
-                change.command(request.reason.clone())
-            })
-            .await?;
-        position = committed.last_position.or(position);
-        if changes.peek().is_none() {
-            break;
-        }
-        loaded = state.store.load(id).await?;
-    }
-    state.settle(position).await;
-    Ok(Written::new(
-        StatusCode::OK,
-        position,
-        Json(user_view(&state, id).await?),
-    ))
+    let updated = state
+        .app
+        .update_user(&session, &origin, id, changes)
+        .await?;
+    Ok(Written::of(StatusCode::OK, updated, |entry| {
+        Json(UserView::from(entry))
+    }))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -387,11 +246,10 @@ pub struct UserPage {
 
 pub async fn list_users(
     State(state): State<AppState>,
-    FullSession(session): FullSession,
+    FullCaller(session): FullCaller,
     query: ReadQuery<SearchQuery>,
 ) -> Result<Json<UserPage>, ApiError> {
-    session.require(Role::can_read_reports)?;
-    let query = query.caught_up(&state).await?;
+    let (query, min_position) = query.into_parts();
     let limit = query.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
         return Err(ApiError::InvalidRequest("limit is 1 to 500".into()));
@@ -416,9 +274,8 @@ pub async fn list_users(
         limit,
     };
     let (entries, more) = state
-        .projector
-        .read_models()
-        .search_directory(&filter)
+        .app
+        .search_users(&session, &filter, min_position)
         .await?;
     let next_cursor = more
         .then(|| entries.last().map(|e| encode_cursor(&e.username)))
@@ -460,64 +317,21 @@ pub struct ImpersonationStarted {
 )]
 pub async fn start_impersonation(
     State(state): State<AppState>,
-    origin: RequestOrigin,
-    FullSession(session): FullSession,
+    Origin(origin): Origin,
+    FullCaller(session): FullCaller,
     Path(id): Path<Uuid>,
     Json(request): Json<ImpersonationRequest>,
 ) -> Result<Written<Json<ImpersonationStarted>>, ApiError> {
-    session.require(Role::is_administrator)?;
-    if session.is_impersonation() {
-        return Err(ApiError::Forbidden("end the current impersonation first"));
-    }
-    let reason = request
-        .reason
-        .filter(|r| !r.trim().is_empty())
-        .ok_or(ApiError::InvalidRequest("a reason is required".into()))?;
-    let loaded = state.store.load(id).await?;
-    if loaded.user.profile().is_none() {
-        return Err(ApiError::NotFound("no such user"));
-    }
-    let target_email = user_email(&loaded.user);
-    let token = security::new_token();
-    let now = state.now();
-    let new_session = NewSession {
-        session_id: Uuid::new_v4(),
-        token_hash: TokenHash::of(&token),
-        expires_at: now + twofold_domain::policy::impersonation_lifetime(),
-    };
-    let committed = state
-        .execute(loaded, &session.metadata(&origin, &state), |_| {
-            UserCommand::StartImpersonation {
-                impersonation_id: Uuid::new_v4(),
-                impersonator_id: session.record.user_id,
-                impersonator_role: session.role,
-                reason: reason.clone(),
-                ticket: request.ticket.clone(),
-                session: new_session.clone(),
-                at: now,
-            }
-        })
+    let started = state
+        .app
+        .impersonate(&session, &origin, id, request.reason, request.ticket)
         .await?;
-    state
-        .notify(
-            target_email.as_deref(),
-            "An administrator signed in as you",
-            format!(
-                "{} signed in to your account to help you, at {}.\nReason: {reason}\n\n\
-                 If you did not ask for help, tell your administrator.\n",
-                session.record.username,
-                now.to_rfc3339(),
-            ),
-        )
-        .await;
-    Ok(Written::new(
-        StatusCode::CREATED,
-        committed.last_position,
+    Ok(Written::of(StatusCode::CREATED, started, |started| {
         Json(ImpersonationStarted {
-            session_token: token,
-            expires_at: new_session.expires_at,
-        }),
-    ))
+            session_token: started.session_token,
+            expires_at: started.expires_at,
+        })
+    }))
 }
 
 /// End the "Login as" session this token belongs to.
@@ -534,27 +348,11 @@ pub async fn start_impersonation(
 )]
 pub async fn end_impersonation(
     State(state): State<AppState>,
-    origin: RequestOrigin,
-    FullSession(session): FullSession,
+    Origin(origin): Origin,
+    FullCaller(session): FullCaller,
 ) -> Result<Written<()>, ApiError> {
-    if !session.is_impersonation() {
-        return Err(ApiError::NotFound("this session is not an impersonation"));
-    }
-    let loaded = state.store.load(session.record.user_id).await?;
-    let session_id = session.record.session_id;
-    let committed = state
-        .execute(loaded, &session.metadata(&origin, &state), |_| {
-            UserCommand::EndImpersonation {
-                session_id,
-                revoked: None,
-            }
-        })
-        .await?;
-    Ok(Written::new(
-        StatusCode::NO_CONTENT,
-        committed.last_position,
-        (),
-    ))
+    let done = state.app.end_impersonation(&session, &origin).await?;
+    Ok(Written::of(StatusCode::NO_CONTENT, done, |()| ()))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -582,38 +380,16 @@ pub struct ResetRequest {
 )]
 pub async fn reset_two_factor(
     State(state): State<AppState>,
-    origin: RequestOrigin,
-    FullSession(session): FullSession,
+    Origin(origin): Origin,
+    FullCaller(session): FullCaller,
     Path(id): Path<Uuid>,
     Json(request): Json<ResetRequest>,
 ) -> Result<Written<()>, ApiError> {
-    session.require(|r| r == Role::SuperAdmin)?;
-    let loaded = state.store.load(id).await?;
-    if loaded.user.profile().is_none() {
-        return Err(ApiError::NotFound("no such user"));
-    }
-    let reason = request.reason.unwrap_or_default();
-    let email = user_email(&loaded.user);
-    let committed = state
-        .execute(loaded, &session.metadata(&origin, &state), |_| {
-            UserCommand::ResetTwoFactor {
-                reason: reason.clone(),
-            }
-        })
+    let done = state
+        .app
+        .reset_two_factor(&session, &origin, id, request.reason)
         .await?;
-    state.vault.erase(id).await?;
-    state
-        .notify(
-            email.as_deref(),
-            TWO_FACTOR_OFF_SUBJECT,
-            two_factor_off_notice(),
-        )
-        .await;
-    Ok(Written::new(
-        StatusCode::NO_CONTENT,
-        committed.last_position,
-        (),
-    ))
+    Ok(Written::of(StatusCode::NO_CONTENT, done, |()| ()))
 }
 
 /// A user's remembered devices.
@@ -624,7 +400,7 @@ pub async fn reset_two_factor(
     security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "The user's id")),
     responses(
-        (status = 200, description = "Remembered devices", body = super::me::DeviceList),
+        (status = 200, description = "Remembered devices", body = DeviceList),
         BadRequest,
         SessionErrors,
         (status = 404, description = "`not_found`", body = ErrorBody),
@@ -632,12 +408,10 @@ pub async fn reset_two_factor(
 )]
 pub async fn user_remembered_devices(
     State(state): State<AppState>,
-    FullSession(session): FullSession,
+    FullCaller(session): FullCaller,
     Path(id): Path<Uuid>,
-) -> Result<Json<super::me::DeviceList>, ApiError> {
-    session.require(Role::is_administrator)?;
-    user_view(&state, id).await?;
-    super::me::device_list(&state, id).await
+) -> Result<Json<DeviceList>, ApiError> {
+    Ok(Json(state.app.user_devices(&session, id).await?.into()))
 }
 
 /// Forget all of a user's remembered devices.
@@ -656,13 +430,12 @@ pub async fn user_remembered_devices(
 )]
 pub async fn revoke_user_remembered_devices(
     State(state): State<AppState>,
-    origin: RequestOrigin,
-    FullSession(session): FullSession,
+    Origin(origin): Origin,
+    FullCaller(session): FullCaller,
     Path(id): Path<Uuid>,
 ) -> Result<Written<()>, ApiError> {
-    session.require(Role::is_administrator)?;
-    user_view(&state, id).await?;
-    super::me::forget_devices(&state, id, &session.metadata(&origin, &state)).await
+    let done = state.app.forget_user_devices(&session, &origin, id).await?;
+    Ok(Written::of(StatusCode::NO_CONTENT, done, |()| ()))
 }
 
 #[cfg(test)]
@@ -683,20 +456,7 @@ mod tests {
         }
 
         #[test]
-        fn passwords_are_checked_without_panicking(password in any::<String>()) {
-            let accepted = check_password(&password).is_ok();
-            let chars = password.chars().count();
-            prop_assert_eq!(
-                accepted,
-                chars >= security::PASSWORD_MIN_CHARS && password.len() <= security::PASSWORD_MAX_BYTES
-            );
-        }
-
-        #[test]
-        fn emails_and_roles_from_requests_never_panic(email in any::<String>(), role in any::<String>()) {
-            if let Ok(Some(parsed)) = parse_email(Some(&email)) {
-                prop_assert_eq!(parsed.as_str(), email.trim());
-            }
+        fn roles_from_requests_never_panic(role in any::<String>()) {
             if let Ok(parsed) = parse_role(&role) {
                 prop_assert_eq!(parsed.as_str(), role);
             }

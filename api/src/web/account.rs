@@ -11,10 +11,12 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::client::Visitor;
+use super::chrome::Chrome;
 use super::cookies;
-use super::pages::{capitalized, notice_text, signed_in, when, Chrome, PageError, Reply};
+use super::pages::{notice_text, signed_in, when};
+use super::reply::{capitalized, PageError, Reply};
 use super::signin::NoticeQuery;
+use super::visitor::Visitor;
 use super::Web;
 
 #[derive(Deserialize)]
@@ -300,7 +302,7 @@ pub async fn confirm_totp(
         return Reply::render(StatusCode::OK, &page);
     }
     if answer.error() != "invalid_code" || !request.otpauth_uri.starts_with("otpauth://") {
-        return Err(PageError::from_answer(&answer));
+        return Err(answer.page_error());
     }
     let mut message = capitalized(&answer.message());
     if let Some(left) = answer.body["attempts_remaining"].as_u64() {

@@ -14,10 +14,13 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::account::{remembered_devices, DeviceRow};
-use super::client::{query, Answer, Visitor};
+use super::chrome::Chrome;
+use super::client::{query, Answer};
 use super::cookies;
-use super::pages::{capitalized, notice_text, signed_in, when, Chrome, PageError, Reply};
+use super::pages::{notice_text, signed_in, when};
+use super::reply::{capitalized, PageError, Reply};
 use super::signin::NoticeQuery;
+use super::visitor::Visitor;
 use super::Web;
 
 /// A user as `GET /api/v1/users` and `/users/{id}` give it.
@@ -325,7 +328,7 @@ pub async fn end_impersonation(
         .await?;
     // An impersonation that already ended (expired) is over all the same.
     if !answer.is_success() && answer.status != StatusCode::UNAUTHORIZED {
-        return Err(PageError::from_answer(&answer));
+        return Err(answer.page_error());
     }
     let Some(admin_token) = visitor.cookies.get(cookies::ADMIN_SESSION) else {
         return Ok(Reply::redirect("/").cookie(cookies::clear(cookies::SESSION, visitor.secure)));
@@ -478,7 +481,7 @@ async fn download(web: &Web, visitor: &Visitor, path: &str) -> Result<Response, 
         .await
         .unwrap_or_default();
     let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    Err(PageError::from_answer(&Answer { status, body }))
+    Err(Answer { status, body }.page_error())
 }
 
 /// `GET /admin/reports/two-factor.csv`.

@@ -2,82 +2,19 @@
 //! visitor (their session token as bearer token, their address and user
 //! agent), so the API's rules, errors and event metadata apply unchanged.
 
-use std::net::SocketAddr;
-
 use axum::body::Body;
-use axum::extract::{ConnectInfo, FromRequestParts};
-use axum::http::request::Parts;
-use axum::http::{header, HeaderValue, Method, Request, StatusCode};
+use axum::http::{header, Method, Request, StatusCode};
 use axum::response::Response;
 use axum::Router;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tower::ServiceExt;
 
-use super::cookies::{self, Cookies};
-use super::pages::PageError;
-use crate::client_address::ClientAddress;
+use super::reply::PageError;
+use super::visitor::Visitor;
 
 /// JSON answers are small; a page never needs more than this of one.
 const ANSWER_LIMIT: usize = 4 * 1024 * 1024;
-
-/// Who is asking for a page, and from where.
-#[derive(Clone, Debug, Default)]
-pub struct Visitor {
-    pub cookies: Cookies,
-    connect: Option<ConnectInfo<SocketAddr>>,
-    /// The client behind trusted proxies, passed on to the API as it is.
-    client: Option<ClientAddress>,
-    user_agent: Option<HeaderValue>,
-    /// The page came over HTTPS (directly, or through a proxy that says so):
-    /// cookies are then marked `Secure`.
-    pub secure: bool,
-}
-
-impl Visitor {
-    /// The API session token kept in the session cookie.
-    pub fn session(&self) -> Option<&str> {
-        self.cookies.get(cookies::SESSION)
-    }
-}
-
-pub(super) fn came_over_https(parts: &Parts) -> bool {
-    let header_says = |name: &str, wanted: &dyn Fn(&str) -> bool| {
-        parts
-            .headers
-            .get(name)
-            .and_then(|value| value.to_str().ok())
-            .is_some_and(wanted)
-    };
-    parts.uri.scheme_str() == Some("https")
-        || header_says("x-forwarded-proto", &|value| {
-            value
-                .split(',')
-                .next()
-                .is_some_and(|first| first.trim().eq_ignore_ascii_case("https"))
-        })
-        || header_says("forwarded", &|value| {
-            value
-                .to_ascii_lowercase()
-                .split([';', ','])
-                .any(|pair| pair.trim() == "proto=https")
-        })
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for Visitor {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let secure = came_over_https(parts);
-        Ok(Visitor {
-            cookies: Cookies::from_headers(&parts.headers, secure),
-            connect: parts.extensions.get::<ConnectInfo<SocketAddr>>().cloned(),
-            client: parts.extensions.get::<ClientAddress>().copied(),
-            user_agent: parts.headers.get(header::USER_AGENT).cloned(),
-            secure,
-        })
-    }
-}
 
 /// An API answer: its status and JSON body (`Null` when empty).
 #[derive(Debug)]
@@ -117,7 +54,7 @@ impl Answer {
         if self.is_success() {
             self.parse()
         } else {
-            Err(PageError::from_answer(&self))
+            Err(self.page_error())
         }
     }
 
@@ -126,7 +63,23 @@ impl Answer {
         if self.is_success() {
             Ok(())
         } else {
-            Err(PageError::from_answer(&self))
+            Err(self.page_error())
+        }
+    }
+}
+
+impl Answer {
+    /// The page error this API error calls for: sign in again, go to the
+    /// enrollment step, or an error page with the API's message.
+    pub fn page_error(&self) -> PageError {
+        let answer = self;
+        match (answer.status, answer.error()) {
+            (StatusCode::UNAUTHORIZED, "unauthenticated") => PageError::SignIn,
+            (StatusCode::FORBIDDEN, "two_factor_enrollment_required") => PageError::Enroll,
+            (status, _) => PageError::Api {
+                status,
+                message: answer.message(),
+            },
         }
     }
 }

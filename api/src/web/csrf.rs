@@ -9,22 +9,12 @@
 //! know), so it may only stand in while there is no session to protect.
 //! Stateless: any process of the deployment checks any form.
 
-use axum::body::Body;
-use axum::extract::Request;
-use axum::http::Method;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::client::came_over_https;
 use super::cookies::{self, Cookies};
-use super::pages::PageError;
-
-/// The form body a page may post, at most.
-const FORM_LIMIT: usize = 64 * 1024;
 
 /// The token for forms rendered with this secret cookie value.
 pub fn token(secret: &str) -> String {
@@ -36,7 +26,7 @@ pub fn token(secret: &str) -> String {
 
 /// A fresh anchor value for a visitor without a session.
 pub fn new_anchor() -> String {
-    crate::security::new_token()
+    twofold_app::secrets::new_token()
 }
 
 /// The secret a form's token must derive from: the session once there is
@@ -47,40 +37,9 @@ fn form_secret(cookies: &Cookies) -> Option<&str> {
         .or_else(|| cookies.get(cookies::ANCHOR))
 }
 
-fn matches(given: &str, cookies: &Cookies) -> bool {
+pub fn matches(given: &str, cookies: &Cookies) -> bool {
     form_secret(cookies)
         .is_some_and(|secret| bool::from(token(secret).as_bytes().ct_eq(given.as_bytes())))
-}
-
-/// Checks every POST to a page before its handler runs.
-pub async fn guard(request: Request, next: Next) -> Response {
-    if request.method() != Method::POST {
-        return next.run(request).await;
-    }
-    let cross_site = request
-        .headers()
-        .get("sec-fetch-site")
-        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"cross-site"));
-    let (parts, body) = request.into_parts();
-    let cookies = Cookies::from_headers(&parts.headers, came_over_https(&parts));
-    let Ok(bytes) = axum::body::to_bytes(body, FORM_LIMIT).await else {
-        return PageError::BadForm("the form is too large".into()).into_response();
-    };
-    let given = serde_urlencoded::from_bytes::<Vec<(String, String)>>(&bytes)
-        .ok()
-        .and_then(|pairs| {
-            pairs
-                .into_iter()
-                .find(|(name, _)| name == "csrf")
-                .map(|(_, value)| value)
-        });
-    match given {
-        Some(given) if !cross_site && matches(&given, &cookies) => {
-            next.run(Request::from_parts(parts, Body::from(bytes)))
-                .await
-        }
-        _ => PageError::Csrf.into_response(),
-    }
 }
 
 #[cfg(test)]

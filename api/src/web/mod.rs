@@ -9,11 +9,15 @@
 
 mod account;
 mod admin;
+mod chrome;
 mod client;
 mod cookies;
 mod csrf;
+mod forms;
 mod pages;
+mod reply;
 mod signin;
+mod visitor;
 
 use std::sync::Arc;
 
@@ -26,8 +30,8 @@ use axum::Router;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
-use crate::clock::Clock;
 use crate::state::AppState;
+use twofold_app::Clock;
 
 pub use client::ApiClient;
 
@@ -46,8 +50,8 @@ pub struct Web {
 pub fn with_pages(api: axum::Router, state: &AppState) -> axum::Router {
     let web = Web {
         api: ApiClient::new(api),
-        clock: Arc::clone(&state.clock),
-        remember_hours: state.settings.remember_device.num_hours(),
+        clock: state.app.clock(),
+        remember_hours: state.app.settings().remember_device.num_hours(),
     };
     Router::new()
         .route("/", get(signin::sign_in_page))
@@ -89,8 +93,8 @@ pub fn with_pages(api: axum::Router, state: &AppState) -> axum::Router {
         .route("/admin/audit", get(admin::audit))
         .route("/admin/audit/export", get(admin::audit_export))
         .route("/static/app.css", get(stylesheet))
-        .method_not_allowed_fallback(pages::method_not_allowed)
-        .route_layer(middleware::from_fn(csrf::guard))
+        .method_not_allowed_fallback(reply::method_not_allowed)
+        .route_layer(middleware::from_fn(forms::guard))
         .route_layer(middleware::from_fn(security_headers))
         .route_layer(
             TraceLayer::new_for_http()
@@ -118,7 +122,7 @@ async fn fallback(State(web): State<Web>, request: Request) -> Response {
             .is_some_and(|accept| accept.contains("text/html"));
     let response = web.api.forward(request).await;
     if wants_page && response.status() == axum::http::StatusCode::NOT_FOUND {
-        let mut page = pages::PageError::NotFound.into_response();
+        let mut page = reply::PageError::NotFound.into_response();
         page.headers_mut().insert(
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static(CONTENT_SECURITY_POLICY),

@@ -9,9 +9,12 @@ use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::client::{Answer, Visitor};
+use super::chrome::Chrome;
+use super::client::Answer;
 use super::cookies;
-use super::pages::{capitalized, notice_text, Chrome, PageError, Reply};
+use super::pages::notice_text;
+use super::reply::{capitalized, PageError, Reply};
+use super::visitor::Visitor;
 use super::Web;
 
 #[derive(Deserialize)]
@@ -404,7 +407,7 @@ pub async fn sign_out(State(web): State<Web>, visitor: Visitor) -> Result<Reply,
                 .call(&visitor, Method::POST, "/logout", Some(token), None)
                 .await?;
             if answer.status.is_server_error() {
-                return Err(PageError::from_answer(&answer));
+                return Err(answer.page_error());
             }
         }
     }

@@ -1,27 +1,20 @@
-//! Passwords, random tokens and the master key file.
+//! Passwords: argon2id on a fixed set of worker threads, the password
+//! rule, and the dummy hash that makes an unknown user cost as much.
 
-use std::io::Write;
 use std::num::NonZeroUsize;
-use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use argon2::password_hash::{Output, ParamsString, PasswordHash as Phc, Salt, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use rand::rngs::OsRng;
 use rand::RngCore;
 use subtle::ConstantTimeEq;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
-use twofold_domain::sealed::MasterKey;
-use twofold_domain::totp::TotpSecret;
 use twofold_domain::PasswordHash;
-use twofold_store::{Db, SecretVault, StoreError};
 
-use crate::error::ApiError;
+use crate::error::AppError;
 
 /// OWASP's argon2id minimum: m=19 MiB, t=2, p=1.
 const PASSWORD_PARAMS: Params = match Params::new(19 * 1024, 2, 1, None) {
@@ -61,13 +54,24 @@ pub enum PasswordError {
     Phc(#[from] argon2::password_hash::Error),
 }
 
-impl From<PasswordError> for ApiError {
+impl From<PasswordError> for AppError {
     fn from(error: PasswordError) -> Self {
         match error {
-            PasswordError::AtCapacity => ApiError::Unavailable { retry_after: 1 },
-            other => ApiError::Internal(other.to_string()),
+            PasswordError::AtCapacity => AppError::Unavailable { retry_after: 1 },
+            other => AppError::Internal(other.to_string()),
         }
     }
+}
+
+/// The password rule (NIST SP 800-63B 5.1.1.2): 8 characters or more, any
+/// characters, at most 1024 bytes (argon2 reads them all).
+pub fn check_password(password: &str) -> Result<(), AppError> {
+    if password.chars().count() < PASSWORD_MIN_CHARS || password.len() > PASSWORD_MAX_BYTES {
+        return Err(AppError::InvalidRequest(format!(
+            "passwords are {PASSWORD_MIN_CHARS} characters or more, at most {PASSWORD_MAX_BYTES} bytes"
+        )));
+    }
+    Ok(())
 }
 
 /// Argon2 on a fixed set of threads, each keeping its 19 MiB of blocks from
@@ -300,112 +304,6 @@ fn dummy_hash() -> &'static str {
     })
 }
 
-/// 256 random bits, URL-safe: session and device tokens.
-pub fn new_token() -> String {
-    let mut bytes = [0u8; 32];
-    OsRng.fill_bytes(&mut bytes);
-    URL_SAFE_NO_PAD.encode(bytes)
-}
-
-/// Ten single-use recovery codes shown once, as `xxxx-xxxx-xxxx` (60 bits each).
-pub fn new_recovery_codes(count: usize) -> Vec<String> {
-    const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyz23456789";
-    (0..count)
-        .map(|_| {
-            let mut bytes = [0u8; 12];
-            OsRng.fill_bytes(&mut bytes);
-            let chars: Vec<char> = bytes
-                .iter()
-                .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
-                .collect();
-            chars
-                .chunks(4)
-                .map(|chunk| chunk.iter().collect::<String>())
-                .collect::<Vec<_>>()
-                .join("-")
-        })
-        .collect()
-}
-
-pub fn new_totp_secret() -> Result<TotpSecret, StoreError> {
-    let mut bytes = vec![0u8; 20];
-    OsRng.fill_bytes(&mut bytes);
-    TotpSecret::from_bytes(bytes).map_err(|error| StoreError::Failed(error.to_string()))
-}
-
-/// The master key for the store `db`: read from `path`, or created there
-/// (mode 0600) when the file is missing and the store holds no sealed secret
-/// yet. The second value is true when this call created the file.
-///
-/// Refused, without writing anything, when the store holds sealed secrets
-/// and the file is missing or its key does not open them: a new or wrong key
-/// would start a service whose every TOTP sign-in fails (a store restored
-/// from a backup without its key, or started with another deployment's key).
-pub async fn master_key_for_store(path: &Path, db: &Db) -> anyhow::Result<(MasterKey, bool)> {
-    let sealed = SecretVault::sample(db)
-        .await
-        .context("cannot read the sealed TOTP secrets")?;
-    let exists = path
-        .try_exists()
-        .with_context(|| format!("cannot look for the master key file {}", path.display()))?;
-    if !exists {
-        anyhow::ensure!(
-            sealed.is_none(),
-            "the master key file {} does not exist, but the store holds TOTP secrets sealed \
-             with a master key: restore that key file (no new key was written, it could not \
-             open them)",
-            path.display()
-        );
-        return Ok((create_master_key(path)?, true));
-    }
-    let key = read_master_key(path)?;
-    if let Some(sealed) = sealed {
-        anyhow::ensure!(
-            sealed.opens_with(&key),
-            "the master key in {} does not open the TOTP secrets in the store: start with the \
-             key file that sealed them",
-            path.display()
-        );
-    }
-    Ok((key, false))
-}
-
-fn read_master_key(path: &Path) -> anyhow::Result<MasterKey> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the master key file {}", path.display()))?;
-    let bytes = hex::decode(text.trim()).with_context(|| {
-        format!(
-            "the master key file {} must hold 64 hex digits",
-            path.display()
-        )
-    })?;
-    MasterKey::from_bytes(&bytes).map_err(|_| {
-        anyhow::anyhow!(
-            "the master key in {} must be 32 bytes (64 hex digits)",
-            path.display()
-        )
-    })
-}
-
-fn create_master_key(path: &Path) -> anyhow::Result<MasterKey> {
-    let mut bytes = [0u8; 32];
-    OsRng.fill_bytes(&mut bytes);
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("cannot create the master key file {}", path.display()))?;
-    writeln!(file, "{}", hex::encode(bytes))?;
-    file.sync_all()?;
-    tracing::info!(path = %path.display(), "created a new master key");
-    MasterKey::from_bytes(&bytes).map_err(|_| anyhow::anyhow!("master key must be 32 bytes"))
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -428,6 +326,20 @@ mod tests {
         turn.verify(stored.cloned(), password.to_string())
             .await
             .unwrap()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2_000))]
+
+        #[test]
+        fn passwords_are_checked_without_panicking(password in proptest::prelude::any::<String>()) {
+            let accepted = check_password(&password).is_ok();
+            let chars = password.chars().count();
+            proptest::prop_assert_eq!(
+                accepted,
+                chars >= PASSWORD_MIN_CHARS && password.len() <= PASSWORD_MAX_BYTES
+            );
+        }
     }
 
     #[tokio::test]
