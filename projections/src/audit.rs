@@ -190,25 +190,27 @@ impl Chains {
 /// whoever holds one may attempt a sign-in's second step (and lock it).
 fn is_secret(key: &str) -> bool {
     let key = key.as_bytes();
-    let holds = |word: &[u8]| {
-        key.windows(word.len())
-            .any(|w| w.eq_ignore_ascii_case(word))
+    let word_at = |start: usize, word: &[u8]| {
+        key.get(start..start + word.len())
+            .is_some_and(|part| part.eq_ignore_ascii_case(word))
     };
+    // Every key of every event passes here (projector, rebuild, verify):
+    // one pass, looking further only where a word could start.
+    let holds = key
+        .iter()
+        .enumerate()
+        .any(|(start, byte)| match byte.to_ascii_lowercase() {
+            b'h' => word_at(start, b"hash"),
+            b's' => word_at(start, b"secret"),
+            b'p' => word_at(start, b"password"),
+            b't' => word_at(start, b"token"),
+            b'c' => word_at(start, b"challenge_id"),
+            _ => false,
+        });
     let ends = |word: &[u8]| {
         key.len() >= word.len() && key[key.len() - word.len()..].eq_ignore_ascii_case(word)
     };
-    [
-        &b"hash"[..],
-        b"secret",
-        b"password",
-        b"token",
-        b"challenge_id",
-    ]
-    .into_iter()
-    .any(holds)
-        || key.eq_ignore_ascii_case(b"code")
-        || ends(b"_code")
-        || ends(b"_codes")
+    holds || key.eq_ignore_ascii_case(b"code") || ends(b"_code") || ends(b"_codes")
 }
 
 /// The audit row's `data`, canonical JSON: the payload's inner object
@@ -238,16 +240,10 @@ pub(crate) fn stored_data_without_secrets(stored: &str) -> Result<String, serde_
     Ok(out)
 }
 
-fn metadata_text(metadata: &Json, key: &str) -> Option<String> {
-    metadata.get(key).and_then(Json::as_str).map(str::to_string)
-}
-
 /// When it happened: the service's clock at the command (metadata), else
 /// when it was stored.
-fn occurred_at(metadata: &Json, recorded_at: DateTime<Utc>) -> DateTime<Utc> {
-    metadata
-        .get("occurred_at")
-        .and_then(Json::as_str)
+fn occurred_at(occurred_at: Option<&str>, recorded_at: DateTime<Utc>) -> DateTime<Utc> {
+    occurred_at
         .and_then(|text| DateTime::parse_from_rfc3339(text).ok())
         .map_or(recorded_at, |at| at.with_timezone(&Utc))
 }
@@ -257,36 +253,55 @@ fn occurred_at(metadata: &Json, recorded_at: DateTime<Utc>) -> DateTime<Utc> {
 /// type, all that `/audit` and the exports show of it. The projector and the
 /// rebuild write them, and verify recomputes them, from this one derivation.
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) struct AuditColumns {
+pub(crate) struct AuditColumns<'a> {
     pub occurred_at: DateTime<Utc>,
-    pub actor_id: Option<String>,
-    pub impersonator_id: Option<String>,
-    pub ip: Option<String>,
-    pub user_agent: Option<String>,
+    pub actor_id: Option<&'a str>,
+    pub impersonator_id: Option<&'a str>,
+    pub ip: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
     pub data: String,
 }
 
-impl AuditColumns {
-    pub fn of(payload: &Json, metadata: &Json, recorded_at: DateTime<Utc>) -> Self {
+impl<'a> AuditColumns<'a> {
+    /// The texts are borrowed from `metadata`, so that verify compares
+    /// them without copying.
+    pub fn of(payload: &Json, metadata: &'a Json, recorded_at: DateTime<Utc>) -> Self {
+        // One pass over the metadata's keys rather than a search for each.
+        let (mut occurred, mut actor_id, mut impersonator_id, mut ip, mut user_agent) =
+            (None, None, None, None, None);
+        if let Json::Object(entries) = metadata {
+            for (key, value) in entries {
+                let slot = match key.as_ref() {
+                    "occurred_at" => &mut occurred,
+                    "actor_id" => &mut actor_id,
+                    "impersonator_id" => &mut impersonator_id,
+                    "ip" => &mut ip,
+                    "user_agent" => &mut user_agent,
+                    _ => continue,
+                };
+                *slot = value.as_str();
+            }
+        }
         AuditColumns {
-            occurred_at: occurred_at(metadata, recorded_at),
-            actor_id: metadata_text(metadata, "actor_id"),
-            impersonator_id: metadata_text(metadata, "impersonator_id"),
-            ip: metadata_text(metadata, "ip"),
-            user_agent: metadata_text(metadata, "user_agent"),
+            occurred_at: occurred_at(occurred, recorded_at),
+            actor_id,
+            impersonator_id,
+            ip,
+            user_agent,
             data: audit_data(payload),
         }
     }
 }
 
-impl From<AuditColumns> for [Arg; 6] {
+impl From<AuditColumns<'_>> for [Arg; 6] {
     fn from(columns: AuditColumns) -> Self {
+        let text = |value: Option<&str>| Arg::Text(value.map(str::to_string));
         [
             columns.occurred_at.into(),
-            columns.actor_id.into(),
-            columns.impersonator_id.into(),
-            columns.ip.into(),
-            columns.user_agent.into(),
+            text(columns.actor_id),
+            text(columns.impersonator_id),
+            text(columns.ip),
+            text(columns.user_agent),
             columns.data.into(),
         ]
     }
@@ -654,13 +669,20 @@ mod tests {
 
     #[test]
     fn occurred_at_prefers_the_metadata_time() {
-        let metadata = json!({ "occurred_at": "2024-05-06T07:08:09.5Z" });
+        let metadata = json!({ "occurred_at": "2024-05-06T07:08:09.5Z", "actor_id": "a" });
+        let metadata = Json::from(&metadata);
+        let columns = AuditColumns::of(&Json::Null, &metadata, DateTime::UNIX_EPOCH);
         assert_eq!(
-            occurred_at(&Json::from(&metadata), DateTime::UNIX_EPOCH).to_rfc3339(),
+            columns.occurred_at.to_rfc3339(),
             "2024-05-06T07:08:09.500+00:00"
         );
+        assert_eq!(columns.actor_id, Some("a"));
         let stored_at = DateTime::UNIX_EPOCH + chrono::Duration::days(3);
-        assert_eq!(occurred_at(&Json::from(&json!({})), stored_at), stored_at);
+        let metadata = json!({ "occurred_at": 5, "ip": "192.0.2.1" });
+        let metadata = Json::from(&metadata);
+        let columns = AuditColumns::of(&Json::Null, &metadata, stored_at);
+        assert_eq!(columns.occurred_at, stored_at);
+        assert_eq!((columns.actor_id, columns.ip), (None, Some("192.0.2.1")));
     }
 
     #[test]

@@ -492,7 +492,7 @@ impl Fold {
         mut self,
         rows: &[L::Row],
     ) -> (Self, Result<Vec<Vec<Arg>>, ProjectionError>) {
-        let chained = chain_page(rows, &mut self.chains, |event, payload, metadata| {
+        let chained = chain_page(rows, &mut self.chains, |_, event, payload, metadata| {
             let change: UserEvent =
                 serde_json::from_str(event.payload).map_err(|source| event.corrupt(source))?;
             let columns = audit_columns(payload, metadata, event.recorded_at);

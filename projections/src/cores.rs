@@ -10,21 +10,35 @@ pub(crate) fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, NonZeroUsize::get)
 }
 
-/// `work` on every item, in order, the items cut into one run per core.
+/// `work` on every item (with its index), in order, the items cut into one
+/// run per core.
 pub(crate) fn map_on_every_core<T: Sync, U: Send>(
     items: &[T],
-    work: impl Fn(&T) -> U + Sync,
+    work: impl Fn(usize, &T) -> U + Sync,
 ) -> Vec<U> {
     let cores = cores();
     if cores == 1 || items.len() < SPLIT_FROM {
-        return items.iter().map(work).collect();
+        return items
+            .iter()
+            .enumerate()
+            .map(|(index, item)| work(index, item))
+            .collect();
     }
     let run = items.len().div_ceil(cores);
     let work = &work;
     std::thread::scope(|scope| {
         let runs: Vec<_> = items
             .chunks(run)
-            .map(|chunk| scope.spawn(move || chunk.iter().map(work).collect::<Vec<U>>()))
+            .enumerate()
+            .map(|(number, chunk)| {
+                scope.spawn(move || {
+                    chunk
+                        .iter()
+                        .enumerate()
+                        .map(|(index, item)| work(number * run + index, item))
+                        .collect::<Vec<U>>()
+                })
+            })
             .collect();
         runs.into_iter().flat_map(joined).collect()
     })

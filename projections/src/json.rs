@@ -43,6 +43,7 @@ impl<'a> Json<'a> {
         Json::Object(entries)
     }
 
+    #[cfg(test)]
     pub fn get(&self, key: &str) -> Option<&Json<'a>> {
         match self {
             Json::Object(entries) => entries

@@ -77,15 +77,15 @@ pub(crate) struct Chained<T> {
 }
 
 /// Reads the rows of a page (in feed order) and chains each event onto
-/// `chains`; `derive` gets every event with its payload and metadata
-/// parsed. Both steps run on every core.
+/// `chains`; `derive` gets every event, with its index in the page and its
+/// payload and metadata parsed. Both steps run on every core.
 pub(crate) fn chain_page<T: Send>(
     rows: &[impl FeedRow],
     chains: &mut Chains,
-    derive: impl Fn(&RawEvent, &Json, &Json) -> Result<T, ProjectionError> + Sync,
+    derive: impl Fn(usize, &RawEvent, &Json, &Json) -> Result<T, ProjectionError> + Sync,
 ) -> Result<Vec<Chained<T>>, ProjectionError> {
     let (events, derived): (Vec<_>, Vec<_>) =
-        map_on_every_core(rows, |row| -> Result<_, ProjectionError> {
+        map_on_every_core(rows, |index, row| -> Result<_, ProjectionError> {
             let event = row.event()?;
             let payload = Json::parse(event.payload).map_err(|source| event.corrupt(source))?;
             let metadata = Json::parse(event.metadata).map_err(|source| event.corrupt(source))?;
@@ -98,7 +98,7 @@ pub(crate) fn chain_page<T: Send>(
                 metadata: &metadata,
             }
             .canonical();
-            let derived = derive(&event, &payload, &metadata)?;
+            let derived = derive(index, &event, &payload, &metadata)?;
             let event = (
                 event.at,
                 event.aggregate_id.to_string(),

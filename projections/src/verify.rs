@@ -110,118 +110,169 @@ pub struct VerifyReport {
     pub first_mismatch: Option<Mismatch>,
 }
 
+/// Where a trail row stands and its links: what the walk compares in feed
+/// order.
 struct TrailRow {
-    id: i64,
     position: i64,
     user_id: String,
     sequence: i64,
-    shown: Shown,
     chain_hash: String,
     head_hash: String,
 }
 
-/// What `/audit` and the exports show of a row besides its place (position,
-/// user and sequence, compared on their own): as stored, or as the event
-/// gives it (recomputed in the store's form).
-#[derive(Debug)]
-struct Shown {
-    event_type: String,
-    occurred_at: Time,
-    actor_id: Option<String>,
-    impersonator_id: Option<String>,
-    ip: Option<String>,
-    user_agent: Option<String>,
-    data: String,
+/// The trail query's columns, by index (reading by name hashes each name).
+mod column {
+    pub const ID: usize = 0;
+    pub const POSITION: usize = 1;
+    pub const USER_ID: usize = 2;
+    pub const SEQUENCE: usize = 3;
+    pub const CHAIN_HASH: usize = 4;
+    pub const HEAD_HASH: usize = 5;
+    pub const TYPE: usize = 6;
+    pub const ACTOR_ID: usize = 7;
+    pub const IMPERSONATOR_ID: usize = 8;
+    pub const IP: usize = 9;
+    pub const USER_AGENT: usize = 10;
+    pub const DATA: usize = 11;
+    /// SQLite's text, PostgreSQL's timestamp.
+    pub const OCCURRED_AT: usize = 12;
 }
 
-/// `occurred_at` as each store keeps it: SQLite the text sqlx writes for a
-/// bound time; PostgreSQL microseconds.
-#[derive(Debug, PartialEq, Eq)]
-enum Time {
-    Text(String),
-    Microseconds(i64),
-    /// A time recomputed for PostgreSQL, which keeps microseconds: the
-    /// projector's bound value is cut toward 2000-01-01 (sqlx), the
-    /// rebuild's COPY text down; the two differ only before 2000.
-    Cut {
-        down: i64,
-        toward_2000: i64,
-    },
+/// Trail rows in apply order.
+const TRAIL: &str = "
+SELECT id, position, user_id, sequence, chain_hash, head_hash, type, actor_id,
+       impersonator_id, ip, user_agent, data, occurred_at
+  FROM audit_log
+ WHERE id > $1 AND id <= $2
+ ORDER BY id
+ LIMIT $3";
+
+/// A row of the trail query, on either backend.
+trait TrailSource: Send + Sync + 'static {
+    fn id(&self) -> Result<i64, sqlx::Error>;
+    fn place(&self) -> Result<TrailRow, sqlx::Error>;
+    /// Whether the row shows what the event gives: its type and the
+    /// columns `record` and the rebuild write, as this store keeps them.
+    fn shows(
+        &self,
+        event_type: &str,
+        columns: &AuditColumns,
+        times_as_text: bool,
+    ) -> Result<bool, sqlx::Error>;
 }
 
-impl Time {
-    fn of(at: DateTime<Utc>, as_text: bool) -> Self {
-        if as_text {
-            return Time::Text(at.to_rfc3339_opts(SecondsFormat::AutoSi, false));
-        }
-        let down = at.timestamp_micros();
-        let epoch = DateTime::from_timestamp_micros(POSTGRES_EPOCH_MICROS).unwrap_or_default();
-        let toward_2000 = (at - epoch)
-            .num_microseconds()
-            .map_or(down, |since| since + POSTGRES_EPOCH_MICROS);
-        Time::Cut { down, toward_2000 }
+impl<R: Row> TrailSource for R
+where
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> &'r str: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> &'r [u8]: sqlx::Decode<'r, R::Database>,
+    for<'r> DateTime<Utc>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    usize: sqlx::ColumnIndex<R>,
+{
+    fn id(&self) -> Result<i64, sqlx::Error> {
+        self.try_get(column::ID)
     }
 
-    /// Whether the stored time is this recomputed one.
-    fn stored_as(&self, stored: &Time) -> bool {
-        match (self, stored) {
-            (Time::Cut { down, toward_2000 }, Time::Microseconds(stored)) => {
-                stored == down || stored == toward_2000
-            }
-            _ => self == stored,
+    fn place(&self) -> Result<TrailRow, sqlx::Error> {
+        Ok(TrailRow {
+            position: self.try_get(column::POSITION)?,
+            user_id: self.try_get::<&str, _>(column::USER_ID)?.to_string(),
+            sequence: self.try_get(column::SEQUENCE)?,
+            chain_hash: self.try_get::<&str, _>(column::CHAIN_HASH)?.to_string(),
+            head_hash: self.try_get::<&str, _>(column::HEAD_HASH)?.to_string(),
+        })
+    }
+
+    fn shows(
+        &self,
+        event_type: &str,
+        columns: &AuditColumns,
+        times_as_text: bool,
+    ) -> Result<bool, sqlx::Error> {
+        // Compared as the stored bytes (a text column holds UTF-8): no
+        // check of the text, and a value of another kind simply differs.
+        let bytes = |index| self.try_get_unchecked::<Option<&[u8]>, _>(index);
+        let same = |index, expected: Option<&str>| -> Result<bool, sqlx::Error> {
+            Ok(bytes(index)? == expected.map(str::as_bytes))
+        };
+        if !same(column::TYPE, Some(event_type))?
+            || !same(column::ACTOR_ID, columns.actor_id)?
+            || !same(column::IMPERSONATOR_ID, columns.impersonator_id)?
+            || !same(column::IP, columns.ip)?
+            || !same(column::USER_AGENT, columns.user_agent)?
+            || !same(column::DATA, Some(&columns.data))?
+        {
+            return Ok(false);
         }
+        // As stored: SQLite's text as it is, PostgreSQL's timestamp.
+        Ok(if times_as_text {
+            same(column::OCCURRED_AT, Some(&sqlite_time(columns.occurred_at)))?
+        } else {
+            self.try_get::<Option<DateTime<Utc>>, _>(column::OCCURRED_AT)?
+                .is_some_and(|stored| postgres_time(columns.occurred_at).holds(stored))
+        })
+    }
+}
+
+/// The text sqlx writes for a bound time on SQLite.
+fn sqlite_time(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::AutoSi, false)
+}
+
+/// A time as PostgreSQL keeps it, in microseconds: the projector's bound
+/// value is cut toward 2000-01-01 (sqlx), the rebuild's COPY text down; the
+/// two differ only before 2000.
+#[derive(Debug)]
+struct PostgresTime {
+    down: i64,
+    toward_2000: i64,
+}
+
+fn postgres_time(at: DateTime<Utc>) -> PostgresTime {
+    let down = at.timestamp_micros();
+    let epoch = DateTime::from_timestamp_micros(POSTGRES_EPOCH_MICROS).unwrap_or_default();
+    let toward_2000 = (at - epoch)
+        .num_microseconds()
+        .map_or(down, |since| since + POSTGRES_EPOCH_MICROS);
+    PostgresTime { down, toward_2000 }
+}
+
+impl PostgresTime {
+    fn holds(&self, stored: DateTime<Utc>) -> bool {
+        let stored = stored.timestamp_micros();
+        stored == self.down || stored == self.toward_2000
     }
 }
 
 /// 2000-01-01T00:00:00Z, PostgreSQL's epoch for timestamps.
 const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
 
-impl Shown {
-    /// What the event gives: the columns `record` and the rebuild write.
-    fn of(event_type: &str, columns: AuditColumns, as_text: bool) -> Self {
-        Shown {
-            event_type: event_type.to_string(),
-            occurred_at: Time::of(columns.occurred_at, as_text),
-            actor_id: columns.actor_id,
-            impersonator_id: columns.impersonator_id,
-            ip: columns.ip,
-            user_agent: columns.user_agent,
-            data: columns.data,
-        }
-    }
-
-    /// Whether the stored row shows what this recomputation gives.
-    fn stored_as(&self, stored: &Shown) -> bool {
-        self.data == stored.data
-            && self.event_type == stored.event_type
-            && self.occurred_at.stored_as(&stored.occurred_at)
-            && self.actor_id == stored.actor_id
-            && self.impersonator_id == stored.impersonator_id
-            && self.ip == stored.ip
-            && self.user_agent == stored.user_agent
-    }
-}
+/// An event of the page beside the trail row taken for it (in apply order,
+/// the row at the event's place in the page), and whether that row shows
+/// what the event gives. `None`: the trail had no row left.
+type Paired = Option<(TrailRow, bool)>;
 
 /// The trail rows read so far and not yet compared, in apply order.
-#[derive(Default)]
-struct Trail {
-    rows: VecDeque<TrailRow>,
+struct Trail<R> {
+    rows: VecDeque<R>,
     after_id: i64,
     done: bool,
 }
 
-impl Trail {
-    /// Whether to read a page ahead while the events are being chained.
-    fn wants_page(&self) -> bool {
-        !self.done && self.rows.len() < PAGE as usize
-    }
-
-    fn add(&mut self, page: Vec<TrailRow>) {
+impl<R: TrailSource> Trail<R> {
+    fn add(&mut self, page: Vec<R>) -> Result<(), sqlx::Error> {
         self.done = (page.len() as i64) < PAGE;
         if let Some(last) = page.last() {
-            self.after_id = last.id;
+            self.after_id = last.id()?;
         }
         self.rows.extend(page);
+        Ok(())
+    }
+
+    /// The next `count` rows (fewer when the trail ends first).
+    fn take(&mut self, count: usize) -> Vec<R> {
+        let count = count.min(self.rows.len());
+        self.rows.drain(..count).collect()
     }
 }
 
@@ -259,9 +310,15 @@ struct Walk<'a> {
 }
 
 impl Walk<'_> {
-    /// Checks one event, its chain and columns recomputed, against the row
-    /// the projection stored for it.
-    fn check(&mut self, event: &Chained<Shown>, row: &TrailRow) -> Result<(), Mismatch> {
+    /// Checks one event, its chain recomputed, against the row the
+    /// projection stored for it (`shows`: whether the row's other columns
+    /// are what the event gives).
+    fn check<T>(
+        &mut self,
+        event: &Chained<T>,
+        row: &TrailRow,
+        shows: bool,
+    ) -> Result<(), Mismatch> {
         if event.aggregate_id != row.user_id || event.sequence != row.sequence {
             // The chain covers the event's user and sequence: when it still
             // matches, the event is the one recorded and the row was edited.
@@ -281,7 +338,7 @@ impl Walk<'_> {
         if !same_hash(&head, &row.head_hash) {
             return Err(mismatch(event, "trail_changed"));
         }
-        if !event.derived.stored_as(&row.shown) {
+        if !shows {
             return Err(mismatch(event, "row_changed"));
         }
         self.head = head;
@@ -299,7 +356,7 @@ impl Walk<'_> {
     /// Whether the row of another position is this event's row with only
     /// its `position` column edited: the head links the event's own
     /// position, so it still matches when the event is where it was.
-    fn only_position_edited(&self, event: &Chained<Shown>, row: &TrailRow) -> bool {
+    fn only_position_edited<T>(&self, event: &Chained<T>, row: &TrailRow) -> bool {
         event.aggregate_id == row.user_id
             && event.sequence == row.sequence
             && same_hash(&event.chain, &row.chain_hash)
@@ -331,14 +388,16 @@ impl Walk<'_> {
 }
 
 impl ReadModels {
-    /// Recomputes both chains over every event the projection has applied
-    /// and compares them with the trail; stops at the first disagreement.
-    /// `progress` hears the running count of events checked.
+    /// Recomputes both chains and every shown column over every event the
+    /// projection has applied and compares them with the trail; stops at
+    /// the first disagreement. `progress` hears the running count of
+    /// events checked.
     ///
     /// The streams' chains are independent, so each page of events is
-    /// decoded and chained on every core (off the async runtime) while the
-    /// next pages of events and trail rows are read; only the global head,
-    /// one short hash per event, is computed in feed order.
+    /// decoded, chained and compared with its trail rows (read a page
+    /// ahead) on every core, off the async runtime, while the next pages of
+    /// events and trail rows are read; only the global head, one short hash
+    /// per event, is computed in feed order.
     pub async fn verify_audit_trail(
         &self,
         expect: Option<&ExpectedHead>,
@@ -366,13 +425,28 @@ impl ReadModels {
                     .bind(PAGE)
                     .fetch_all(pool)
             };
-            let mut trail = Trail::default();
+            let trail_page = |after_id: i64| {
+                sqlx::query(TRAIL)
+                    .bind(after_id)
+                    .bind(last_id)
+                    .bind(PAGE)
+                    .fetch_all(pool)
+            };
             let mut chains = Chains::default();
-            let mut rows = events_page(EventPosition {
-                transaction_id: i64::MIN,
-                position: i64::MIN,
-            })
-            .await?;
+            let (rows, first_trail) = tokio::join!(
+                events_page(EventPosition {
+                    transaction_id: i64::MIN,
+                    position: i64::MIN,
+                }),
+                trail_page(0),
+            );
+            let mut rows = rows?;
+            let mut trail = Trail {
+                rows: VecDeque::new(),
+                after_id: 0,
+                done: false,
+            };
+            trail.add(first_trail?)?;
             loop {
                 let last_page = (rows.len() as i64) < PAGE;
                 let after = match rows.last() {
@@ -382,14 +456,23 @@ impl ReadModels {
                     },
                     None => bound,
                 };
-                let read_ahead = trail.wants_page().then_some(trail.after_id);
-                let (chained, next_rows, trail_page) = tokio::join!(
+                // The read-ahead keeps a page in hand; this waits only when
+                // it fell behind.
+                while trail.rows.len() < rows.len() && !trail.done {
+                    let page = trail_page(trail.after_id).await?;
+                    trail.add(page)?;
+                }
+                let paired = trail.take(rows.len());
+                let read_ahead = (!trail.done).then_some(trail.after_id);
+                let (chained, next_rows, next_trail) = tokio::join!(
                     off_the_runtime(move || {
-                        // The columns are recomputed here, on every core;
-                        // comparing them is the walk's (a few string compares).
-                        let chained = chain_page(&rows, &mut chains, |event, payload, metadata| {
+                        let chained = chain_page(&rows, &mut chains, |index, event, payload, metadata| {
+                            let Some(row) = paired.get(index) else {
+                                return Ok(None);
+                            };
                             let columns = AuditColumns::of(payload, metadata, event.recorded_at);
-                            Ok(Shown::of(event.event_type, columns, times_as_text))
+                            let shows = row.shows(event.event_type, &columns, times_as_text)?;
+                            Ok(Some((row.place()?, shows)))
                         });
                         (chains, chained)
                     }),
@@ -402,7 +485,7 @@ impl ReadModels {
                     },
                     async {
                         match read_ahead {
-                            Some(after_id) => self.trail_page(after_id, last_id).await.map(Some),
+                            Some(after_id) => trail_page(after_id).await.map(Some),
                             None => Ok(None),
                         }
                     },
@@ -413,20 +496,21 @@ impl ReadModels {
                     chained?
                 };
                 rows = next_rows?;
-                if let Some(page) = trail_page? {
-                    trail.add(page);
+                if let Some(page) = next_trail? {
+                    trail.add(page)?;
                 }
-                for event in chained {
-                    let found = match self.next_trail_row(&mut trail, last_id).await? {
+                for mut event in chained {
+                    let paired: Paired = event.derived.take();
+                    let found = match paired {
                         None => mismatch(&event, "event_not_in_trail"),
-                        Some(row) if event.at.position != row.position => {
+                        Some((row, _)) if event.at.position != row.position => {
                             if walk.only_position_edited(&event, &row) {
                                 mismatch(&event, "row_changed")
                             } else {
                                 self.misplaced(&event, row).await?
                             }
                         }
-                        Some(row) => match walk.check(&event, &row) {
+                        Some((row, shows)) => match walk.check(&event, &row, shows) {
                             Ok(()) => continue,
                             Err(found) => found,
                         },
@@ -439,7 +523,11 @@ impl ReadModels {
                 }
             }
             // Every event matched its row; a row left over lost its event.
-            let left_over = self.next_trail_row(&mut trail, last_id).await?;
+            if trail.rows.is_empty() && !trail.done {
+                let page = trail_page(trail.after_id).await?;
+                trail.add(page)?;
+            }
+            let left_over = trail.rows.front().map(TrailSource::place).transpose()?;
             Ok(walk.report(left_over.map(missing)))
         })
     }
@@ -448,7 +536,7 @@ impl ReadModels {
     /// the trail's event deleted, the store's inserted, or were they moved?
     async fn misplaced(
         &self,
-        event: &Chained<Shown>,
+        event: &Chained<Paired>,
         row: TrailRow,
     ) -> Result<Mismatch, ProjectionError> {
         let count = |table: &'static str, position: i64| async move {
@@ -493,92 +581,12 @@ SELECT (SELECT transaction_id FROM projection_checkpoints WHERE name = $1) AS tr
             Ok((bound, last_id))
         })
     }
-
-    async fn next_trail_row(
-        &self,
-        trail: &mut Trail,
-        last_id: i64,
-    ) -> Result<Option<TrailRow>, ProjectionError> {
-        if trail.rows.is_empty() && !trail.done {
-            trail.add(self.trail_page(trail.after_id, last_id).await?);
-        }
-        Ok(trail.rows.pop_front())
-    }
-
-    /// Trail rows in apply order.
-    async fn trail_page(
-        &self,
-        after_id: i64,
-        last_id: i64,
-    ) -> Result<Vec<TrailRow>, ProjectionError> {
-        on_pool!(&self.0, pool => {
-            let rows = sqlx::query(match &self.0 {
-                Db::Sqlite(_) => SQLITE_TRAIL,
-                Db::Postgres(_) => POSTGRES_TRAIL,
-            })
-            .bind(after_id)
-            .bind(last_id)
-            .bind(PAGE)
-            .fetch_all(pool)
-            .await?;
-            rows.iter()
-                .map(|row| {
-                    let text: Option<String> = row.try_get("occurred_text")?;
-                    let at: Option<DateTime<Utc>> = row.try_get("occurred_at")?;
-                    let occurred_at = match (text, at) {
-                        (Some(text), _) => Time::Text(text),
-                        (None, Some(at)) => Time::Microseconds(at.timestamp_micros()),
-                        // NOT NULL in the schema; should it be missing, it
-                        // differs from any time an event gives.
-                        (None, None) => Time::Text(String::new()),
-                    };
-                    Ok(TrailRow {
-                        id: row.try_get("id")?,
-                        position: row.try_get("position")?,
-                        user_id: row.try_get("user_id")?,
-                        sequence: row.try_get("sequence")?,
-                        shown: Shown {
-                            event_type: row.try_get("type")?,
-                            occurred_at,
-                            actor_id: row.try_get("actor_id")?,
-                            impersonator_id: row.try_get("impersonator_id")?,
-                            ip: row.try_get("ip")?,
-                            user_agent: row.try_get("user_agent")?,
-                            data: row.try_get("data")?,
-                        },
-                        chain_hash: row.try_get("chain_hash")?,
-                        head_hash: row.try_get("head_hash")?,
-                    })
-                })
-                .collect()
-        })
-    }
 }
-
-/// Trail rows in apply order. `occurred_at` is compared as stored: SQLite's
-/// text as it is (`occurred_text`), PostgreSQL's timestamp (`occurred_at`).
-const SQLITE_TRAIL: &str = "
-SELECT id, position, user_id, sequence, type, occurred_at AS occurred_text,
-       NULL AS occurred_at, actor_id, impersonator_id, ip, user_agent, data,
-       chain_hash, head_hash
-  FROM audit_log
- WHERE id > $1 AND id <= $2
- ORDER BY id
- LIMIT $3";
-
-const POSTGRES_TRAIL: &str = "
-SELECT id, position, user_id, sequence, type, NULL::text AS occurred_text,
-       occurred_at, actor_id, impersonator_id, ip, user_agent, data,
-       chain_hash, head_hash
-  FROM audit_log
- WHERE id > $1 AND id <= $2
- ORDER BY id
- LIMIT $3";
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
-    use super::{ExpectedHead, Time, PAGE, SQLITE_EVENTS};
+    use super::{postgres_time, sqlite_time, ExpectedHead, PAGE, SQLITE_EVENTS};
     use chrono::{DateTime, Utc};
     use proptest::prelude::*;
     use sqlx::Row;
@@ -626,23 +634,20 @@ mod tests {
     #[test]
     fn recomputed_times_compare_as_each_store_keeps_them() {
         let at: DateTime<Utc> = "2024-05-06T07:08:09.123456789Z".parse().unwrap();
-        assert_eq!(
-            Time::of(at, true),
-            Time::Text("2024-05-06T07:08:09.123456789+00:00".into())
-        );
+        assert_eq!(sqlite_time(at), "2024-05-06T07:08:09.123456789+00:00");
+        let stored = |micros| DateTime::from_timestamp_micros(micros).unwrap();
         let micros = 1_714_979_289_123_456;
-        let postgres = Time::of(at, false);
-        assert!(postgres.stored_as(&Time::Microseconds(micros)));
-        assert!(!postgres.stored_as(&Time::Microseconds(micros + 1)));
-        assert!(!postgres.stored_as(&Time::Microseconds(micros - 1)));
+        let postgres = postgres_time(at);
+        assert!(postgres.holds(stored(micros)));
+        assert!(!postgres.holds(stored(micros + 1)));
+        assert!(!postgres.holds(stored(micros - 1)));
 
         let before_2000: DateTime<Utc> = "1999-12-31T23:59:59.000000500Z".parse().unwrap();
         let down = before_2000.timestamp_micros();
-        let postgres = Time::of(before_2000, false);
-        assert!(postgres.stored_as(&Time::Microseconds(down)));
-        assert!(postgres.stored_as(&Time::Microseconds(down + 1)));
-        assert!(!postgres.stored_as(&Time::Microseconds(down + 2)));
-        assert!(!postgres.stored_as(&Time::Text(String::new())));
+        let postgres = postgres_time(before_2000);
+        assert!(postgres.holds(stored(down)));
+        assert!(postgres.holds(stored(down + 1)));
+        assert!(!postgres.holds(stored(down + 2)));
     }
 
     #[test]
