@@ -22,10 +22,9 @@ use uuid::Uuid;
 
 use crate::cores::{cores, on_every_shard};
 use crate::db::{ProjectionError, ReadModels};
-use crate::feed::StoredEvent;
 use crate::json::{write_string, Json};
 use crate::on_pool;
-use crate::statement::Arg;
+use twofold_store::sql::Arg;
 
 pub type Hash = [u8; 32];
 
@@ -73,7 +72,21 @@ pub(crate) fn link(previous: &Hash, content: &str) -> Hash {
     hasher.finalize().into()
 }
 
-pub fn chain_hash(previous: &Hash, event: &StoredEvent) -> Hash {
+/// A stored event decoded, as the tests write one.
+#[cfg(test)]
+#[derive(Clone, Debug)]
+pub(crate) struct StoredEvent {
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    pub event_version: String,
+    pub payload: serde_json::Value,
+    pub metadata: serde_json::Value,
+}
+
+/// The chain hash of a decoded event: the tests' way to pin the bytes.
+#[cfg(test)]
+pub(crate) fn chain_hash(previous: &Hash, event: &StoredEvent) -> Hash {
     let content = Content {
         aggregate_id: &event.aggregate_id,
         sequence: event.sequence,
@@ -143,6 +156,12 @@ impl Default for Chains {
 }
 
 impl Chains {
+    /// Continues `stream` from `link` (its last event's, as the trail holds it).
+    pub fn continue_from(&mut self, stream: String, link: Link) {
+        let shard = (self.shard_of.hash_one(stream.as_str()) as usize) % self.shards.len();
+        self.shards[shard].insert(stream, link);
+    }
+
     /// Chains every item (an event in feed order, as `event` gives its
     /// stream, sequence number and canonical content) onto its stream;
     /// gives, for each, the stream's link before it and its chain hash.
@@ -316,35 +335,7 @@ pub(crate) fn audit_columns(
     AuditColumns::of(payload, metadata, recorded_at).into()
 }
 
-/// The audit row for `event`, numbered `id` (apply order) and chained onto
-/// the user's previous row and the feed's head, in the columns of
-/// `AUDIT_COLUMNS`; also gives the event's chain hash and the new head.
-pub(crate) fn record(
-    event: &StoredEvent,
-    id: i64,
-    previous_chain: &Hash,
-    head: &Hash,
-) -> (Vec<Arg>, Hash, Hash) {
-    let chain = chain_hash(previous_chain, event);
-    let new_head = head_hash(head, event.at.position, &chain);
-    let mut row: Vec<Arg> = vec![
-        id.into(),
-        event.at.position.into(),
-        event.aggregate_id.as_str().into(),
-        event.sequence.into(),
-        event.event_type.as_str().into(),
-    ];
-    row.extend(audit_columns(
-        &Json::from(&event.payload),
-        &Json::from(&event.metadata),
-        event.recorded_at,
-    ));
-    row.push(hash_text(&chain).into());
-    row.push(hash_text(&new_head).into());
-    (row, chain, new_head)
-}
-
-/// The columns of an audit row, in the order `record` and the rebuild fill them.
+/// The columns of an audit row, in the order the fold fills them.
 pub(crate) const AUDIT_COLUMNS: &[&str] = &[
     "id",
     "position",
@@ -481,22 +472,16 @@ impl ReadModels {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::feed::EventPosition;
     use serde_json::json;
 
     fn event(payload: Value, metadata: Value) -> StoredEvent {
         StoredEvent {
-            at: EventPosition {
-                transaction_id: 7,
-                position: 7,
-            },
             aggregate_id: "0b0c7d0e-0000-4000-8000-000000000001".into(),
             sequence: 3,
             event_type: "EmailChanged".into(),
             event_version: "1".into(),
             payload,
             metadata,
-            recorded_at: DateTime::UNIX_EPOCH,
         }
     }
 

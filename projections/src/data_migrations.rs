@@ -4,20 +4,18 @@
 //! `twofold migrate`), in one transaction with its record in
 //! `data_migrations`.
 
-use sqlx::Row;
-
 use crate::audit::stored_data_without_secrets;
+use crate::backend::{Backend, ModelRow as _, ROWS_PER_STATEMENT};
 use crate::db::{Db, ProjectionError, ReadModels};
 use crate::on_pool;
-use crate::runner::lock_projection;
 
 /// Audit rows written before challenge ids were left out of `data` hold
 /// them; verify compares `data` with what the event gives today, so each
 /// would read as edited. Their `data` is written again under today's rule.
 const AUDIT_DATA_WITHOUT_CHALLENGE_IDS: &str = "audit_data_without_challenge_ids";
 
-/// Rows read and rewritten per statement.
-const PAGE: i64 = 1_000;
+/// Rows read and rewritten per statement (the most `with_values` takes).
+const PAGE: i64 = ROWS_PER_STATEMENT as i64;
 
 /// Rows that may hold a challenge id (the rule ignores case; `_` matches any
 /// character, so this finds a few more, which the writer leaves as they are).
@@ -62,74 +60,76 @@ impl ReadModels {
     /// processes' batches out meanwhile. `None` when another process had
     /// already done it.
     async fn strip_challenge_ids_from_audit_data(&self) -> Result<Option<u64>, ProjectionError> {
-        macro_rules! migrate {
-            ($tx:ident, $db:ty) => {{
-                let done: i64 =
-                    sqlx::query_scalar("SELECT count(*) FROM data_migrations WHERE name = $1")
-                        .bind(AUDIT_DATA_WITHOUT_CHALLENGE_IDS)
-                        .fetch_one(&mut *$tx)
-                        .await?;
-                if done > 0 {
-                    return Ok(None);
-                }
-                let mut after_id = 0_i64;
-                let mut changed_rows = 0_u64;
-                loop {
-                    let rows = sqlx::query(SELECT_CANDIDATES)
-                        .bind(after_id)
-                        .bind(PAGE)
-                        .fetch_all(&mut *$tx)
-                        .await?;
-                    let mut changed = Vec::with_capacity(rows.len());
-                    for row in &rows {
-                        let id: i64 = row.try_get("id")?;
-                        let data: String = row.try_get("data")?;
-                        after_id = id;
-                        match stored_data_without_secrets(&data) {
-                            Ok(rewritten) if rewritten != data => changed.push((id, rewritten)),
-                            Ok(_) => {}
-                            // Not JSON: not what any version wrote. Left for
-                            // verify to report.
-                            Err(error) => {
-                                tracing::warn!(id, %error, "an audit row's data is not JSON: left as it is")
-                            }
-                        }
-                    }
-                    changed_rows += changed.len() as u64;
-                    if !changed.is_empty() {
-                        let mut update = sqlx::QueryBuilder::<$db>::new(UPDATE_PREFIX);
-                        update.push_values(changed, |mut values, (id, data)| {
-                            values.push_bind(id).push_bind(data);
-                        });
-                        update.push(UPDATE_SUFFIX);
-                        update.build().execute(&mut *$tx).await?;
-                    }
-                    if (rows.len() as i64) < PAGE {
-                        break;
-                    }
-                }
-                sqlx::query("INSERT INTO data_migrations (name, rows_changed) VALUES ($1, $2)")
-                    .bind(AUDIT_DATA_WITHOUT_CHALLENGE_IDS)
-                    .bind(changed_rows as i64)
-                    .execute(&mut *$tx)
-                    .await?;
-                $tx.commit().await?;
-                Ok(Some(changed_rows))
-            }};
-        }
         let _turn = self.0.write_turn().await;
         match &self.0 {
             Db::Sqlite(pool) => {
                 let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                migrate!(tx, sqlx::Sqlite)
+                let changed = strip_challenge_ids(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(changed)
             }
             Db::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
-                lock_projection(&mut tx).await?;
-                migrate!(tx, sqlx::Postgres)
+                let changed = strip_challenge_ids(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(changed)
             }
         }
     }
+}
+
+async fn strip_challenge_ids<B: Backend>(conn: &mut B) -> Result<Option<u64>, ProjectionError> {
+    conn.lock_read_models().await?;
+    let done = conn
+        .fetch(
+            "SELECT count(*) AS done FROM data_migrations WHERE name = $1",
+            vec![AUDIT_DATA_WITHOUT_CHALLENGE_IDS.into()],
+        )
+        .await?;
+    if done.first().map(|row| row.number("done")).transpose()? != Some(0) {
+        return Ok(None);
+    }
+    let mut after_id = 0_i64;
+    let mut changed_rows = 0_u64;
+    loop {
+        let rows = conn
+            .fetch(SELECT_CANDIDATES, vec![after_id.into(), PAGE.into()])
+            .await?;
+        let mut changed = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id = row.number("id")?;
+            let data = row.text("data")?;
+            after_id = id;
+            match stored_data_without_secrets(&data) {
+                Ok(rewritten) if rewritten != data => {
+                    changed.push(vec![id.into(), rewritten.into()])
+                }
+                Ok(_) => {}
+                // Not JSON: not what any version wrote. Left for verify to
+                // report.
+                Err(error) => {
+                    tracing::warn!(id, %error, "an audit row's data is not JSON: left as it is")
+                }
+            }
+        }
+        changed_rows += changed.len() as u64;
+        if !changed.is_empty() {
+            conn.with_values(UPDATE_PREFIX, changed, UPDATE_SUFFIX)
+                .await?;
+        }
+        if (rows.len() as i64) < PAGE {
+            break;
+        }
+    }
+    conn.execute(
+        "INSERT INTO data_migrations (name, rows_changed) VALUES ($1, $2)",
+        vec![
+            AUDIT_DATA_WITHOUT_CHALLENGE_IDS.into(),
+            (changed_rows as i64).into(),
+        ],
+    )
+    .await?;
+    Ok(Some(changed_rows))
 }
 
 #[cfg(test)]

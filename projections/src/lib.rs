@@ -3,23 +3,24 @@
 //! checkpointed in the same transaction as its rows.
 
 mod audit;
+mod backend;
 mod bulk;
 mod cores;
 mod data_migrations;
 mod db;
 mod feed;
+mod fold;
 mod json;
 mod pages;
 mod queries;
 mod read_models;
 mod report;
 mod runner;
-mod statement;
 mod verify;
 
 pub use audit::{AuditEntry, AuditFilter};
 pub use db::{Db, ProjectionError, ReadModels};
-pub use feed::{EventPosition, StoredEvent};
+pub use feed::EventPosition;
 pub use queries::{DirectoryEntry, DirectoryFilter, SessionRecord};
 pub use report::TwoFactorCount;
 pub use runner::Projector;

@@ -6,7 +6,8 @@ use uuid::Uuid;
 
 use crate::db::{Db, ProjectionError, ReadModels};
 use crate::on_pool;
-use crate::statement::{bind_all, Arg};
+use twofold_store::bind_all;
+use twofold_store::sql::Arg;
 
 /// A live session with what authorisation needs about its user.
 #[derive(Clone, Debug)]

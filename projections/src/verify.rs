@@ -19,7 +19,7 @@ use crate::db::{Db, ProjectionError, ReadModels};
 use crate::feed::EventPosition;
 use crate::on_pool;
 use crate::pages::{chain_page, Chained};
-use crate::runner::CHECKPOINT;
+use crate::read_models::CHECKPOINT;
 
 const PAGE: i64 = 10_000;
 

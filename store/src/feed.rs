@@ -1,10 +1,6 @@
 //! The global order of the events: where each stands, and the queries
 //! that read them in that order on each backend.
 
-use chrono::{DateTime, Utc};
-use serde_json::Value;
-use sqlx::Row;
-
 /// Where an event stands in the global order. On PostgreSQL identity values
 /// are taken before commit, so the order is (transaction id, position) and
 /// only transactions older than every running one are read; on SQLite
@@ -13,18 +9,6 @@ use sqlx::Row;
 pub struct EventPosition {
     pub transaction_id: i64,
     pub position: i64,
-}
-
-#[derive(Clone, Debug)]
-pub struct StoredEvent {
-    pub at: EventPosition,
-    pub aggregate_id: String,
-    pub sequence: i64,
-    pub event_type: String,
-    pub event_version: String,
-    pub payload: Value,
-    pub metadata: Value,
-    pub recorded_at: DateTime<Utc>,
 }
 
 /// `+aggregate_type` keeps SQLite off the primary key's index, which it
@@ -61,27 +45,3 @@ SELECT transaction_id, position, aggregate_id, sequence, event_type, event_versi
                WHERE backend_xid IS NOT NULL AND datname IS DISTINCT FROM current_database()))
  ORDER BY transaction_id, position
  LIMIT $3";
-
-/// A feed row as an event.
-pub fn decode<R: Row>(row: &R) -> Result<StoredEvent, sqlx::Error>
-where
-    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> Value: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> DateTime<Utc>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'c> &'c str: sqlx::ColumnIndex<R>,
-{
-    Ok(StoredEvent {
-        at: EventPosition {
-            transaction_id: row.try_get("transaction_id")?,
-            position: row.try_get("position")?,
-        },
-        aggregate_id: row.try_get("aggregate_id")?,
-        sequence: row.try_get("sequence")?,
-        event_type: row.try_get("event_type")?,
-        event_version: row.try_get("event_version")?,
-        payload: row.try_get("payload")?,
-        metadata: row.try_get("metadata")?,
-        recorded_at: row.try_get("recorded_at")?,
-    })
-}

@@ -7,10 +7,11 @@ mod connect;
 mod db;
 mod events;
 pub mod feed;
+pub mod sql;
 mod vault;
 
 pub use connect::{connect, migrate, ping, sqlite_file};
 pub use db::Db;
 pub use events::{is_unavailable, Committed, EventMetadata, EventStore, Loaded, StoreError};
-pub use feed::{EventPosition, StoredEvent};
+pub use feed::EventPosition;
 pub use vault::SecretVault;
