@@ -17,13 +17,11 @@ use std::hash::{BuildHasher, RandomState};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use sqlx::Row;
 use uuid::Uuid;
 
 use crate::cores::{cores, on_every_shard};
 use crate::db::{ProjectionError, ReadModels};
 use crate::json::{write_string, Json};
-use crate::on_pool;
 use twofold_store::sql::Arg;
 
 pub type Hash = [u8; 32];
@@ -432,39 +430,27 @@ impl ReadModels {
         filter: &AuditFilter,
     ) -> Result<(Vec<AuditEntry>, bool), ProjectionError> {
         let (sql, args) = filter.sql();
-        on_pool!(&self.0, pool => {
-            let mut query = sqlx::query(&sql);
-            for arg in args {
-                query = match arg {
-                    Arg::Text(value) => query.bind(value),
-                    Arg::Bool(value) => query.bind(value),
-                    Arg::Int(value) => query.bind(value),
-                    Arg::Time(value) => query.bind(value),
-                };
-            }
-            let rows = query.fetch_all(pool).await?;
-            let more = rows.len() > filter.limit as usize;
-            let mut entries = Vec::with_capacity(rows.len());
-            for row in rows.into_iter().take(filter.limit as usize) {
-                let position: i64 = row.try_get("position")?;
-                let data: String = row.try_get("data")?;
-                entries.push(AuditEntry {
-                    id: row.try_get("id")?,
-                    position,
-                    user_id: row.try_get("user_id")?,
-                    sequence: row.try_get("sequence")?,
-                    event_type: row.try_get("type")?,
-                    occurred_at: row.try_get("occurred_at")?,
-                    actor_id: row.try_get("actor_id")?,
-                    impersonator_id: row.try_get("impersonator_id")?,
-                    ip: row.try_get("ip")?,
-                    user_agent: row.try_get("user_agent")?,
-                    data: serde_json::from_str(&data)
-                        .map_err(|source| ProjectionError::Corrupt { position, source })?,
-                });
-            }
-            Ok((entries, more))
-        })
+        let rows = self.0.fetch(&sql, args).await?;
+        let more = rows.len() > filter.limit as usize;
+        let mut entries = Vec::with_capacity(rows.len());
+        for row in rows.into_iter().take(filter.limit as usize) {
+            let position: i64 = row.get("position")?;
+            entries.push(AuditEntry {
+                id: row.get("id")?,
+                position,
+                user_id: row.get("user_id")?,
+                sequence: row.get("sequence")?,
+                event_type: row.get("type")?,
+                occurred_at: row.get("occurred_at")?,
+                actor_id: row.get("actor_id")?,
+                impersonator_id: row.get("impersonator_id")?,
+                ip: row.get("ip")?,
+                user_agent: row.get("user_agent")?,
+                data: serde_json::from_str(row.text("data")?)
+                    .map_err(|source| ProjectionError::Corrupt { position, source })?,
+            });
+        }
+        Ok((entries, more))
     }
 }
 
@@ -473,6 +459,7 @@ impl ReadModels {
 mod tests {
     use super::*;
     use serde_json::json;
+    use sqlx::Row as _;
 
     fn event(payload: Value, metadata: Value) -> StoredEvent {
         StoredEvent {

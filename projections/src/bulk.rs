@@ -9,14 +9,15 @@
 //! The fold is the projector's (`fold.rs`); tests compare every table of a
 //! rebuild with the projector's, on both backends.
 
-use crate::backend::Backend;
+use twofold_store::sql::Arg;
+use twofold_store::WriteTx;
+
 use crate::cores::off_the_runtime;
 use crate::db::{Db, ProjectionError, ReadModels};
 use crate::feed::EventPosition;
 use crate::fold::Fold;
-use crate::pages::FeedRow;
 use crate::read_models::{
-    AUDIT_LOG, CHALLENGES, CHECKPOINT, CHECKPOINTS, SESSIONS, TABLES, TWO_FACTOR_COUNTS,
+    Table, AUDIT_LOG, CHALLENGES, CHECKPOINT, CHECKPOINTS, SESSIONS, TABLES, TWO_FACTOR_COUNTS,
     USER_DIRECTORY,
 };
 
@@ -46,32 +47,33 @@ impl ReadModels {
 }
 
 pub(crate) async fn rebuild(db: &Db, progress: impl Fn(u64)) -> Result<Rebuilt, ProjectionError> {
-    let _turn = db.write_turn().await;
-    match db {
-        Db::Sqlite(pool) => {
-            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-            let rebuilt = load(&mut *tx, &progress).await?;
-            tx.commit().await?;
-            Ok(rebuilt)
-        }
-        Db::Postgres(pool) => {
-            let mut tx = pool.begin().await?;
-            // Wait for a batch another process is applying: it read the old
-            // checkpoint and would write its rows over the rebuilt ones.
-            tx.lock_read_models().await?;
-            let rebuilt = load(&mut *tx, &progress).await?;
-            tx.commit().await?;
-            Ok(rebuilt)
-        }
-    }
+    let mut tx = db.begin_write().await?;
+    // Wait for a batch another process is applying: it read the old
+    // checkpoint and would write its rows over the rebuilt ones.
+    tx.lock_read_models().await?;
+    let rebuilt = load(&mut tx, &progress).await?;
+    tx.commit().await?;
+    Ok(rebuilt)
 }
 
-async fn load<B: Backend>(
-    conn: &mut B,
-    progress: &dyn Fn(u64),
-) -> Result<Rebuilt, ProjectionError> {
-    conn.prepare_rebuild().await?;
-    conn.execute(
+/// Loads `rows` into `table`, emptied by this rebuild.
+async fn load_table(
+    tx: &mut WriteTx,
+    table: &Table,
+    rows: Vec<Vec<Arg>>,
+) -> Result<(), sqlx::Error> {
+    tx.load(
+        table.name,
+        table.columns,
+        rows,
+        TABLES.contains(&table.name),
+    )
+    .await
+}
+
+async fn load(tx: &mut WriteTx, progress: &dyn Fn(u64)) -> Result<Rebuilt, ProjectionError> {
+    tx.empty(&TABLES).await?;
+    tx.execute(
         "DELETE FROM projection_checkpoints WHERE name = $1",
         vec![CHECKPOINT.into()],
     )
@@ -80,31 +82,31 @@ async fn load<B: Backend>(
     // by row, which costs several times more on a million rows.
     let mut indexes = Vec::new();
     for table in TABLES {
-        for (drop, create) in conn.deferrable_indexes(table).await? {
-            conn.run_sql(&drop).await?;
+        for (drop, create) in tx.deferrable_indexes(table).await? {
+            tx.run_sql(&drop).await?;
             indexes.push(create);
         }
     }
     let mut fold = Fold::empty();
-    let mut rows = conn.feed(EventPosition::default(), PAGE as i64).await?;
+    let mut rows = tx.feed(EventPosition::default(), PAGE as i64).await?;
     let mut audit_rows = Vec::new();
     loop {
         // A short page is the last: the feed has nothing more (yet).
         let next_after = match rows.last() {
-            Some(row) if rows.len() == PAGE => Some(row.event()?.at),
+            Some(row) if rows.len() == PAGE => Some(row.feed_columns()?.at),
             _ => None,
         };
         let written = std::mem::take(&mut audit_rows);
-        let conn = &mut *conn;
+        let tx = &mut *tx;
         let (folded, next) = tokio::join!(
             off_the_runtime(move || {
                 let audit_rows = fold.page(&rows);
                 (fold, audit_rows)
             }),
             async move {
-                conn.load(&AUDIT_LOG, written).await?;
+                load_table(tx, &AUDIT_LOG, written).await?;
                 match next_after {
-                    Some(after) => conn.feed(after, PAGE as i64).await,
+                    Some(after) => tx.feed(after, PAGE as i64).await,
                     None => Ok(Vec::new()),
                 }
             }
@@ -117,19 +119,20 @@ async fn load<B: Backend>(
             break;
         }
     }
-    conn.load(&AUDIT_LOG, audit_rows).await?;
+    load_table(tx, &AUDIT_LOG, audit_rows).await?;
     let applied = fold.applied;
     let rebuilt = Rebuilt {
         events: fold.events,
         applied: applied.unwrap_or_default(),
     };
     let all = fold.into_rows();
-    conn.load(&USER_DIRECTORY, all.directory).await?;
-    conn.load(&SESSIONS, all.sessions).await?;
-    conn.load(&CHALLENGES, all.challenges).await?;
-    conn.load(&TWO_FACTOR_COUNTS, all.counts).await?;
+    load_table(tx, &USER_DIRECTORY, all.directory).await?;
+    load_table(tx, &SESSIONS, all.sessions).await?;
+    load_table(tx, &CHALLENGES, all.challenges).await?;
+    load_table(tx, &TWO_FACTOR_COUNTS, all.counts).await?;
     if let Some(applied) = applied {
-        conn.load(
+        load_table(
+            tx,
             &CHECKPOINTS,
             vec![vec![
                 CHECKPOINT.into(),
@@ -140,8 +143,8 @@ async fn load<B: Backend>(
         .await?;
     }
     for create in indexes {
-        conn.run_sql(&create).await?;
+        tx.run_sql(&create).await?;
     }
-    conn.analyze().await?;
+    tx.analyze(&TABLES).await?;
     Ok(rebuilt)
 }

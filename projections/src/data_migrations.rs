@@ -5,9 +5,9 @@
 //! `data_migrations`.
 
 use crate::audit::stored_data_without_secrets;
-use crate::backend::{Backend, ModelRow as _, ROWS_PER_STATEMENT};
-use crate::db::{Db, ProjectionError, ReadModels};
-use crate::on_pool;
+use twofold_store::{WriteTx, ROWS_PER_STATEMENT};
+
+use crate::db::{ProjectionError, ReadModels};
 
 /// Audit rows written before challenge ids were left out of `data` hold
 /// them; verify compares `data` with what the event gives today, so each
@@ -48,10 +48,9 @@ impl ReadModels {
 
     /// A SELECT, so that a start with nothing to do writes nothing.
     async fn data_migration_done(&self, name: &str) -> Result<bool, ProjectionError> {
-        const SQL: &str = "SELECT count(*) FROM data_migrations WHERE name = $1";
-        Ok(on_pool!(&self.0, pool => {
-            sqlx::query_scalar::<_, i64>(SQL).bind(name).fetch_one(pool).await?
-        }) > 0)
+        const SQL: &str = "SELECT count(*) AS done FROM data_migrations WHERE name = $1";
+        let rows = self.0.fetch(SQL, vec![name.into()]).await?;
+        Ok(rows.first().map(|row| row.get::<i64>("done")).transpose()? > Some(0))
     }
 
     /// Streams the trail's rows that may hold a challenge id in pages and
@@ -60,47 +59,36 @@ impl ReadModels {
     /// processes' batches out meanwhile. `None` when another process had
     /// already done it.
     async fn strip_challenge_ids_from_audit_data(&self) -> Result<Option<u64>, ProjectionError> {
-        let _turn = self.0.write_turn().await;
-        match &self.0 {
-            Db::Sqlite(pool) => {
-                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                let changed = strip_challenge_ids(&mut *tx).await?;
-                tx.commit().await?;
-                Ok(changed)
-            }
-            Db::Postgres(pool) => {
-                let mut tx = pool.begin().await?;
-                let changed = strip_challenge_ids(&mut *tx).await?;
-                tx.commit().await?;
-                Ok(changed)
-            }
-        }
+        let mut tx = self.0.begin_write().await?;
+        let changed = strip_challenge_ids(&mut tx).await?;
+        tx.commit().await?;
+        Ok(changed)
     }
 }
 
-async fn strip_challenge_ids<B: Backend>(conn: &mut B) -> Result<Option<u64>, ProjectionError> {
-    conn.lock_read_models().await?;
-    let done = conn
+async fn strip_challenge_ids(tx: &mut WriteTx) -> Result<Option<u64>, ProjectionError> {
+    tx.lock_read_models().await?;
+    let done = tx
         .fetch(
             "SELECT count(*) AS done FROM data_migrations WHERE name = $1",
             vec![AUDIT_DATA_WITHOUT_CHALLENGE_IDS.into()],
         )
         .await?;
-    if done.first().map(|row| row.number("done")).transpose()? != Some(0) {
+    if done.first().map(|row| row.get::<i64>("done")).transpose()? != Some(0) {
         return Ok(None);
     }
     let mut after_id = 0_i64;
     let mut changed_rows = 0_u64;
     loop {
-        let rows = conn
+        let rows = tx
             .fetch(SELECT_CANDIDATES, vec![after_id.into(), PAGE.into()])
             .await?;
         let mut changed = Vec::with_capacity(rows.len());
         for row in &rows {
-            let id = row.number("id")?;
+            let id: i64 = row.get("id")?;
             let data = row.text("data")?;
             after_id = id;
-            match stored_data_without_secrets(&data) {
+            match stored_data_without_secrets(data) {
                 Ok(rewritten) if rewritten != data => {
                     changed.push(vec![id.into(), rewritten.into()])
                 }
@@ -114,14 +102,14 @@ async fn strip_challenge_ids<B: Backend>(conn: &mut B) -> Result<Option<u64>, Pr
         }
         changed_rows += changed.len() as u64;
         if !changed.is_empty() {
-            conn.with_values(UPDATE_PREFIX, changed, UPDATE_SUFFIX)
+            tx.with_values(UPDATE_PREFIX, changed, UPDATE_SUFFIX)
                 .await?;
         }
         if (rows.len() as i64) < PAGE {
             break;
         }
     }
-    conn.execute(
+    tx.execute(
         "INSERT INTO data_migrations (name, rows_changed) VALUES ($1, $2)",
         vec![
             AUDIT_DATA_WITHOUT_CHALLENGE_IDS.into(),
@@ -166,7 +154,7 @@ mod tests {
             .await
             .unwrap();
         }
-        let db = Db::Sqlite(pool.clone());
+        let db = crate::db::Db::Sqlite(pool.clone());
         assert_eq!(
             ReadModels::new(db.clone())
                 .run_data_migrations()

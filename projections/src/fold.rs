@@ -13,7 +13,8 @@ use twofold_store::sql::Arg;
 use crate::audit::{audit_columns, hash_text, head_hash, Chains, Hash, Link, GENESIS};
 use crate::db::ProjectionError;
 use crate::feed::EventPosition;
-use crate::pages::{chain_page, FeedRow};
+use crate::pages::{chain_page, corrupt};
+use twofold_store::Row;
 
 /// A row of `two_factor_counts`: users per (role, 2FA status, enforced).
 pub(crate) type Bucket = (Role, TwoFactorStatus, bool);
@@ -285,10 +286,10 @@ impl Fold {
 
     /// Folds a page of feed rows (decoded and chained on every core);
     /// returns their audit rows.
-    pub fn page(&mut self, rows: &[impl FeedRow]) -> Result<Vec<Vec<Arg>>, ProjectionError> {
+    pub fn page(&mut self, rows: &[Row]) -> Result<Vec<Vec<Arg>>, ProjectionError> {
         let chained = chain_page(rows, &mut self.chains, |_, event, payload, metadata| {
             let change: UserEvent =
-                serde_json::from_str(event.payload).map_err(|source| event.corrupt(source))?;
+                serde_json::from_str(event.payload).map_err(|source| corrupt(event, source))?;
             let columns = audit_columns(payload, metadata, event.recorded_at);
             Ok((event.event_type.to_string(), change, columns))
         })?;

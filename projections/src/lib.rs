@@ -3,7 +3,6 @@
 //! checkpointed in the same transaction as its rows.
 
 mod audit;
-mod backend;
 mod bulk;
 mod cores;
 mod data_migrations;

@@ -2,9 +2,7 @@
 //! read with its strings borrowed from the row, parsed without `Value`
 //! trees, and chained onto the audit chains, on every core.
 
-use chrono::{DateTime, Utc};
-use sqlx::types::JsonRawValue;
-use sqlx::Row;
+use twofold_store::Row;
 
 use crate::audit::{Chains, Content, Hash, Link};
 use crate::cores::map_on_every_core;
@@ -13,55 +11,13 @@ use crate::feed::EventPosition;
 use crate::json::Json;
 
 /// A stored event as the row holds it.
-pub(crate) struct RawEvent<'r> {
-    pub at: EventPosition,
-    pub aggregate_id: &'r str,
-    pub sequence: i64,
-    pub event_type: &'r str,
-    pub event_version: &'r str,
-    /// JSON text (jsonb's text form on PostgreSQL).
-    pub payload: &'r str,
-    pub metadata: &'r str,
-    pub recorded_at: DateTime<Utc>,
-}
+pub(crate) use twofold_store::FeedColumns as RawEvent;
 
-impl RawEvent<'_> {
-    /// For a payload or metadata that does not read back.
-    pub fn corrupt(&self, source: serde_json::Error) -> ProjectionError {
-        ProjectionError::Corrupt {
-            position: self.at.position,
-            source,
-        }
-    }
-}
-
-/// A row of the feed's columns, on either backend.
-pub(crate) trait FeedRow: Send + Sync + 'static {
-    fn event(&self) -> Result<RawEvent<'_>, sqlx::Error>;
-}
-
-impl<R: Row> FeedRow for R
-where
-    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> &'r str: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> &'r JsonRawValue: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> DateTime<Utc>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'c> &'c str: sqlx::ColumnIndex<R>,
-{
-    fn event(&self) -> Result<RawEvent<'_>, sqlx::Error> {
-        Ok(RawEvent {
-            at: EventPosition {
-                transaction_id: self.try_get("transaction_id")?,
-                position: self.try_get("position")?,
-            },
-            aggregate_id: self.try_get("aggregate_id")?,
-            sequence: self.try_get("sequence")?,
-            event_type: self.try_get("event_type")?,
-            event_version: self.try_get("event_version")?,
-            payload: self.try_get::<&JsonRawValue, _>("payload")?.get(),
-            metadata: self.try_get::<&JsonRawValue, _>("metadata")?.get(),
-            recorded_at: self.try_get("recorded_at")?,
-        })
+/// For a payload or metadata that does not read back.
+pub(crate) fn corrupt(event: &RawEvent, source: serde_json::Error) -> ProjectionError {
+    ProjectionError::Corrupt {
+        position: event.at.position,
+        source,
     }
 }
 
@@ -80,15 +36,15 @@ pub(crate) struct Chained<T> {
 /// `chains`; `derive` gets every event, with its index in the page and its
 /// payload and metadata parsed. Both steps run on every core.
 pub(crate) fn chain_page<T: Send>(
-    rows: &[impl FeedRow],
+    rows: &[Row],
     chains: &mut Chains,
     derive: impl Fn(usize, &RawEvent, &Json, &Json) -> Result<T, ProjectionError> + Sync,
 ) -> Result<Vec<Chained<T>>, ProjectionError> {
     let (events, derived): (Vec<_>, Vec<_>) =
         map_on_every_core(rows, |index, row| -> Result<_, ProjectionError> {
-            let event = row.event()?;
-            let payload = Json::parse(event.payload).map_err(|source| event.corrupt(source))?;
-            let metadata = Json::parse(event.metadata).map_err(|source| event.corrupt(source))?;
+            let event = row.feed_columns()?;
+            let payload = Json::parse(event.payload).map_err(|source| corrupt(&event, source))?;
+            let metadata = Json::parse(event.metadata).map_err(|source| corrupt(&event, source))?;
             let content = Content {
                 aggregate_id: event.aggregate_id,
                 sequence: event.sequence,

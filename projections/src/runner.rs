@@ -3,41 +3,45 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Mutex};
 
-use crate::backend::Backend;
+use twofold_store::{Dialect, WriteTx};
+
 use crate::bulk;
 use crate::db::{Db, ProjectionError, ReadModels};
 use crate::feed::EventPosition;
 use crate::fold::Fold;
-use crate::pages::FeedRow;
-use crate::read_models::{AUDIT_LOG, CHALLENGES, SESSIONS, TWO_FACTOR_COUNTS, USER_DIRECTORY};
+use crate::read_models::{
+    challenge_rows, checkpoint, delete, directory_rows, save_checkpoint, trail_end, upsert,
+    AUDIT_LOG, CHALLENGES, SESSIONS, TWO_FACTOR_COUNTS, USER_DIRECTORY,
+};
 
 const BATCH: i64 = 500;
 
-/// One round on `conn`, in its transaction: the next batch of the feed
-/// folded onto the rows it touches, written back with the checkpoint.
-async fn apply_batch<B: Backend>(conn: &mut B) -> Result<(EventPosition, u64), ProjectionError> {
-    conn.lock_read_models().await?;
-    let applied = conn.checkpoint().await?;
-    let rows = conn.feed(applied, BATCH).await?;
+/// One round in `tx`: the next batch of the feed folded onto the rows it
+/// touches, written back with the checkpoint.
+async fn apply_batch(tx: &mut WriteTx) -> Result<(EventPosition, u64), ProjectionError> {
+    tx.lock_read_models().await?;
+    let applied = checkpoint(tx).await?;
+    let rows = tx.feed(applied, BATCH).await?;
     let Some(last) = rows.last() else {
         return Ok((applied, 0));
     };
-    let applied = last.event()?.at;
+    let applied = last.feed_columns()?.at;
     let mut users = Vec::with_capacity(rows.len());
     for row in &rows {
-        users.push(row.event()?.aggregate_id);
+        users.push(row.text("aggregate_id")?);
     }
     users.sort_unstable();
     users.dedup();
     // The trail's chains continue from the rows already applied, read in
     // this transaction so they are current.
-    let trail = conn.trail_end(&users).await?;
-    let directory = conn.directory_rows(&users).await?;
-    let challenges = conn.challenge_rows(&users).await?;
+    let trail = trail_end(tx, &users).await?;
+    let directory = directory_rows(tx, &users).await?;
+    let challenges = challenge_rows(tx, &users).await?;
     let mut fold = Fold::continuing(trail, directory, challenges);
     let audit_rows = fold.page(&rows)?;
     let changes = fold.into_changes();
-    conn.insert(
+    upsert(
+        tx,
         &USER_DIRECTORY,
         changes.directory,
         " ON CONFLICT (user_id) DO UPDATE SET username = excluded.username,
@@ -47,38 +51,44 @@ async fn apply_batch<B: Backend>(conn: &mut B) -> Result<(EventPosition, u64), P
     )
     .await?;
     for (user_id, kept) in changes.earlier_sessions_ended {
-        conn.execute(
+        tx.execute(
             "DELETE FROM sessions WHERE user_id = $1 AND session_id <> $2",
             vec![user_id.into(), kept.unwrap_or_default().into()],
         )
         .await?;
     }
-    conn.delete(SESSIONS.name, "session_id", &changes.sessions_ended)
-        .await?;
-    conn.insert(
+    delete(tx, &SESSIONS, "session_id", &changes.sessions_ended).await?;
+    upsert(
+        tx,
         &SESSIONS,
         changes.sessions_started,
         " ON CONFLICT (session_id) DO NOTHING",
     )
     .await?;
-    conn.delete(CHALLENGES.name, "challenge_id", &changes.challenges_ended)
-        .await?;
-    conn.insert(
+    delete(tx, &CHALLENGES, "challenge_id", &changes.challenges_ended).await?;
+    upsert(
+        tx,
         &CHALLENGES,
         changes.challenges,
         " ON CONFLICT (challenge_id) DO UPDATE SET expires_at = excluded.expires_at",
     )
     .await?;
-    conn.insert(
+    upsert(
+        tx,
         &TWO_FACTOR_COUNTS,
         changes.counts,
         " ON CONFLICT (role, two_factor_status, enforced)
           DO UPDATE SET users = two_factor_counts.users + excluded.users",
     )
     .await?;
-    conn.insert(&AUDIT_LOG, audit_rows, " ON CONFLICT (position) DO NOTHING")
-        .await?;
-    conn.save_checkpoint(applied).await?;
+    upsert(
+        tx,
+        &AUDIT_LOG,
+        audit_rows,
+        " ON CONFLICT (position) DO NOTHING",
+    )
+    .await?;
+    save_checkpoint(tx, applied).await?;
     Ok((applied, rows.len() as u64))
 }
 
@@ -147,23 +157,10 @@ impl Projector {
     /// the checkpoint, in a fixed number of round trips however many events
     /// it holds.
     async fn apply_batch(&self) -> Result<(EventPosition, u64), ProjectionError> {
-        let _turn = self.db.write_turn().await;
-        match &self.db {
-            Db::Sqlite(pool) => {
-                // IMMEDIATE takes the write lock first: a read-then-write
-                // upgrade could fail with SQLITE_BUSY despite busy_timeout.
-                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                let applied = apply_batch(&mut *tx).await?;
-                tx.commit().await?;
-                Ok(applied)
-            }
-            Db::Postgres(pool) => {
-                let mut tx = pool.begin().await?;
-                let applied = apply_batch(&mut *tx).await?;
-                tx.commit().await?;
-                Ok(applied)
-            }
-        }
+        let mut tx = self.db.begin_write().await?;
+        let applied = apply_batch(&mut tx).await?;
+        tx.commit().await?;
+        Ok(applied)
     }
 
     /// Read-your-writes: returns once `target` is applied, catching up
@@ -192,30 +189,22 @@ impl Projector {
         }
     }
 
-    /// Where the event stored at `position` stands in the feed order.
+    /// Where the event stored at `position` stands in the feed order (on
+    /// SQLite the transaction id is the position: the column holds it).
     pub async fn locate(&self, position: i64) -> Result<Option<EventPosition>, ProjectionError> {
-        Ok(match &self.db {
-            Db::Sqlite(pool) => {
-                sqlx::query_scalar::<_, i64>("SELECT position FROM events WHERE position = $1")
-                    .bind(position)
-                    .fetch_optional(pool)
-                    .await?
-                    .map(|position| EventPosition {
-                        transaction_id: position,
-                        position,
-                    })
-            }
-            Db::Postgres(pool) => sqlx::query_scalar::<_, i64>(
-                "SELECT transaction_id FROM events WHERE position = $1",
-            )
-            .bind(position)
-            .fetch_optional(pool)
-            .await?
-            .map(|transaction_id| EventPosition {
-                transaction_id,
-                position,
-            }),
-        })
+        let sql = match self.db.dialect() {
+            Dialect::Sqlite => "SELECT position AS transaction_id FROM events WHERE position = $1",
+            Dialect::Postgres => "SELECT transaction_id FROM events WHERE position = $1",
+        };
+        Ok(
+            match self.db.fetch_optional(sql, vec![position.into()]).await? {
+                Some(row) => Some(EventPosition {
+                    transaction_id: row.get("transaction_id")?,
+                    position,
+                }),
+                None => None,
+            },
+        )
     }
 
     /// Empties every read model and rebuilds it from the whole history in

@@ -11,13 +11,12 @@ use std::collections::VecDeque;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
-use sqlx::Row;
+use twofold_store::{Dialect, Row};
 
 use crate::audit::{head_hash, AuditColumns, Chains, Hash, GENESIS};
 use crate::cores::off_the_runtime;
-use crate::db::{Db, ProjectionError, ReadModels};
+use crate::db::{ProjectionError, ReadModels};
 use crate::feed::EventPosition;
-use crate::on_pool;
 use crate::pages::{chain_page, Chained};
 use crate::read_models::CHECKPOINT;
 
@@ -147,12 +146,12 @@ SELECT id, position, user_id, sequence, chain_hash, head_hash, type, actor_id,
  ORDER BY id
  LIMIT $3";
 
-/// A row of the trail query, on either backend.
-trait TrailSource: Send + Sync + 'static {
+/// A row of the trail query.
+trait TrailSource {
     fn id(&self) -> Result<i64, sqlx::Error>;
     fn place(&self) -> Result<TrailRow, sqlx::Error>;
     /// Whether the row shows what the event gives: its type and the
-    /// columns `record` and the rebuild write, as this store keeps them.
+    /// columns the fold writes, as this store keeps them.
     fn shows(
         &self,
         event_type: &str,
@@ -161,25 +160,18 @@ trait TrailSource: Send + Sync + 'static {
     ) -> Result<bool, sqlx::Error>;
 }
 
-impl<R: Row> TrailSource for R
-where
-    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> &'r str: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> &'r [u8]: sqlx::Decode<'r, R::Database>,
-    for<'r> DateTime<Utc>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    usize: sqlx::ColumnIndex<R>,
-{
+impl TrailSource for Row {
     fn id(&self) -> Result<i64, sqlx::Error> {
-        self.try_get(column::ID)
+        self.get_at(column::ID)
     }
 
     fn place(&self) -> Result<TrailRow, sqlx::Error> {
         Ok(TrailRow {
-            position: self.try_get(column::POSITION)?,
-            user_id: self.try_get::<&str, _>(column::USER_ID)?.to_string(),
-            sequence: self.try_get(column::SEQUENCE)?,
-            chain_hash: self.try_get::<&str, _>(column::CHAIN_HASH)?.to_string(),
-            head_hash: self.try_get::<&str, _>(column::HEAD_HASH)?.to_string(),
+            position: self.get_at(column::POSITION)?,
+            user_id: self.text_at(column::USER_ID)?.to_string(),
+            sequence: self.get_at(column::SEQUENCE)?,
+            chain_hash: self.text_at(column::CHAIN_HASH)?.to_string(),
+            head_hash: self.text_at(column::HEAD_HASH)?.to_string(),
         })
     }
 
@@ -191,9 +183,8 @@ where
     ) -> Result<bool, sqlx::Error> {
         // Compared as the stored bytes (a text column holds UTF-8): no
         // check of the text, and a value of another kind simply differs.
-        let bytes = |index| self.try_get_unchecked::<Option<&[u8]>, _>(index);
         let same = |index, expected: Option<&str>| -> Result<bool, sqlx::Error> {
-            Ok(bytes(index)? == expected.map(str::as_bytes))
+            Ok(self.stored_bytes(index)? == expected.map(str::as_bytes))
         };
         if !same(column::TYPE, Some(event_type))?
             || !same(column::ACTOR_ID, columns.actor_id)?
@@ -208,7 +199,7 @@ where
         Ok(if times_as_text {
             same(column::OCCURRED_AT, Some(&sqlite_time(columns.occurred_at)))?
         } else {
-            self.try_get::<Option<DateTime<Utc>>, _>(column::OCCURRED_AT)?
+            self.get_at::<Option<DateTime<Utc>>>(column::OCCURRED_AT)?
                 .is_some_and(|stored| postgres_time(columns.occurred_at).holds(stored))
         })
     }
@@ -404,9 +395,9 @@ impl ReadModels {
         progress: impl Fn(u64),
     ) -> Result<VerifyReport, ProjectionError> {
         let (bound, last_id) = self.verify_bounds().await?;
-        let (events_sql, times_as_text) = match &self.0 {
-            Db::Sqlite(_) => (SQLITE_EVENTS, true),
-            Db::Postgres(_) => (POSTGRES_EVENTS, false),
+        let (events_sql, times_as_text) = match self.0.dialect() {
+            Dialect::Sqlite => (SQLITE_EVENTS, true),
+            Dialect::Postgres => (POSTGRES_EVENTS, false),
         };
         let mut walk = Walk {
             expect,
@@ -415,22 +406,22 @@ impl ReadModels {
             head_position: None,
             checked: 0,
         };
-        on_pool!(&self.0, pool => {
+        {
             let events_page = |after: EventPosition| {
-                sqlx::query(events_sql)
-                    .bind(after.transaction_id)
-                    .bind(after.position)
-                    .bind(bound.transaction_id)
-                    .bind(bound.position)
-                    .bind(PAGE)
-                    .fetch_all(pool)
+                self.0.fetch(
+                    events_sql,
+                    vec![
+                        after.transaction_id.into(),
+                        after.position.into(),
+                        bound.transaction_id.into(),
+                        bound.position.into(),
+                        PAGE.into(),
+                    ],
+                )
             };
             let trail_page = |after_id: i64| {
-                sqlx::query(TRAIL)
-                    .bind(after_id)
-                    .bind(last_id)
-                    .bind(PAGE)
-                    .fetch_all(pool)
+                self.0
+                    .fetch(TRAIL, vec![after_id.into(), last_id.into(), PAGE.into()])
             };
             let mut chains = Chains::default();
             let (rows, first_trail) = tokio::join!(
@@ -450,10 +441,7 @@ impl ReadModels {
             loop {
                 let last_page = (rows.len() as i64) < PAGE;
                 let after = match rows.last() {
-                    Some(row) => EventPosition {
-                        transaction_id: row.try_get("transaction_id")?,
-                        position: row.try_get("position")?,
-                    },
+                    Some(row) => row.feed_columns()?.at,
                     None => bound,
                 };
                 // The read-ahead keeps a page in hand; this waits only when
@@ -466,14 +454,16 @@ impl ReadModels {
                 let read_ahead = (!trail.done).then_some(trail.after_id);
                 let (chained, next_rows, next_trail) = tokio::join!(
                     off_the_runtime(move || {
-                        let chained = chain_page(&rows, &mut chains, |index, event, payload, metadata| {
-                            let Some(row) = paired.get(index) else {
-                                return Ok(None);
-                            };
-                            let columns = AuditColumns::of(payload, metadata, event.recorded_at);
-                            let shows = row.shows(event.event_type, &columns, times_as_text)?;
-                            Ok(Some((row.place()?, shows)))
-                        });
+                        let chained =
+                            chain_page(&rows, &mut chains, |index, event, payload, metadata| {
+                                let Some(row) = paired.get(index) else {
+                                    return Ok(None);
+                                };
+                                let columns =
+                                    AuditColumns::of(payload, metadata, event.recorded_at);
+                                let shows = row.shows(event.event_type, &columns, times_as_text)?;
+                                Ok(Some((row.place()?, shows)))
+                            });
                         (chains, chained)
                     }),
                     async {
@@ -529,7 +519,7 @@ impl ReadModels {
             }
             let left_over = trail.rows.front().map(TrailSource::place).transpose()?;
             Ok(walk.report(left_over.map(missing)))
-        })
+        }
     }
 
     /// The next event in the store is not the next one in the trail: was
@@ -540,10 +530,9 @@ impl ReadModels {
         row: TrailRow,
     ) -> Result<Mismatch, ProjectionError> {
         let count = |table: &'static str, position: i64| async move {
-            let sql = format!("SELECT count(*) FROM {table} WHERE position = $1");
-            on_pool!(&self.0, pool => {
-                sqlx::query_scalar::<_, i64>(&sql).bind(position).fetch_one(pool).await
-            })
+            let sql = format!("SELECT count(*) AS found FROM {table} WHERE position = $1");
+            let rows = self.0.fetch(&sql, vec![position.into()]).await?;
+            rows.first().map_or(Ok(0), |row| row.get::<i64>("found"))
         };
         Ok(if count("events", row.position).await? == 0 {
             missing(row)
@@ -561,11 +550,14 @@ impl ReadModels {
 SELECT (SELECT transaction_id FROM projection_checkpoints WHERE name = $1) AS transaction_id,
        (SELECT position FROM projection_checkpoints WHERE name = $1) AS position,
        (SELECT coalesce(max(id), 0) FROM audit_log) AS last_id";
-        on_pool!(&self.0, pool => {
-            let row = sqlx::query(SQL).bind(CHECKPOINT).fetch_one(pool).await?;
-            let transaction_id: Option<i64> = row.try_get("transaction_id")?;
-            let position: Option<i64> = row.try_get("position")?;
-            let last_id: i64 = row.try_get("last_id")?;
+        {
+            let rows = self.0.fetch(SQL, vec![CHECKPOINT.into()]).await?;
+            let Some(row) = rows.first() else {
+                return Err(sqlx::Error::RowNotFound.into());
+            };
+            let transaction_id: Option<i64> = row.get("transaction_id")?;
+            let position: Option<i64> = row.get("position")?;
+            let last_id: i64 = row.get("last_id")?;
             let bound = match (transaction_id, position) {
                 (Some(transaction_id), Some(position)) => EventPosition {
                     transaction_id,
@@ -579,7 +571,7 @@ SELECT (SELECT transaction_id FROM projection_checkpoints WHERE name = $1) AS tr
                 },
             };
             Ok((bound, last_id))
-        })
+        }
     }
 }
 

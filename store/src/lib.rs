@@ -3,6 +3,7 @@
 //! global order of the events, and the sealed secrets. The one place where
 //! SQLite and PostgreSQL differ.
 
+mod access;
 mod connect;
 mod db;
 mod events;
@@ -10,6 +11,7 @@ pub mod feed;
 pub mod sql;
 mod vault;
 
+pub use access::{listed, Column, Dialect, FeedColumns, Row, WriteTx, ROWS_PER_STATEMENT};
 pub use connect::{connect, migrate, ping, sqlite_file};
 pub use db::Db;
 pub use events::{is_unavailable, Committed, EventMetadata, EventStore, Loaded, StoreError};

@@ -1,0 +1,527 @@
+//! Statements on either backend with one type each: `Row` for what a query
+//! gives, `WriteTx` for a write transaction, and `Db`'s own reads. Each
+//! matches on the backend once, here; callers write their SQL once, with
+//! `$n` parameters and every value bound (`Arg`).
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::PgRow;
+use sqlx::sqlite::SqliteRow;
+use sqlx::types::JsonRawValue;
+use sqlx::{Postgres, QueryBuilder, Row as _, Sqlite, Transaction};
+use tokio::sync::OwnedMutexGuard;
+
+use crate::feed::{EventPosition, POSTGRES_FEED, SQLITE_FEED};
+use crate::sql::{copy_row, Arg};
+use crate::{bind_all, push_bind, Db};
+
+/// A row a query gave, on either backend.
+pub enum Row {
+    Sqlite(SqliteRow),
+    Postgres(PgRow),
+}
+
+/// A value both backends decode.
+pub trait Column:
+    for<'r> sqlx::Decode<'r, Sqlite>
+    + sqlx::Type<Sqlite>
+    + for<'r> sqlx::Decode<'r, Postgres>
+    + sqlx::Type<Postgres>
+{
+}
+
+impl<T> Column for T where
+    T: for<'r> sqlx::Decode<'r, Sqlite>
+        + sqlx::Type<Sqlite>
+        + for<'r> sqlx::Decode<'r, Postgres>
+        + sqlx::Type<Postgres>
+{
+}
+
+impl Row {
+    pub fn get<T: Column>(&self, column: &str) -> Result<T, sqlx::Error> {
+        match self {
+            Row::Sqlite(row) => row.try_get(column),
+            Row::Postgres(row) => row.try_get(column),
+        }
+    }
+
+    /// A text column without a copy.
+    pub fn text(&self, column: &str) -> Result<&str, sqlx::Error> {
+        match self {
+            Row::Sqlite(row) => row.try_get(column),
+            Row::Postgres(row) => row.try_get(column),
+        }
+    }
+
+    /// A JSON column as its text (jsonb's text form on PostgreSQL).
+    pub fn json_text(&self, column: &str) -> Result<&str, sqlx::Error> {
+        let raw: &JsonRawValue = match self {
+            Row::Sqlite(row) => row.try_get(column)?,
+            Row::Postgres(row) => row.try_get(column)?,
+        };
+        Ok(raw.get())
+    }
+
+    /// The stored bytes of the column at `index`, whatever its declared
+    /// type (a text column holds UTF-8): for comparing as stored.
+    pub fn stored_bytes(&self, index: usize) -> Result<Option<&[u8]>, sqlx::Error> {
+        match self {
+            Row::Sqlite(row) => row.try_get_unchecked(index),
+            Row::Postgres(row) => row.try_get_unchecked(index),
+        }
+    }
+
+    pub fn get_at<T: Column>(&self, index: usize) -> Result<T, sqlx::Error> {
+        match self {
+            Row::Sqlite(row) => row.try_get(index),
+            Row::Postgres(row) => row.try_get(index),
+        }
+    }
+
+    /// A text column, by index, without a copy.
+    pub fn text_at(&self, index: usize) -> Result<&str, sqlx::Error> {
+        match self {
+            Row::Sqlite(row) => row.try_get(index),
+            Row::Postgres(row) => row.try_get(index),
+        }
+    }
+
+    /// A stored enum value.
+    pub fn parsed<T: std::str::FromStr>(&self, column: &str) -> Result<T, sqlx::Error>
+    where
+        T::Err: std::error::Error + Send + Sync + 'static,
+    {
+        self.text(column)?
+            .parse()
+            .map_err(|error| sqlx::Error::Decode(Box::new(error)))
+    }
+}
+
+/// Serialises the read models' writers across processes sharing one
+/// PostgreSQL (SQLite: its write lock does).
+const POSTGRES_LOCK_KEY: i64 = 0x0074_776f_666f_6c64;
+
+/// Rows per COPY message.
+const POSTGRES_ROWS_PER_SEND: usize = 10_000;
+/// Enough for a message of audit rows (about 450 bytes each), so that the
+/// buffer is allocated once.
+const COPY_BUFFER: usize = POSTGRES_ROWS_PER_SEND * 512;
+
+/// Rows per statement of `WriteTx::insert`: 13 columns stay far below
+/// SQLite's 32,766 parameters and PostgreSQL's 65,535.
+pub const ROWS_PER_STATEMENT: usize = 500;
+
+enum Tx {
+    Sqlite(Transaction<'static, Sqlite>),
+    Postgres(Transaction<'static, Postgres>),
+}
+
+/// A write transaction, with this process's write turn (`Db::write_turn`)
+/// held until it ends.
+pub struct WriteTx {
+    tx: Tx,
+    _turn: Option<OwnedMutexGuard<()>>,
+}
+
+macro_rules! on_tx {
+    ($tx:expr, $conn:ident => $body:expr) => {
+        match &mut $tx.tx {
+            Tx::Sqlite($conn) => $body,
+            Tx::Postgres($conn) => $body,
+        }
+    };
+}
+
+impl Db {
+    /// Takes this process's write turn, then opens a write transaction
+    /// (SQLite: `BEGIN IMMEDIATE`, so a read-then-write upgrade cannot fail
+    /// with SQLITE_BUSY despite the busy timeout).
+    pub async fn begin_write(&self) -> Result<WriteTx, sqlx::Error> {
+        let turn = self.write_turn().await;
+        let tx = match self {
+            Db::Sqlite(pool) => Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
+            Db::Postgres(pool) => Tx::Postgres(pool.begin().await?),
+        };
+        Ok(WriteTx { tx, _turn: turn })
+    }
+
+    pub async fn fetch(&self, sql: &str, args: Vec<Arg>) -> Result<Vec<Row>, sqlx::Error> {
+        Ok(match self {
+            Db::Sqlite(pool) => bind_all!(sqlx::query(sql), args)
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .map(Row::Sqlite)
+                .collect(),
+            Db::Postgres(pool) => bind_all!(sqlx::query(sql), args)
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .map(Row::Postgres)
+                .collect(),
+        })
+    }
+
+    pub async fn fetch_optional(
+        &self,
+        sql: &str,
+        args: Vec<Arg>,
+    ) -> Result<Option<Row>, sqlx::Error> {
+        Ok(match self {
+            Db::Sqlite(pool) => bind_all!(sqlx::query(sql), args)
+                .fetch_optional(pool)
+                .await?
+                .map(Row::Sqlite),
+            Db::Postgres(pool) => bind_all!(sqlx::query(sql), args)
+                .fetch_optional(pool)
+                .await?
+                .map(Row::Postgres),
+        })
+    }
+
+    /// One statement outside any transaction of ours; gives the rows it
+    /// changed. A writer: it takes this process's write turn.
+    pub async fn execute(&self, sql: &str, args: Vec<Arg>) -> Result<u64, sqlx::Error> {
+        let _turn = self.write_turn().await;
+        Ok(match self {
+            Db::Sqlite(pool) => bind_all!(sqlx::query(sql), args)
+                .execute(pool)
+                .await?
+                .rows_affected(),
+            Db::Postgres(pool) => bind_all!(sqlx::query(sql), args)
+                .execute(pool)
+                .await?
+                .rows_affected(),
+        })
+    }
+
+    /// How this backend compares and picks indexes, for queries built at
+    /// run time.
+    pub fn dialect(&self) -> Dialect {
+        match self {
+            Db::Sqlite(_) => Dialect::Sqlite,
+            Db::Postgres(_) => Dialect::Postgres,
+        }
+    }
+}
+
+/// The few fragments of SQL that differ between the backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    /// Makes text compare by code point, the order in which the values that
+    /// start with a prefix form one range: SQLite's default, and `C` on
+    /// PostgreSQL whatever collation the database was created with.
+    pub fn code_point_order(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " COLLATE \"C\"",
+        }
+    }
+
+    /// Keeps a term out of index selection. SQLite plans without statistics
+    /// and may prefer a poor index; PostgreSQL weighs terms by its statistics.
+    pub fn unindexed(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "+",
+            Dialect::Postgres => "",
+        }
+    }
+
+    /// A subquery of one column, `item`, listing the texts of the JSON array
+    /// bound at `$n`.
+    pub fn listed(self, n: usize) -> String {
+        match self {
+            Dialect::Sqlite => format!("SELECT value AS item FROM json_each(${n})"),
+            Dialect::Postgres => {
+                format!("SELECT jsonb_array_elements_text(${n}::jsonb) AS item")
+            }
+        }
+    }
+}
+
+/// `items` as the JSON array that `Dialect::listed` reads.
+pub fn listed(items: &[impl AsRef<str>]) -> Arg {
+    let items: Vec<&str> = items.iter().map(AsRef::as_ref).collect();
+    Arg::Text(Some(serde_json::Value::from(items).to_string()))
+}
+
+impl WriteTx {
+    pub fn dialect(&self) -> Dialect {
+        match self.tx {
+            Tx::Sqlite(_) => Dialect::Sqlite,
+            Tx::Postgres(_) => Dialect::Postgres,
+        }
+    }
+
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        match self.tx {
+            Tx::Sqlite(tx) => tx.commit().await,
+            Tx::Postgres(tx) => tx.commit().await,
+        }
+    }
+
+    /// Keeps other writers of the read models out until the transaction
+    /// ends (SQLite: its write lock, held since `BEGIN IMMEDIATE`;
+    /// PostgreSQL: an advisory lock). On PostgreSQL the commit then returns
+    /// before the disk has it: the read models are derived, and a commit
+    /// lost in a crash loses its checkpoint with it, so the events are
+    /// applied again.
+    pub async fn lock_read_models(&mut self) -> Result<(), sqlx::Error> {
+        if let Tx::Postgres(tx) = &mut self.tx {
+            sqlx::query(
+                "SELECT pg_advisory_xact_lock($1), set_config('synchronous_commit', 'off', true)",
+            )
+            .bind(POSTGRES_LOCK_KEY)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Up to `limit` events of the feed after `after`, in feed order.
+    pub async fn feed(
+        &mut self,
+        after: EventPosition,
+        limit: i64,
+    ) -> Result<Vec<Row>, sqlx::Error> {
+        let sql = match self.dialect() {
+            Dialect::Sqlite => SQLITE_FEED,
+            Dialect::Postgres => POSTGRES_FEED,
+        };
+        self.fetch(
+            sql,
+            vec![
+                after.transaction_id.into(),
+                after.position.into(),
+                limit.into(),
+            ],
+        )
+        .await
+    }
+
+    pub async fn fetch(&mut self, sql: &str, args: Vec<Arg>) -> Result<Vec<Row>, sqlx::Error> {
+        Ok(match &mut self.tx {
+            Tx::Sqlite(tx) => bind_all!(sqlx::query(sql), args)
+                .fetch_all(&mut **tx)
+                .await?
+                .into_iter()
+                .map(Row::Sqlite)
+                .collect(),
+            Tx::Postgres(tx) => bind_all!(sqlx::query(sql), args)
+                .fetch_all(&mut **tx)
+                .await?
+                .into_iter()
+                .map(Row::Postgres)
+                .collect(),
+        })
+    }
+
+    pub async fn execute(&mut self, sql: &str, args: Vec<Arg>) -> Result<u64, sqlx::Error> {
+        on_tx!(self, tx => Ok(bind_all!(sqlx::query(sql), args)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected()))
+    }
+
+    /// Statements without parameters, several in one text.
+    pub async fn run_sql(&mut self, sql: &str) -> Result<(), sqlx::Error> {
+        on_tx!(self, tx => {
+            sqlx::raw_sql(sql).execute(&mut **tx).await?;
+        });
+        Ok(())
+    }
+
+    /// `head`, then `VALUES` of `rows` (at most `ROWS_PER_STATEMENT`),
+    /// every value bound, then `tail`.
+    pub async fn with_values(
+        &mut self,
+        head: &str,
+        rows: Vec<Vec<Arg>>,
+        tail: &str,
+    ) -> Result<(), sqlx::Error> {
+        macro_rules! values {
+            ($db:ty, $tx:expr) => {{
+                let mut statement = QueryBuilder::<$db>::new(head);
+                statement.push_values(rows, |mut values, row| {
+                    for cell in row {
+                        push_bind!(values, cell);
+                    }
+                });
+                statement.push(tail);
+                statement.build().execute(&mut **$tx).await?;
+            }};
+        }
+        match &mut self.tx {
+            Tx::Sqlite(tx) => values!(Sqlite, tx),
+            Tx::Postgres(tx) => values!(Postgres, tx),
+        }
+        Ok(())
+    }
+
+    /// Multi-row `INSERT`s of `rows` into `table`'s `columns`, followed by
+    /// `tail` (an `ON CONFLICT` clause or nothing), every value bound.
+    pub async fn insert(
+        &mut self,
+        table: &str,
+        columns: &[&str],
+        rows: Vec<Vec<Arg>>,
+        tail: &str,
+    ) -> Result<(), sqlx::Error> {
+        let head = format!("INSERT INTO {table} ({}) ", columns.join(", "));
+        let mut rows = rows.into_iter();
+        loop {
+            let chunk: Vec<Vec<Arg>> = rows.by_ref().take(ROWS_PER_STATEMENT).collect();
+            if chunk.is_empty() {
+                return Ok(());
+            }
+            self.with_values(&head, chunk, tail).await?;
+        }
+    }
+
+    /// Loads `rows` into `table`, emptied in this transaction: COPY on
+    /// PostgreSQL, its rows written frozen (no later vacuum rewrites every
+    /// page); multi-row INSERTs on SQLite, which runs in-process.
+    pub async fn load(
+        &mut self,
+        table: &str,
+        columns: &[&str],
+        rows: Vec<Vec<Arg>>,
+        freeze: bool,
+    ) -> Result<(), sqlx::Error> {
+        let tx = match &mut self.tx {
+            Tx::Postgres(tx) => tx,
+            Tx::Sqlite(_) => return self.insert(table, columns, rows, "").await,
+        };
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let freeze = if freeze { " WITH (FREEZE)" } else { "" };
+        let mut copy = tx
+            .copy_in_raw(&format!(
+                "COPY {table} ({}) FROM STDIN{freeze}",
+                columns.join(", ")
+            ))
+            .await?;
+        let mut data = Vec::with_capacity(COPY_BUFFER);
+        for chunk in rows.chunks(POSTGRES_ROWS_PER_SEND) {
+            data.clear();
+            for row in chunk {
+                copy_row(&mut data, row);
+            }
+            copy.send(data.as_slice()).await?;
+        }
+        copy.finish().await?;
+        Ok(())
+    }
+
+    /// Empties `tables` (PostgreSQL: one `TRUNCATE`, with more memory for
+    /// the index builds that follow a load, and fresh statistics of
+    /// `events`, without which each page of the feed was a scan and a sort
+    /// of the whole table: 208 s instead of 36 s for a million events).
+    pub async fn empty(&mut self, tables: &[&str]) -> Result<(), sqlx::Error> {
+        match self.dialect() {
+            Dialect::Sqlite => {
+                for table in tables {
+                    self.run_sql(&format!("DELETE FROM {table}")).await?;
+                }
+                Ok(())
+            }
+            Dialect::Postgres => {
+                self.run_sql(&format!(
+                    "TRUNCATE {}; SET LOCAL maintenance_work_mem = '256MB'; ANALYZE events",
+                    tables.join(", ")
+                ))
+                .await
+            }
+        }
+    }
+
+    /// The statements that drop and that create again each index of
+    /// `table` that can be taken off for a load (PostgreSQL: primary keys
+    /// and unique constraints first, since other indexes may be built on
+    /// them; SQLite: constraints' own indexes have no SQL and stay).
+    pub async fn deferrable_indexes(
+        &mut self,
+        table: &str,
+    ) -> Result<Vec<(String, String)>, sqlx::Error> {
+        match &mut self.tx {
+            Tx::Sqlite(tx) => {
+                sqlx::query_as(
+                    "SELECT 'DROP INDEX \"' || name || '\"', sql FROM sqlite_master
+                      WHERE type = 'index' AND tbl_name = $1 AND sql IS NOT NULL",
+                )
+                .bind(table)
+                .fetch_all(&mut **tx)
+                .await
+            }
+            Tx::Postgres(tx) => {
+                sqlx::query_as(
+                    "SELECT format('ALTER TABLE %s DROP CONSTRAINT %I', $1, conname),
+                            format('ALTER TABLE %s ADD CONSTRAINT %I %s', $1, conname,
+                                   pg_get_constraintdef(oid))
+                       FROM pg_constraint
+                      WHERE conrelid = $1::regclass AND contype IN ('p', 'u')
+                     UNION ALL
+                     SELECT format('DROP INDEX %s', i.indexrelid::regclass),
+                            pg_get_indexdef(i.indexrelid)
+                       FROM pg_index i
+                      WHERE i.indrelid = $1::regclass
+                        AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid)",
+                )
+                .bind(table)
+                .fetch_all(&mut **tx)
+                .await
+            }
+        }
+    }
+
+    /// Fresh planner statistics of `tables` after a load, so that the first
+    /// queries seek rather than scan. Nothing on SQLite: it plans without
+    /// statistics unless `ANALYZE` was ever run, and the service's queries
+    /// are written for those plans.
+    pub async fn analyze(&mut self, tables: &[&str]) -> Result<(), sqlx::Error> {
+        match self.dialect() {
+            Dialect::Sqlite => Ok(()),
+            Dialect::Postgres => {
+                self.run_sql(&format!("ANALYZE {}", tables.join(", ")))
+                    .await
+            }
+        }
+    }
+}
+
+/// A feed row's columns, read without copies.
+pub struct FeedColumns<'r> {
+    pub at: EventPosition,
+    pub aggregate_id: &'r str,
+    pub sequence: i64,
+    pub event_type: &'r str,
+    pub event_version: &'r str,
+    pub payload: &'r str,
+    pub metadata: &'r str,
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl Row {
+    /// The columns of a row of the feed queries.
+    pub fn feed_columns(&self) -> Result<FeedColumns<'_>, sqlx::Error> {
+        Ok(FeedColumns {
+            at: EventPosition {
+                transaction_id: self.get("transaction_id")?,
+                position: self.get("position")?,
+            },
+            aggregate_id: self.text("aggregate_id")?,
+            sequence: self.get("sequence")?,
+            event_type: self.text("event_type")?,
+            event_version: self.text("event_version")?,
+            payload: self.json_text("payload")?,
+            metadata: self.json_text("metadata")?,
+            recorded_at: self.get("recorded_at")?,
+        })
+    }
+}
