@@ -69,14 +69,18 @@ impl App {
         let loaded = self.load(user_id).await?;
         let at = self.now();
         let committed = self
-            .execute(loaded, metadata, |_| UserCommand::RegisterUser {
-                user_id,
-                username: username.clone(),
-                email: email.clone(),
-                role,
-                password_hash: password_hash.clone(),
-                at,
-            })
+            .execute(
+                loaded,
+                metadata,
+                UserCommand::RegisterUser {
+                    user_id,
+                    username: username.clone(),
+                    email: email.clone(),
+                    role,
+                    password_hash: password_hash.clone(),
+                    at,
+                },
+            )
             .await?;
         Ok((user_id, committed.last_position))
     }
@@ -185,12 +189,16 @@ impl App {
         session.require(|acting| acting.may_manage(target_role))?;
         let metadata = session.metadata(origin, self.now());
         let committed = self
-            .execute(loaded, &metadata, |_| UserCommand::UpdateProfile {
-                email: email.clone(),
-                role: changes.role,
-                enforce_two_factor: changes.enforce_two_factor,
-                reason: changes.reason.clone(),
-            })
+            .execute(
+                loaded,
+                &metadata,
+                UserCommand::UpdateProfile {
+                    email: email.clone(),
+                    role: changes.role,
+                    enforce_two_factor: changes.enforce_two_factor,
+                    reason: changes.reason.clone(),
+                },
+            )
             .await?;
         Ok(Written::new(self.directory_entry(id).await?, &committed))
     }
@@ -242,7 +250,9 @@ impl App {
             expires_at: now + twofold_domain::policy::impersonation_lifetime(),
         };
         let committed = self
-            .execute(loaded, &session.metadata(origin, now), |_| {
+            .execute(
+                loaded,
+                &session.metadata(origin, now),
                 UserCommand::StartImpersonation {
                     impersonation_id: Uuid::new_v4(),
                     impersonator_id: session.user_id(),
@@ -251,8 +261,8 @@ impl App {
                     ticket: ticket.clone(),
                     session: new_session.clone(),
                     at: now,
-                }
-            })
+                },
+            )
             .await?;
         self.notify(
             target_email.as_deref(),
@@ -287,12 +297,14 @@ impl App {
         let loaded = self.load(session.user_id()).await?;
         let session_id = session.record.session_id;
         let committed = self
-            .execute(loaded, &session.metadata(origin, self.now()), |_| {
+            .execute(
+                loaded,
+                &session.metadata(origin, self.now()),
                 UserCommand::EndImpersonation {
                     session_id,
                     revoked: None,
-                }
-            })
+                },
+            )
             .await?;
         Ok(Written::new((), &committed))
     }
@@ -318,11 +330,13 @@ impl App {
             .map(|email| email.as_str().to_string());
         let reason = reason.unwrap_or_default();
         let committed = self
-            .execute(loaded, &session.metadata(origin, self.now()), |_| {
+            .execute(
+                loaded,
+                &session.metadata(origin, self.now()),
                 UserCommand::ResetTwoFactor {
                     reason: reason.clone(),
-                }
-            })
+                },
+            )
             .await?;
         self.vault.erase(id).await?;
         self.notify(

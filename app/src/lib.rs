@@ -28,7 +28,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use twofold_domain::sealed::CodeKey;
 use twofold_domain::totp::TotpParameters;
-use twofold_domain::{TwoFactorPolicy, User, UserCommand};
+use twofold_domain::{TwoFactorPolicy, UserCommand};
 use twofold_projections::{EventPosition, Projector, ReadModels};
 use twofold_store::{Committed, EventMetadata, EventStore, Loaded, SecretVault};
 use uuid::Uuid;
@@ -176,7 +176,7 @@ impl App {
         &self,
         loaded: Loaded,
         metadata: &EventMetadata,
-        command: impl FnMut(&User) -> UserCommand,
+        command: UserCommand,
     ) -> Result<Committed, AppError> {
         let now = self.now();
         let committed = self

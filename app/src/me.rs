@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use twofold_domain::policy::{RECOVERY_CODE_COUNT, SECOND_FACTOR_FAILURES_BEFORE_BACKOFF};
+use twofold_domain::totp::UnsealedTotp;
 use twofold_domain::user::{normalize_recovery_code, RememberedDevice};
 use twofold_domain::{
     PasswordCheck, Role, SecondFactorMethod, TokenHash, TwoFactorOffProof, TwoFactorStatus, User,
@@ -137,12 +138,14 @@ impl App {
         self.vault.store(user_id, enrollment_id, &secret).await?;
         let parameters = self.settings.totp;
         let committed = self
-            .execute(loaded, &session.metadata(origin, self.now()), |_| {
+            .execute(
+                loaded,
+                &session.metadata(origin, self.now()),
                 UserCommand::StartTotpEnrollment {
                     enrollment_id,
                     parameters,
-                }
-            })
+                },
+            )
             .await?;
         let otpauth_uri = parameters.otpauth_uri(
             &secret,
@@ -181,14 +184,16 @@ impl App {
             .collect();
         let now = self.now();
         let committed = self
-            .execute(loaded, &session.metadata(origin, now), |_| {
+            .execute(
+                loaded,
+                &session.metadata(origin, now),
                 UserCommand::ConfirmTotpEnrollment {
                     code: code.clone(),
                     secret: secret.clone(),
                     recovery_code_hashes: hashes.clone(),
                     at: now,
-                }
-            })
+                },
+            )
             .await?;
         let rejected = committed.find(|event| match event {
             UserEvent::TotpEnrollmentCodeRejected {
@@ -254,7 +259,10 @@ impl App {
             };
             drop(turn);
             let totp_secret = match loaded.user.active_totp() {
-                Some(totp) => Some(self.vault.fetch(user_id, totp.enrollment_id).await?),
+                Some(totp) => Some(UnsealedTotp {
+                    enrollment_id: totp.enrollment_id,
+                    secret: self.vault.fetch(user_id, totp.enrollment_id).await?,
+                }),
                 None => None,
             };
             TwoFactorOffProof::Reauthenticated {
@@ -264,10 +272,14 @@ impl App {
             }
         };
         let committed = self
-            .execute(loaded, &metadata, |_| UserCommand::DisableTwoFactor {
-                proof: proof.clone(),
-                at: now,
-            })
+            .execute(
+                loaded,
+                &metadata,
+                UserCommand::DisableTwoFactor {
+                    proof: proof.clone(),
+                    at: now,
+                },
+            )
             .await?;
         for event in &committed.events {
             match event {
@@ -335,14 +347,16 @@ impl App {
         drop(turn);
         let kept_session_id = session.record.session_id;
         let committed = self
-            .execute(loaded, &session.metadata(origin, now), |_| {
+            .execute(
+                loaded,
+                &session.metadata(origin, now),
                 UserCommand::ChangePassword {
                     current: current.clone(),
                     password_hash: password_hash.clone(),
                     kept_session_id,
                     at: now,
-                }
-            })
+                },
+            )
             .await?;
         if committed
             .events
@@ -380,7 +394,7 @@ impl App {
     ) -> Result<Written<()>, AppError> {
         let loaded = self.load(user_id).await?;
         let committed = self
-            .execute(loaded, metadata, |_| UserCommand::RevokeRememberedDevices)
+            .execute(loaded, metadata, UserCommand::RevokeRememberedDevices)
             .await?;
         Ok(Written::new((), &committed))
     }

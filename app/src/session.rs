@@ -138,10 +138,14 @@ impl App {
         let target = self.load(record.user_id).await?;
         let session_id = record.session_id;
         let ended = self
-            .execute(target, &metadata, |_| UserCommand::EndImpersonation {
-                session_id,
-                revoked: Some(revocation),
-            })
+            .execute(
+                target,
+                &metadata,
+                UserCommand::EndImpersonation {
+                    session_id,
+                    revoked: Some(revocation),
+                },
+            )
             .await;
         match ended {
             // Ended meanwhile by another request: refused all the same.

@@ -4,6 +4,7 @@
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
+use twofold_domain::totp::UnsealedTotp;
 use twofold_domain::user::email_code_hash;
 use twofold_domain::{
     Email, NewDevice, NewSession, PasswordCheck, SecondFactorMethod, TokenHash, User, UserCommand,
@@ -122,15 +123,19 @@ impl App {
         // write, visible to this process's next read; an unknown username
         // waits as long as a recent rejection took, so both answer alike.
         let committed = self
-            .execute(loaded, &metadata, |_| UserCommand::SignIn {
-                password: password.clone(),
-                device_token: device_token.clone(),
-                email_offered,
-                session: session.clone(),
-                challenge_id,
-                policy: self.settings.policy,
-                at: now,
-            })
+            .execute(
+                loaded,
+                &metadata,
+                UserCommand::SignIn {
+                    password: password.clone(),
+                    device_token: device_token.clone(),
+                    email_offered,
+                    session: session.clone(),
+                    challenge_id,
+                    policy: self.settings.policy,
+                    at: now,
+                },
+            )
             .await?;
         if !password.matches {
             self.rejections.record(storing.elapsed());
@@ -214,12 +219,16 @@ impl App {
         // arriving together are counted one after the other against the
         // limit; only a stored send is delivered.
         let committed = self
-            .execute(loaded, &metadata, |_| UserCommand::SendEmailCode {
-                challenge_id,
-                code_hash: code_hash.clone(),
-                address_shared,
-                at: now,
-            })
+            .execute(
+                loaded,
+                &metadata,
+                UserCommand::SendEmailCode {
+                    challenge_id,
+                    code_hash: code_hash.clone(),
+                    address_shared,
+                    at: now,
+                },
+            )
             .await?;
         let sent = committed.find(|event| match event {
             UserEvent::EmailCodeSent {
@@ -248,9 +257,11 @@ impl App {
             // toward the limit.
             tracing::warn!(%error, "sign-in code email not sent");
             let loaded = self.load(user_id).await?;
-            self.execute(loaded, &metadata, |_| {
-                UserCommand::RecordEmailCodeUndelivered { challenge_id }
-            })
+            self.execute(
+                loaded,
+                &metadata,
+                UserCommand::RecordEmailCodeUndelivered { challenge_id },
+            )
             .await?;
             return Err(AppError::Unavailable { retry_after: 5 });
         }
@@ -269,9 +280,10 @@ impl App {
         let loaded = self.challenge_owner(challenge_id).await?;
         let user_id = loaded.id;
         let totp_secret = match (method, loaded.user.active_totp()) {
-            (SecondFactorMethod::Totp, Some(totp)) => {
-                Some(self.vault.fetch(user_id, totp.enrollment_id).await?)
-            }
+            (SecondFactorMethod::Totp, Some(totp)) => Some(UnsealedTotp {
+                enrollment_id: totp.enrollment_id,
+                secret: self.vault.fetch(user_id, totp.enrollment_id).await?,
+            }),
             _ => None,
         };
         let now = self.now();
@@ -285,16 +297,20 @@ impl App {
         });
         let metadata = self.metadata(origin, Some(user_id));
         let committed = self
-            .execute(loaded, &metadata, |_| UserCommand::VerifySecondFactor {
-                challenge_id,
-                method,
-                code: code.clone(),
-                totp_secret: totp_secret.clone(),
-                code_key: self.code_key.clone(),
-                session: session.clone(),
-                remember_device: device.clone(),
-                at: now,
-            })
+            .execute(
+                loaded,
+                &metadata,
+                UserCommand::VerifySecondFactor {
+                    challenge_id,
+                    method,
+                    code: code.clone(),
+                    totp_secret: totp_secret.clone(),
+                    code_key: self.code_key.clone(),
+                    session: session.clone(),
+                    remember_device: device.clone(),
+                    at: now,
+                },
+            )
             .await?;
         let rejected = committed.find(|event| match event {
             UserEvent::SecondFactorRejected {
@@ -329,7 +345,9 @@ impl App {
         let session_id = session.record.session_id;
         let impersonation = session.is_impersonation();
         let committed = self
-            .execute(loaded, &session.metadata(origin, self.now()), |_| {
+            .execute(
+                loaded,
+                &session.metadata(origin, self.now()),
                 if impersonation {
                     UserCommand::EndImpersonation {
                         session_id,
@@ -337,8 +355,8 @@ impl App {
                     }
                 } else {
                     UserCommand::SignOut { session_id }
-                }
-            })
+                },
+            )
             .await?;
         Ok(Written::new((), &committed))
     }

@@ -10,15 +10,18 @@ use cqrs_es::Aggregate;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use twofold_bench::model::{SeedUser, Timeline};
 use twofold_domain::totp::{TotpParameters, TotpSecret};
-use twofold_domain::{NewSession, PasswordHash, TokenHash, TwoFactorPolicy, User, UserCommand};
+use twofold_domain::{
+    NewSession, PasswordCheck, PasswordHash, TokenHash, TwoFactorPolicy, User, UserCommand,
+};
 use uuid::Uuid;
 
+/// Every seeded user's password hash.
+fn password_hash() -> PasswordHash {
+    PasswordHash::new("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into())
+}
+
 fn timeline(longest: u32) -> Timeline {
-    Timeline::new(
-        Utc::now(),
-        longest,
-        PasswordHash::new("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into()),
-    )
+    Timeline::new(Utc::now(), longest, password_hash())
 }
 
 /// A user folded from `events` stored events (index 15: TOTP enabled).
@@ -55,7 +58,10 @@ fn sign_in(c: &mut Criterion) {
                 let at = Utc::now();
                 let decided = user
                     .decide(UserCommand::SignIn {
-                        password_matches: true,
+                        password: PasswordCheck {
+                            matches: true,
+                            against: password_hash(),
+                        },
                         device_token: None,
                         email_offered: false,
                         session: NewSession {

@@ -7,7 +7,7 @@ use uuid::Uuid;
 use crate::event::ImpersonationRevocation;
 use crate::policy::TwoFactorPolicy;
 use crate::sealed::CodeKey;
-use crate::totp::{TotpParameters, TotpSecret};
+use crate::totp::{TotpParameters, TotpSecret, UnsealedTotp};
 use crate::values::{Email, PasswordHash, Role, SecondFactorMethod, TokenHash, Username};
 
 /// A password checked by the caller (argon2 is too slow to run inside the
@@ -30,7 +30,7 @@ pub enum TwoFactorOffProof {
         password: PasswordCheck,
         code: Option<String>,
         /// The active TOTP secret, decrypted by the caller.
-        totp_secret: Option<TotpSecret>,
+        totp_secret: Option<UnsealedTotp>,
     },
     /// "Login as" (the help article's rescue flow): the reason given when
     /// the impersonation started stands for it, while it lasts.
@@ -54,7 +54,7 @@ pub struct NewDevice {
     pub user_agent: Option<String>,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum UserCommand {
     RegisterUser {
         user_id: Uuid,
@@ -101,7 +101,7 @@ pub enum UserCommand {
         method: SecondFactorMethod,
         code: String,
         /// The active TOTP secret, decrypted by the caller when `method` is TOTP.
-        totp_secret: Option<TotpSecret>,
+        totp_secret: Option<UnsealedTotp>,
         /// Keys the stored hash of an emailed code.
         code_key: CodeKey,
         session: NewSession,

@@ -79,6 +79,15 @@ pub enum TotpError {
     InvalidParameters(&'static str),
 }
 
+/// An enrollment's secret as the caller unsealed it. A code is checked
+/// with it only while that enrollment is still the user's active one:
+/// another process may have re-enrolled or turned 2FA off since.
+#[derive(Clone, Debug)]
+pub struct UnsealedTotp {
+    pub enrollment_id: uuid::Uuid,
+    pub secret: TotpSecret,
+}
+
 /// Raw secret bytes; Debug prints `TotpSecret(<redacted>)`; zeroized on drop; no Serialize.
 /// Cloned only to retry a command whose append met a concurrent writer.
 #[derive(Clone)]

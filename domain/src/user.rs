@@ -12,7 +12,7 @@ use crate::error::UserError;
 use crate::event::{ImpersonationRevocation, UserEvent};
 use crate::policy::{self, TwoFactorPolicy};
 use crate::sealed::CodeKey;
-use crate::totp::{normalize_code, TotpParameters, TotpSecret};
+use crate::totp::{normalize_code, TotpParameters, TotpSecret, UnsealedTotp};
 use crate::values::{
     AuthenticatedBy, Email, EmailRefusal, PasswordHash, Role, SecondFactorMethod, TokenHash,
     TwoFactorStatus, Username,
@@ -35,6 +35,22 @@ pub struct ActiveTotp {
     pub enabled_at: DateTime<Utc>,
     /// Highest time step ever accepted for this enrollment: replay guard.
     pub last_accepted_step: u64,
+}
+
+impl ActiveTotp {
+    /// `unsealed`'s secret when it is this enrollment's; a secret unsealed
+    /// before a re-enrollment is refused rather than checked.
+    fn secret<'a>(
+        &self,
+        unsealed: Option<&'a UnsealedTotp>,
+    ) -> Result<Option<&'a TotpSecret>, UserError> {
+        match unsealed {
+            Some(unsealed) if unsealed.enrollment_id != self.enrollment_id => {
+                Err(UserError::MethodUnavailable)
+            }
+            unsealed => Ok(unsealed.map(|unsealed| &unsealed.secret)),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -632,7 +648,7 @@ impl User {
         challenge_id: Uuid,
         method: SecondFactorMethod,
         code: &str,
-        (totp_secret, code_key): (Option<&TotpSecret>, &CodeKey),
+        (totp_secret, code_key): (Option<&UnsealedTotp>, &CodeKey),
         session: NewSession,
         remember_device: Option<NewDevice>,
         at: DateTime<Utc>,
@@ -654,7 +670,9 @@ impl User {
         let accepted = match method {
             SecondFactorMethod::Totp => {
                 let totp = self.totp.as_ref().ok_or(UserError::MethodUnavailable)?;
-                let secret = totp_secret.ok_or(UserError::MethodUnavailable)?;
+                let secret = totp
+                    .secret(totp_secret)?
+                    .ok_or(UserError::MethodUnavailable)?;
                 let step = normalize_code(code, totp.parameters.digits)
                     .ok()
                     .and_then(|code| {
@@ -783,9 +801,10 @@ impl User {
         &self,
         totp: &ActiveTotp,
         code: &str,
-        secret: Option<&TotpSecret>,
+        secret: Option<&UnsealedTotp>,
         at: DateTime<Utc>,
     ) -> Result<Vec<UserEvent>, UserError> {
+        let secret = totp.secret(secret)?;
         let digits = normalize_code(code, totp.parameters.digits).ok();
         let method = if digits.is_some() {
             SecondFactorMethod::Totp

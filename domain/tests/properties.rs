@@ -32,7 +32,9 @@ use uuid::Uuid;
 use twofold_domain::command::{NewDevice, NewSession, PasswordCheck, TwoFactorOffProof};
 use twofold_domain::policy;
 use twofold_domain::sealed::CodeKey;
-use twofold_domain::totp::{normalize_code, TotpAlgorithm, TotpParameters, TotpSecret};
+use twofold_domain::totp::{
+    normalize_code, TotpAlgorithm, TotpParameters, TotpSecret, UnsealedTotp,
+};
 use twofold_domain::{
     AuthenticatedBy, Email, PasswordHash, Role, SecondFactorMethod, TokenHash, TwoFactorPolicy,
     User, UserCommand, UserError, UserEvent, Username,
@@ -564,7 +566,7 @@ impl World {
                 let challenge_id = self.challenge(*challenge);
                 // Without an active enrollment the aggregate refuses before the
                 // secret matters; hand it some secret anyway.
-                let (_, parameters, seed) =
+                let (enrollment_id, parameters, seed) =
                     self.enrollment(false)
                         .unwrap_or((UNKNOWN, TotpParameters::default(), 1));
                 let typed = self.type_code(code, &parameters, seed);
@@ -580,7 +582,10 @@ impl World {
                         challenge_id,
                         method: SecondFactorMethod::Totp,
                         code: typed.clone(),
-                        totp_secret: Some(secret(seed)),
+                        totp_secret: Some(UnsealedTotp {
+                            enrollment_id,
+                            secret: secret(seed),
+                        }),
                         code_key: code_key(),
                         session,
                         remember_device,
@@ -651,7 +656,10 @@ impl World {
                     proof: TwoFactorOffProof::Reauthenticated {
                         password: self.password_check(true),
                         code,
-                        totp_secret: active.map(|(_, _, seed)| secret(seed)),
+                        totp_secret: active.map(|(enrollment_id, _, seed)| UnsealedTotp {
+                            enrollment_id,
+                            secret: secret(seed),
+                        }),
                     },
                     at,
                 })

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use twofold_domain::command::{NewDevice, NewSession, PasswordCheck, TwoFactorOffProof};
 use twofold_domain::policy;
 use twofold_domain::sealed::CodeKey;
-use twofold_domain::totp::{TotpParameters, TotpSecret};
+use twofold_domain::totp::{TotpParameters, TotpSecret, UnsealedTotp};
 use twofold_domain::user::email_code_hash;
 use twofold_domain::ImpersonationRevocation;
 use twofold_domain::{
@@ -56,6 +56,14 @@ fn step(offset: i64) -> u64 {
 
 fn secret() -> TotpSecret {
     TotpSecret::from_bytes(vec![0x42; 20]).unwrap()
+}
+
+/// Alice's secret as the caller unseals it for her first enrollment.
+fn unsealed() -> UnsealedTotp {
+    UnsealedTotp {
+        enrollment_id: ENROLLMENT,
+        secret: secret(),
+    }
 }
 
 fn other_secret() -> TotpSecret {
@@ -114,7 +122,7 @@ fn turn_off(password_matches: bool, code: Option<&str>, offset: i64) -> UserComm
         proof: TwoFactorOffProof::Reauthenticated {
             password: alices_password(password_matches),
             code: code.map(str::to_string),
-            totp_secret: Some(secret()),
+            totp_secret: Some(unsealed()),
         },
         at: t(offset),
     }
@@ -295,7 +303,7 @@ fn verify(
         challenge_id,
         method,
         code: code.to_string(),
-        totp_secret: (method == Totp).then(secret),
+        totp_secret: (method == Totp).then(unsealed),
         code_key: code_key(),
         session: session(SESSION, offset),
         remember_device,
@@ -1256,6 +1264,36 @@ fn hundredth_failure_suspends_the_factor_until_reset() {
     given(&without_codes)
         .when(SignIn::right().challenge(CHALLENGE_3).at(later + 60))
         .then_expect_events(vec![challenge_issued(CHALLENGE_3, later + 60, vec![Totp])]);
+}
+
+#[test]
+fn a_secret_unsealed_before_a_re_enrollment_is_not_checked() {
+    // Alice re-enrolled (another process) after the caller unsealed the
+    // secret of her first enrollment for this sign-in.
+    let mut history = alice_with_two_factor();
+    record(
+        &mut history,
+        UserCommand::DisableTwoFactor {
+            proof: TwoFactorOffProof::Reauthenticated {
+                password: alices_password(true),
+                code: Some(code_at(5)),
+                totp_secret: Some(unsealed()),
+            },
+            at: t(5),
+        },
+    );
+    record(
+        &mut history,
+        UserCommand::StartTotpEnrollment {
+            enrollment_id: ENROLLMENT_2,
+            parameters: TotpParameters::default(),
+        },
+    );
+    record(&mut history, confirm_enrollment(&code_at(40), &[], 40));
+    record(&mut history, SignIn::right().challenge(CHALLENGE_3).at(100));
+    given(&history)
+        .when(verify(CHALLENGE_3, Totp, &code_at(100), 100, None))
+        .then_expect_error(UserError::MethodUnavailable);
 }
 
 #[test]

@@ -246,24 +246,17 @@ impl EventStore {
         }
     }
 
-    /// Runs a command against the user, retrying on a concurrent append.
-    /// `command` is asked again for each attempt, with the state it will meet.
+    /// Runs a command against the user, retrying on a concurrent append:
+    /// each attempt decides on the state it will be appended to.
     pub async fn execute(
         &self,
         loaded: Loaded,
         metadata: &EventMetadata,
-        command: impl FnMut(&User) -> UserCommand,
+        command: UserCommand,
     ) -> Result<Committed, StoreError> {
         let started = std::time::Instant::now();
-        let mut name = "unknown";
-        let mut named = command;
-        let result = self
-            .execute_with_retries(loaded, metadata, |user| {
-                let command = named(user);
-                name = command.name();
-                command
-            })
-            .await;
+        let name = command.name();
+        let result = self.execute_with_retries(loaded, metadata, command).await;
         metrics::histogram!("twofold_command_seconds", "command" => name)
             .record(started.elapsed().as_secs_f64());
         if let Err(StoreError::Unavailable(_) | StoreError::Failed(_)) = &result {
@@ -276,14 +269,17 @@ impl EventStore {
         &self,
         mut loaded: Loaded,
         metadata: &EventMetadata,
-        mut command: impl FnMut(&User) -> UserCommand,
+        command: UserCommand,
     ) -> Result<Committed, StoreError> {
         let stripe = (loaded.id.as_u128() % LOCK_STRIPES as u128) as usize;
         let _queued = self.stripes[stripe].lock().await;
         for attempt in 0..MAX_ATTEMPTS {
             let mut user = loaded.user.clone();
             let sink = EventSink::<User>::default();
-            user.handle(command(&loaded.user), &(), &sink).await?;
+            // Decided again on the state reloaded after a conflict: the
+            // command carries what the caller checked (the password hash, the
+            // enrollment of an unsealed secret) for the domain to compare.
+            user.handle(command.clone(), &(), &sink).await?;
             let events = sink.collect().await;
             if events.is_empty() {
                 return Ok(Committed {
@@ -520,23 +516,33 @@ mod tests {
         let id = Uuid::new_v4();
         let metadata = EventMetadata::default();
         let new_user = here.load(id).await.unwrap();
-        here.execute(new_user, &metadata, |_| UserCommand::RegisterUser {
-            user_id: id,
-            username: Username::parse("kept").unwrap(),
-            email: email("first@example.com"),
-            role: Role::User,
-            password_hash: PasswordHash::new("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into()),
-            at: chrono::Utc::now(),
-        })
+        here.execute(
+            new_user,
+            &metadata,
+            UserCommand::RegisterUser {
+                user_id: id,
+                username: Username::parse("kept").unwrap(),
+                email: email("first@example.com"),
+                role: Role::User,
+                password_hash: PasswordHash::new(
+                    "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+                ),
+                at: chrono::Utc::now(),
+            },
+        )
         .await
         .unwrap();
         assert_eq!(here.load(id).await.unwrap().sequence, 1);
 
         let elsewhere = there.load(id).await.unwrap();
         there
-            .execute(elsewhere, &metadata, |_| UserCommand::ChangeEmail {
-                email: email("second@example.com"),
-            })
+            .execute(
+                elsewhere,
+                &metadata,
+                UserCommand::ChangeEmail {
+                    email: email("second@example.com"),
+                },
+            )
             .await
             .unwrap();
 
