@@ -6,7 +6,7 @@ use std::borrow::Cow;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures::Stream;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use twofold_projections::{
     AuditEntry, AuditFilter, DirectoryEntry, DirectoryFilter, ProjectionError, ReadModels,
@@ -78,8 +78,8 @@ fn report_row(entry: DirectoryEntry) -> Vec<String> {
         entry.user_id.to_string(),
         entry.username,
         entry.email.unwrap_or_default(),
-        entry.role,
-        entry.two_factor_status,
+        entry.role.to_string(),
+        entry.two_factor_status.to_string(),
         entry.enforced.to_string(),
         time(entry.enabled_at),
         time(entry.last_login_at),
@@ -108,24 +108,24 @@ pub fn two_factor_csv(db: ReadModels) -> impl Stream<Item = Result<Vec<u8>, Expo
 }
 
 /// One audit row as the API and the exports show it.
-#[derive(Serialize, utoipa::ToSchema)]
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
 #[schema(as = AuditEvent)]
 pub struct AuditView {
-    position: i64,
-    user_id: String,
-    sequence: i64,
+    pub position: i64,
+    pub user_id: String,
+    pub sequence: i64,
     #[serde(rename = "type")]
-    event_type: String,
-    occurred_at: DateTime<Utc>,
+    pub event_type: String,
+    pub occurred_at: DateTime<Utc>,
     /// Who acted (the administrator during "Login as").
-    actor_id: Option<String>,
+    pub actor_id: Option<String>,
     /// Set during "Login as".
-    impersonator_id: Option<String>,
-    ip: Option<String>,
-    user_agent: Option<String>,
+    pub impersonator_id: Option<String>,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
     /// The event's fields without secrets, codes or hashes.
     #[schema(value_type = Object)]
-    data: Value,
+    pub data: Value,
 }
 
 impl From<AuditEntry> for AuditView {

@@ -99,23 +99,13 @@ domain_enum_schema!(
 domain_enum_schema!(
     TwoFactorStatusSchema,
     "TwoFactorStatus",
-    [
-        TwoFactorStatus::Disabled,
-        TwoFactorStatus::Pending,
-        TwoFactorStatus::Enabled
-    ]
-    .map(TwoFactorStatus::as_str),
+    TwoFactorStatus::ALL.map(TwoFactorStatus::as_str),
     "Whether the user has two-factor authentication"
 );
 domain_enum_schema!(
     MethodSchema,
     "SecondFactorMethod",
-    [
-        SecondFactorMethod::Totp,
-        SecondFactorMethod::Email,
-        SecondFactorMethod::RecoveryCode
-    ]
-    .map(SecondFactorMethod::as_str),
+    SecondFactorMethod::ALL.map(SecondFactorMethod::as_str),
     "A second factor"
 );
 

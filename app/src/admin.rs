@@ -88,12 +88,7 @@ impl App {
     /// `TWOFOLD_BOOTSTRAP_ADMIN=username:password`: the first super admin,
     /// when the store has none. Whether it created one.
     pub async fn bootstrap_admin(&self, spec: &str) -> anyhow::Result<bool> {
-        if self
-            .read_models()
-            .users_with_role(Role::SuperAdmin.as_str())
-            .await?
-            > 0
-        {
+        if self.read_models().users_with_role(Role::SuperAdmin).await? > 0 {
             return Ok(false);
         }
         let (username, password) = spec
@@ -256,7 +251,7 @@ impl App {
                 UserCommand::StartImpersonation {
                     impersonation_id: Uuid::new_v4(),
                     impersonator_id: session.user_id(),
-                    impersonator_role: session.role,
+                    impersonator_role: session.role(),
                     reason: reason.clone(),
                     ticket: ticket.clone(),
                     session: new_session.clone(),

@@ -109,16 +109,9 @@ impl App {
             as_of: self.now(),
         };
         for count in &counts {
-            let status: TwoFactorStatus = count.two_factor_status.parse().map_err(|_| {
-                AppError::Internal(format!("unknown 2FA status {}", count.two_factor_status))
-            })?;
-            let role: Role = count
-                .role
-                .parse()
-                .map_err(|_| AppError::Internal(format!("unknown role {}", count.role)))?;
-            let is_enabled = status == TwoFactorStatus::Enabled;
+            let is_enabled = count.two_factor_status == TwoFactorStatus::Enabled;
             report.total += count.users;
-            match status {
+            match count.two_factor_status {
                 TwoFactorStatus::Enabled => report.enabled += count.users,
                 TwoFactorStatus::Pending => report.pending += count.users,
                 TwoFactorStatus::Disabled => report.disabled += count.users,
@@ -129,7 +122,7 @@ impl App {
                     report.enforced_not_enabled += count.users;
                 }
             }
-            let by_role = report.by_role.entry(role).or_default();
+            let by_role = report.by_role.entry(count.role).or_default();
             by_role.total += count.users;
             if is_enabled {
                 by_role.enabled += count.users;

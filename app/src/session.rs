@@ -2,7 +2,7 @@
 //! it holds.
 
 use chrono::{DateTime, Utc};
-use twofold_domain::{Role, TokenHash, UserCommand};
+use twofold_domain::{Role, TokenHash, TwoFactorStatus, UserCommand};
 use twofold_projections::SessionRecord;
 use twofold_store::EventMetadata;
 use uuid::Uuid;
@@ -14,7 +14,6 @@ use crate::{App, AppError, RequestOrigin};
 #[derive(Clone, Debug)]
 pub struct Session {
     pub record: SessionRecord,
-    pub role: Role,
     /// The user must have 2FA, has none yet, and nobody is acting for them.
     pub enrollment_only: bool,
 }
@@ -40,13 +39,19 @@ impl Session {
         self.record.user_id
     }
 
+    /// The user's role now (read with the session, so a change applies to
+    /// the user's next request).
+    pub fn role(&self) -> Role {
+        self.record.role
+    }
+
     pub fn is_impersonation(&self) -> bool {
         self.record.impersonator_id.is_some()
     }
 
     /// Refused unless the session's role passes `allowed`.
     pub fn require(&self, allowed: impl Fn(Role) -> bool) -> Result<(), AppError> {
-        if allowed(self.role) {
+        if allowed(self.role()) {
             Ok(())
         } else {
             Err(AppError::Forbidden("your role may not do this"))
@@ -90,21 +95,16 @@ impl App {
         if now - record.last_seen_at > TOUCH_EVERY {
             models.touch_session(record.session_id, now).await?;
         }
-        let role: Role = record
-            .role
-            .parse()
-            .map_err(|_| AppError::Internal(format!("unknown role {}", record.role)))?;
         if let Some(impersonator_id) = record.impersonator_id {
-            self.still_allowed(origin, &record, impersonator_id, role, now)
+            self.still_allowed(origin, &record, impersonator_id, now)
                 .await?;
         }
         let must_have_two_factor = record.enforced || self.settings.policy.mandatory_at(now);
         let enrollment_only = record.impersonator_id.is_none()
-            && record.two_factor_status != "enabled"
+            && record.two_factor_status != TwoFactorStatus::Enabled
             && must_have_two_factor;
         Ok(Session {
             record,
-            role,
             enrollment_only,
         })
     }
@@ -119,14 +119,13 @@ impl App {
         origin: &RequestOrigin,
         record: &SessionRecord,
         impersonator_id: Uuid,
-        target_role: Role,
         now: DateTime<Utc>,
     ) -> Result<(), AppError> {
         let impersonator = self.load(impersonator_id).await?;
         let Err(revocation) =
             impersonator
                 .user
-                .may_go_on_impersonating(target_role, record.started_at, now)
+                .may_go_on_impersonating(record.role, record.started_at, now)
         else {
             return Ok(());
         };

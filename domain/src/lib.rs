@@ -17,5 +17,5 @@ pub use policy::TwoFactorPolicy;
 pub use user::User;
 pub use values::{
     AuthenticatedBy, Email, PasswordHash, Role, SecondFactorMethod, TokenHash, TwoFactorStatus,
-    Username,
+    UnknownName, Username,
 };

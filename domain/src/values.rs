@@ -28,6 +28,16 @@ impl Role {
         }
     }
 
+    /// The role in words, as pages show it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Role::User => "User",
+            Role::Auditor => "Auditor",
+            Role::Admin => "Admin",
+            Role::SuperAdmin => "Super admin",
+        }
+    }
+
     /// Admins and super admins run the back office.
     pub fn is_administrator(self) -> bool {
         matches!(self, Role::Admin | Role::SuperAdmin)
@@ -241,12 +251,26 @@ pub enum SecondFactorMethod {
 }
 
 impl SecondFactorMethod {
+    pub const ALL: [SecondFactorMethod; 3] = [
+        SecondFactorMethod::Totp,
+        SecondFactorMethod::Email,
+        SecondFactorMethod::RecoveryCode,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             SecondFactorMethod::Totp => "totp",
             SecondFactorMethod::Email => "email",
             SecondFactorMethod::RecoveryCode => "recovery_code",
         }
+    }
+}
+
+impl FromStr for SecondFactorMethod {
+    type Err = UnknownName;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        UnknownName::find("second factor method", s, Self::ALL, Self::as_str)
     }
 }
 
@@ -259,6 +283,12 @@ pub enum TwoFactorStatus {
 }
 
 impl TwoFactorStatus {
+    pub const ALL: [TwoFactorStatus; 3] = [
+        TwoFactorStatus::Enabled,
+        TwoFactorStatus::Pending,
+        TwoFactorStatus::Disabled,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             TwoFactorStatus::Disabled => "disabled",
@@ -266,20 +296,54 @@ impl TwoFactorStatus {
             TwoFactorStatus::Enabled => "enabled",
         }
     }
+
+    /// The status in words, as pages show it.
+    pub fn label(self) -> &'static str {
+        match self {
+            TwoFactorStatus::Disabled => "Disabled",
+            TwoFactorStatus::Pending => "Pending",
+            TwoFactorStatus::Enabled => "Enabled",
+        }
+    }
+}
+
+impl fmt::Display for TwoFactorStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl FromStr for TwoFactorStatus {
-    type Err = UserError;
+    type Err = UnknownName;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        [
-            TwoFactorStatus::Disabled,
-            TwoFactorStatus::Pending,
-            TwoFactorStatus::Enabled,
-        ]
-        .into_iter()
-        .find(|status| status.as_str() == s)
-        .ok_or(UserError::InvalidRole)
+        UnknownName::find("2FA status", s, Self::ALL, Self::as_str)
+    }
+}
+
+/// A name that none of an enum's values goes by, such as a stored
+/// `two_factor_status` this build does not know.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {kind} {name:?}")]
+pub struct UnknownName {
+    pub kind: &'static str,
+    pub name: String,
+}
+
+impl UnknownName {
+    /// The value of `all` whose `name_of` is `name`.
+    fn find<T: Copy, const N: usize>(
+        kind: &'static str,
+        name: &str,
+        all: [T; N],
+        name_of: fn(T) -> &'static str,
+    ) -> Result<T, UnknownName> {
+        all.into_iter()
+            .find(|value| name_of(*value) == name)
+            .ok_or_else(|| UnknownName {
+                kind,
+                name: name.to_string(),
+            })
     }
 }
 
@@ -303,6 +367,36 @@ pub enum AuthenticatedBy {
     RecoveryCode,
     RememberedDevice,
     Impersonation,
+}
+
+impl AuthenticatedBy {
+    pub const ALL: [AuthenticatedBy; 6] = [
+        AuthenticatedBy::Password,
+        AuthenticatedBy::Totp,
+        AuthenticatedBy::Email,
+        AuthenticatedBy::RecoveryCode,
+        AuthenticatedBy::RememberedDevice,
+        AuthenticatedBy::Impersonation,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthenticatedBy::Password => "password",
+            AuthenticatedBy::Totp => "totp",
+            AuthenticatedBy::Email => "email",
+            AuthenticatedBy::RecoveryCode => "recovery_code",
+            AuthenticatedBy::RememberedDevice => "remembered_device",
+            AuthenticatedBy::Impersonation => "impersonation",
+        }
+    }
+}
+
+impl FromStr for AuthenticatedBy {
+    type Err = UnknownName;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        UnknownName::find("sign-in method", s, Self::ALL, Self::as_str)
+    }
 }
 
 impl From<SecondFactorMethod> for AuthenticatedBy {
@@ -406,6 +500,48 @@ mod tests {
         assert!(Role::SuperAdmin.may_impersonate(Role::Auditor));
         assert!(!Role::SuperAdmin.may_impersonate(Role::SuperAdmin));
         assert!(!Role::User.may_impersonate(Role::User));
+    }
+
+    /// The names the read models store and the API shows are serde's
+    /// names, and each parses back to its value and nothing else does.
+    #[test]
+    fn every_name_is_its_serde_name_and_parses_back() {
+        fn check<T>(all: &[T], as_str: fn(T) -> &'static str)
+        where
+            T: Copy + fmt::Debug + PartialEq + Serialize + FromStr,
+        {
+            for &value in all {
+                let name = as_str(value);
+                assert_eq!(
+                    serde_json::to_value(value).unwrap(),
+                    serde_json::json!(name)
+                );
+                assert!(name.parse::<T>().ok() == Some(value), "{name}");
+                assert!(name.to_uppercase().parse::<T>().is_err(), "{name}");
+            }
+            assert!("".parse::<T>().is_err());
+        }
+        check(&Role::ALL, Role::as_str);
+        check(&TwoFactorStatus::ALL, TwoFactorStatus::as_str);
+        check(&SecondFactorMethod::ALL, SecondFactorMethod::as_str);
+        check(&AuthenticatedBy::ALL, AuthenticatedBy::as_str);
+    }
+
+    #[test]
+    fn an_unknown_stored_name_says_what_it_is() {
+        let error = "superuser".parse::<TwoFactorStatus>().unwrap_err();
+        assert_eq!(error.to_string(), "unknown 2FA status \"superuser\"");
+    }
+
+    #[test]
+    fn pages_show_roles_and_statuses_in_words() {
+        let roles: Vec<&str> = Role::ALL.into_iter().map(Role::label).collect();
+        assert_eq!(roles, ["User", "Auditor", "Admin", "Super admin"]);
+        let statuses: Vec<&str> = TwoFactorStatus::ALL
+            .into_iter()
+            .map(TwoFactorStatus::label)
+            .collect();
+        assert_eq!(statuses, ["Enabled", "Pending", "Disabled"]);
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! Reads of the read models: the only SQL the API runs against them.
 
+use std::str::FromStr;
+
 use chrono::{DateTime, Utc};
 use sqlx::Row;
+use twofold_domain::{AuthenticatedBy, Role, TwoFactorStatus};
 use uuid::Uuid;
 
 use crate::db::{Db, ProjectionError, ReadModels};
@@ -16,11 +19,11 @@ pub struct SessionRecord {
     pub user_id: Uuid,
     pub username: String,
     pub email: Option<String>,
-    pub role: String,
-    pub two_factor_status: String,
+    pub role: Role,
+    pub two_factor_status: TwoFactorStatus,
     pub enforced: bool,
     pub enabled_at: Option<DateTime<Utc>>,
-    pub authenticated_by: String,
+    pub authenticated_by: AuthenticatedBy,
     pub impersonator_id: Option<Uuid>,
     pub impersonator_username: Option<String>,
     pub started_at: DateTime<Utc>,
@@ -34,8 +37,8 @@ pub struct DirectoryEntry {
     pub user_id: Uuid,
     pub username: String,
     pub email: Option<String>,
-    pub role: String,
-    pub two_factor_status: String,
+    pub role: Role,
+    pub two_factor_status: TwoFactorStatus,
     pub enforced: bool,
     pub enabled_at: Option<DateTime<Utc>>,
     pub last_login_at: Option<DateTime<Utc>>,
@@ -45,9 +48,9 @@ pub struct DirectoryEntry {
 pub struct DirectoryFilter {
     /// Prefix of the username or the email address, any case.
     pub query: Option<String>,
-    pub two_factor_status: Option<String>,
+    pub two_factor_status: Option<TwoFactorStatus>,
     pub enforced: Option<bool>,
-    pub role: Option<String>,
+    pub role: Option<Role>,
     /// Keyset cursor: the last username of the previous page.
     pub after_username: Option<String>,
     pub limit: u32,
@@ -56,6 +59,21 @@ pub struct DirectoryFilter {
 fn parse_uuid(text: &str) -> Result<Uuid, ProjectionError> {
     Uuid::parse_str(text)
         .map_err(|error| ProjectionError::Database(sqlx::Error::Decode(Box::new(error))))
+}
+
+/// A stored name (a role, a 2FA status, a sign-in method) as its enum; a
+/// name this build does not know is a decode error of its column.
+pub(crate) fn named<T>(column: &str, name: String) -> Result<T, ProjectionError>
+where
+    T: FromStr,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    name.parse().map_err(|error: T::Err| {
+        ProjectionError::Database(sqlx::Error::ColumnDecode {
+            index: column.to_string(),
+            source: Box::new(error),
+        })
+    })
 }
 
 const DIRECTORY_COLUMNS: &str =
@@ -68,8 +86,8 @@ macro_rules! directory_entry {
             user_id: parse_uuid(&row.try_get::<String, _>("user_id")?)?,
             username: row.try_get("username")?,
             email: row.try_get("email")?,
-            role: row.try_get("role")?,
-            two_factor_status: row.try_get("two_factor_status")?,
+            role: named("role", row.try_get("role")?)?,
+            two_factor_status: named("two_factor_status", row.try_get("two_factor_status")?)?,
             enforced: row.try_get("enforced")?,
             enabled_at: row.try_get("enabled_at")?,
             last_login_at: row.try_get("last_login_at")?,
@@ -166,10 +184,10 @@ impl DirectoryFilter {
         let equal_to: [(&str, Option<Arg>); 3] = [
             (
                 "two_factor_status",
-                self.two_factor_status.as_deref().map(Arg::from),
+                self.two_factor_status.map(|status| status.as_str().into()),
             ),
             ("enforced", self.enforced.map(Arg::from)),
-            ("role", self.role.as_deref().map(Arg::from)),
+            ("role", self.role.map(|role| role.as_str().into())),
         ];
         for (column, value) in equal_to {
             if let Some(value) = value {
@@ -247,11 +265,11 @@ SELECT s.session_id, s.user_id, u.username, u.email, u.role, u.two_factor_status
                 user_id: parse_uuid(&row.try_get::<String, _>("user_id")?)?,
                 username: row.try_get("username")?,
                 email: row.try_get("email")?,
-                role: row.try_get("role")?,
-                two_factor_status: row.try_get("two_factor_status")?,
+                role: named("role", row.try_get("role")?)?,
+                two_factor_status: named("two_factor_status", row.try_get("two_factor_status")?)?,
                 enforced: row.try_get("enforced")?,
                 enabled_at: row.try_get("enabled_at")?,
-                authenticated_by: row.try_get("authenticated_by")?,
+                authenticated_by: named("authenticated_by", row.try_get("authenticated_by")?)?,
                 impersonator_id: impersonator_id.as_deref().map(parse_uuid).transpose()?,
                 impersonator_username: row.try_get("impersonator_username")?,
                 started_at: row.try_get("started_at")?,
@@ -323,10 +341,10 @@ SELECT s.session_id, s.user_id, u.username, u.email, u.role, u.two_factor_status
         })
     }
 
-    pub async fn users_with_role(&self, role: &str) -> Result<i64, ProjectionError> {
+    pub async fn users_with_role(&self, role: Role) -> Result<i64, ProjectionError> {
         on_pool!(&self.0, pool => {
             Ok(sqlx::query_scalar("SELECT count(*) FROM user_directory WHERE role = $1")
-                .bind(role)
+                .bind(role.as_str())
                 .fetch_one(pool)
                 .await?)
         })
@@ -392,14 +410,19 @@ mod tests {
             Some("b."),
             Some("é"),
         ] {
-            for two_factor_status in [None, Some("enabled"), Some("pending"), Some("disabled")] {
+            for two_factor_status in [
+                None,
+                Some(TwoFactorStatus::Enabled),
+                Some(TwoFactorStatus::Pending),
+                Some(TwoFactorStatus::Disabled),
+            ] {
                 for enforced in [None, Some(true), Some(false)] {
-                    for role in [None, Some("user"), Some("admin")] {
+                    for role in [None, Some(Role::User), Some(Role::Admin)] {
                         filters.push(DirectoryFilter {
                             query: query.map(str::to_string),
-                            two_factor_status: two_factor_status.map(str::to_string),
+                            two_factor_status,
                             enforced,
-                            role: role.map(str::to_string),
+                            role,
                             after_username: None,
                             limit: 2,
                         });
@@ -474,8 +497,8 @@ mod tests {
     struct User {
         username: String,
         email: Option<String>,
-        role: &'static str,
-        two_factor_status: &'static str,
+        role: Role,
+        two_factor_status: TwoFactorStatus,
         enforced: bool,
     }
 
@@ -492,12 +515,11 @@ mod tests {
             filter.query.as_deref().is_none_or(starts_with)
                 && filter
                     .two_factor_status
-                    .as_deref()
                     .is_none_or(|status| status == self.two_factor_status)
                 && filter
                     .enforced
                     .is_none_or(|enforced| enforced == self.enforced)
-                && filter.role.as_deref().is_none_or(|role| role == self.role)
+                && filter.role.is_none_or(|role| role == self.role)
         }
     }
 
@@ -523,8 +545,12 @@ mod tests {
                     _ => Some(format!("%{index}@example.com")),
                 },
                 username,
-                role: ["user", "admin", "auditor"][index % 3],
-                two_factor_status: ["disabled", "enabled", "pending"][index / 2 % 3],
+                role: [Role::User, Role::Admin, Role::Auditor][index % 3],
+                two_factor_status: [
+                    TwoFactorStatus::Disabled,
+                    TwoFactorStatus::Enabled,
+                    TwoFactorStatus::Pending,
+                ][index / 2 % 3],
                 enforced: index % 5 == 0,
             })
             .collect()
@@ -553,6 +579,68 @@ mod tests {
         Db::Postgres(pool)
     }
 
+    /// A role, status or sign-in method this build does not know (written
+    /// by a newer one, or by hand) fails the read of its row with the
+    /// column's name; it never panics and is never read as another value.
+    #[tokio::test]
+    async fn an_unknown_stored_name_is_a_decode_error_of_its_column() {
+        let db = sqlite_directory().await;
+        let Db::Sqlite(pool) = &db else {
+            unreachable!()
+        };
+        let user_id = Uuid::new_v4();
+        let other_id = Uuid::new_v4();
+        for (id, username, role, status) in [
+            (user_id, "mallory", "superuser", "enabled"),
+            (other_id, "trent", "user", "half_enabled"),
+        ] {
+            sqlx::query(
+                "INSERT INTO user_directory (user_id, username, role, two_factor_status,
+                     enforced, registered_at)
+                 VALUES ($1, $2, $3, $4, false, '2024-05-01T09:00:00Z')",
+            )
+            .bind(id.to_string())
+            .bind(username)
+            .bind(role)
+            .bind(status)
+            .execute(pool)
+            .await
+            .unwrap();
+        }
+        sqlx::query(
+            "INSERT INTO sessions (session_id, token_hash, user_id, authenticated_by,
+                 started_at, expires_at, last_seen_at)
+             VALUES ($1, 'hash', $2, 'carrier_pigeon', '2024-05-01T09:00:00Z',
+                     '2024-05-01T10:00:00Z', '2024-05-01T09:00:00Z')",
+        )
+        .bind(Uuid::new_v4().to_string())
+        .bind(other_id.to_string())
+        .execute(pool)
+        .await
+        .unwrap();
+        let models = ReadModels::new(db.clone());
+        let column = |error: ProjectionError| match error {
+            ProjectionError::Database(sqlx::Error::ColumnDecode { index, .. }) => index,
+            other => format!("not a decode error: {other:?}"),
+        };
+        let unknown_role = models.directory_entry(user_id).await.unwrap_err();
+        assert_eq!(column(unknown_role), "role");
+        let unknown_status = models.directory_entry(other_id).await.unwrap_err();
+        assert_eq!(column(unknown_status), "two_factor_status");
+        let filter = DirectoryFilter {
+            limit: 10,
+            ..DirectoryFilter::default()
+        };
+        let search = models.search_directory(&filter).await.unwrap_err();
+        assert_eq!(column(search), "role");
+        sqlx::query("UPDATE user_directory SET two_factor_status = 'enabled'")
+            .execute(pool)
+            .await
+            .unwrap();
+        let session = models.session_by_token_hash("hash").await.unwrap_err();
+        assert_eq!(column(session), "authenticated_by");
+    }
+
     #[tokio::test]
     async fn every_combination_of_filters_pages_through_exactly_its_users_in_order_on_sqlite() {
         pages_through_exactly_the_matching_users_in_order(sqlite_directory().await).await;
@@ -578,8 +666,8 @@ mod tests {
                 .bind(&user.username)
                 .bind(&user.email)
                 .bind(user.email.as_ref().map(|email| email.to_lowercase()))
-                .bind(user.role)
-                .bind(user.two_factor_status)
+                .bind(user.role.as_str())
+                .bind(user.two_factor_status.as_str())
                 .bind(user.enforced)
                 .execute(pool)
                 .await

@@ -2,15 +2,17 @@
 //! it costs the same with ten users or ten million.
 
 use sqlx::Row;
+use twofold_domain::{Role, TwoFactorStatus};
 
 use crate::db::{ProjectionError, ReadModels};
 use crate::on_pool;
+use crate::queries::named;
 
 /// How many users share one role, 2FA status and enforcement.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TwoFactorCount {
-    pub role: String,
-    pub two_factor_status: String,
+    pub role: Role,
+    pub two_factor_status: TwoFactorStatus,
     pub enforced: bool,
     pub users: i64,
 }
@@ -24,8 +26,11 @@ impl ReadModels {
             rows.iter()
                 .map(|row| {
                     Ok(TwoFactorCount {
-                        role: row.try_get("role")?,
-                        two_factor_status: row.try_get("two_factor_status")?,
+                        role: named("role", row.try_get("role")?)?,
+                        two_factor_status: named(
+                            "two_factor_status",
+                            row.try_get("two_factor_status")?,
+                        )?,
                         enforced: row.try_get("enforced")?,
                         users: row.try_get("users")?,
                     })

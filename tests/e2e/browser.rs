@@ -585,10 +585,13 @@ async fn an_admin_finds_enforces_logs_in_as_and_turns_off_a_users_2fa() {
         browser.click("#search").await;
         browser.find("tr[data-username=dave]").await;
         assert!(!browser.exists("tr[data-username=erin]").await);
+        // Roles and statuses in words (the JSON API says `super_admin`,
+        // `enabled`).
         assert_eq!(
             browser.text("tr[data-username=dave] .badge").await,
-            "enabled"
+            "Enabled"
         );
+        assert_eq!(browser.text("li.who .role").await, "Super admin");
         browser.shot("users-with-2fa-enabled").await;
 
         // Enforce 2FA: Yes.
@@ -642,7 +645,7 @@ async fn an_admin_finds_enforces_logs_in_as_and_turns_off_a_users_2fa() {
         browser.shot("two-factor-disabled-as-user").await;
         browser.click("#end-impersonation").await;
         browser.expect_path(&format!("/admin/users/{dave}")).await;
-        assert_eq!(browser.text("#user-two-factor").await, "disabled");
+        assert_eq!(browser.text("#user-two-factor").await, "Disabled");
         browser.shot("user-after-rescue").await;
 
         browser.click("a[href='/admin/reports']").await;

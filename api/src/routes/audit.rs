@@ -55,11 +55,11 @@ pub struct AuditQuery {
 }
 
 /// A page of the audit trail.
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct AuditPage {
-    events: Vec<AuditView>,
+    pub events: Vec<AuditView>,
     /// `null` on the last page.
-    next_cursor: Option<String>,
+    pub next_cursor: Option<String>,
 }
 
 fn given(value: Option<String>) -> Option<String> {

@@ -27,7 +27,7 @@ pub struct LoginRequest {
 }
 
 /// What `POST /login` answers, by `status`.
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum LoginAnswer {
     /// No second factor is due: a full session.
@@ -114,11 +114,11 @@ pub async fn login(
     }))
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct EmailCodeSent {
     /// The address, masked: `j***@example.com`.
-    sent_to: String,
-    expires_at: DateTime<Utc>,
+    pub sent_to: String,
+    pub expires_at: DateTime<Utc>,
 }
 
 /// Email a one-time code for this challenge.
@@ -167,16 +167,23 @@ pub struct VerifyRequest {
     remember_device: bool,
 }
 
-#[derive(Serialize, ToSchema)]
+/// The `status` of a sign-in that the second factor finished.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Finished {
+    Authenticated,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct Authenticated {
     #[schema(value_type = String, pattern = "^authenticated$")]
-    status: &'static str,
-    session_token: String,
-    expires_at: DateTime<Utc>,
+    pub status: Finished,
+    pub session_token: String,
+    pub expires_at: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    device_token: Option<String>,
+    pub device_token: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    device_expires_at: Option<DateTime<Utc>>,
+    pub device_expires_at: Option<DateTime<Utc>>,
 }
 
 /// Verify the second factor of a sign-in.
@@ -218,7 +225,7 @@ pub async fn verify(
     Ok(Written::of(StatusCode::OK, passed, |passed| {
         let (device_token, device_expires_at) = passed.device.unzip();
         Json(Authenticated {
-            status: "authenticated",
+            status: Finished::Authenticated,
             session_token: passed.session_token,
             expires_at: passed.expires_at,
             device_token,

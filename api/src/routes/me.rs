@@ -19,19 +19,19 @@ use crate::qr;
 use crate::respond::Written;
 use crate::state::AppState;
 
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct TwoFactorView {
     #[schema(value_type = TwoFactorStatusSchema)]
-    status: TwoFactorStatus,
+    pub status: TwoFactorStatus,
     /// The factors the user could use to sign in now.
     #[schema(value_type = Vec<MethodSchema>)]
-    methods: Vec<SecondFactorMethod>,
+    pub methods: Vec<SecondFactorMethod>,
     /// An administrator enforces 2FA for this user.
-    enforced: bool,
+    pub enforced: bool,
     /// Enforced, or mandatory platform-wide by now.
-    required: bool,
+    pub required: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    enabled_at: Option<DateTime<Utc>>,
+    pub enabled_at: Option<DateTime<Utc>>,
 }
 
 impl From<twofold_app::TwoFactorView> for TwoFactorView {
@@ -47,23 +47,23 @@ impl From<twofold_app::TwoFactorView> for TwoFactorView {
 }
 
 /// The administrator acting as the user during "Login as".
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct Impersonator {
-    id: Uuid,
-    username: String,
+    pub id: Uuid,
+    pub username: String,
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct MeView {
-    id: Uuid,
-    username: String,
-    email: Option<String>,
+    pub id: Uuid,
+    pub username: String,
+    pub email: Option<String>,
     #[schema(value_type = RoleSchema)]
-    role: Role,
-    two_factor: TwoFactorView,
+    pub role: Role,
+    pub two_factor: TwoFactorView,
     /// Only on a "Login as" session.
     #[serde(skip_serializing_if = "Option::is_none")]
-    impersonator: Option<Impersonator>,
+    pub impersonator: Option<Impersonator>,
 }
 
 /// The signed-in user and their 2FA.
@@ -94,13 +94,13 @@ pub async fn me(
     }))
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct EnrollmentStarted {
     /// The TOTP secret, base32 without padding.
-    secret: String,
-    otpauth_uri: String,
+    pub secret: String,
+    pub otpauth_uri: String,
     /// The `otpauth_uri` as a QR code.
-    qr_svg: String,
+    pub qr_svg: String,
 }
 
 /// Start (or restart) a pending TOTP enrollment.
@@ -138,12 +138,12 @@ pub struct ConfirmRequest {
     code: String,
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct Enabled {
     #[schema(value_type = TwoFactorStatusSchema)]
-    status: TwoFactorStatus,
+    pub status: TwoFactorStatus,
     /// Shown once: `xxxx-xxxx-xxxx`, each usable once.
-    recovery_codes: Vec<String>,
+    pub recovery_codes: Vec<String>,
 }
 
 /// Confirm the pending enrollment with a code: 2FA is on.
@@ -227,18 +227,18 @@ pub async fn disable_two_factor(
     Ok(Written::of(StatusCode::NO_CONTENT, done, |()| ()))
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct DeviceView {
-    id: Uuid,
-    created_at: DateTime<Utc>,
-    expires_at: DateTime<Utc>,
-    last_used_at: Option<DateTime<Utc>>,
-    user_agent: Option<String>,
+    pub id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub user_agent: Option<String>,
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct DeviceList {
-    devices: Vec<DeviceView>,
+    pub devices: Vec<DeviceView>,
 }
 
 impl From<Vec<RememberedDevice>> for DeviceList {

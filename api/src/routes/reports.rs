@@ -8,6 +8,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
+use twofold_domain::Role;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::FullCaller;
@@ -27,25 +28,26 @@ pub struct ReportQuery {
 }
 
 /// Users and those with 2FA enabled, for one role.
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct RoleCount {
-    total: i64,
-    enabled: i64,
+    pub total: i64,
+    pub enabled: i64,
 }
 
 /// Counts of users by 2FA status.
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct TwoFactorReport {
-    total: i64,
-    enabled: i64,
-    pending: i64,
-    disabled: i64,
-    enforced: i64,
-    enforced_not_enabled: i64,
+    pub total: i64,
+    pub enabled: i64,
+    pub pending: i64,
+    pub disabled: i64,
+    pub enforced: i64,
+    pub enforced_not_enabled: i64,
     /// Every role, always listed.
-    by_role: BTreeMap<String, RoleCount>,
+    #[schema(value_type = BTreeMap<String, RoleCount>)]
+    pub by_role: BTreeMap<Role, RoleCount>,
     /// When the counts were read.
-    as_of: chrono::DateTime<chrono::Utc>,
+    pub as_of: chrono::DateTime<chrono::Utc>,
 }
 
 /// The 2FA report: counts, or one CSV row per user.
@@ -95,7 +97,7 @@ pub async fn two_factor_report(
         .into_iter()
         .map(|(role, count)| {
             (
-                role.as_str().to_string(),
+                role,
                 RoleCount {
                     total: count.total,
                     enabled: count.enabled,

@@ -7,7 +7,7 @@ use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 use twofold_app::{NewUser, UserChanges};
-use twofold_domain::Role;
+use twofold_domain::{Role, TwoFactorStatus};
 use twofold_projections::{DirectoryEntry, DirectoryFilter};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -23,20 +23,20 @@ use crate::respond::Written;
 use crate::routes::me::DeviceList;
 use crate::state::AppState;
 
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 #[schema(as = User)]
 pub struct UserView {
-    id: Uuid,
-    username: String,
-    email: Option<String>,
+    pub id: Uuid,
+    pub username: String,
+    pub email: Option<String>,
     #[schema(value_type = RoleSchema)]
-    role: String,
+    pub role: Role,
     #[schema(value_type = TwoFactorStatusSchema)]
-    two_factor_status: String,
+    pub two_factor_status: TwoFactorStatus,
     /// An administrator enforces 2FA for this user.
-    enforced: bool,
-    enabled_at: Option<DateTime<Utc>>,
-    last_login_at: Option<DateTime<Utc>>,
+    pub enforced: bool,
+    pub enabled_at: Option<DateTime<Utc>>,
+    pub last_login_at: Option<DateTime<Utc>>,
 }
 
 impl From<DirectoryEntry> for UserView {
@@ -222,11 +222,11 @@ fn decode_cursor(cursor: &str) -> Result<String, ApiError> {
 }
 
 /// A page of the user search.
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct UserPage {
-    users: Vec<UserView>,
+    pub users: Vec<UserView>,
     /// `null` on the last page.
-    next_cursor: Option<String>,
+    pub next_cursor: Option<String>,
 }
 
 /// The user search in username order, with the 2FA column.
@@ -254,22 +254,21 @@ pub async fn list_users(
     if !(1..=500).contains(&limit) {
         return Err(ApiError::InvalidRequest("limit is 1 to 500".into()));
     }
-    if let Some(status) = &query.two_factor {
-        if !matches!(status.as_str(), "enabled" | "pending" | "disabled") {
-            return Err(ApiError::InvalidRequest(
-                "two_factor is enabled, pending or disabled".into(),
-            ));
-        }
-    }
-    if let Some(role) = &query.role {
-        parse_role(role)?;
-    }
+    let two_factor_status = query
+        .two_factor
+        .as_deref()
+        .map(str::parse::<TwoFactorStatus>)
+        .transpose()
+        .map_err(|_| {
+            ApiError::InvalidRequest("two_factor is enabled, pending or disabled".into())
+        })?;
+    let role = query.role.as_deref().map(parse_role).transpose()?;
     let after_username = query.cursor.as_deref().map(decode_cursor).transpose()?;
     let filter = DirectoryFilter {
         query: query.q.filter(|q| !q.is_empty()),
-        two_factor_status: query.two_factor,
+        two_factor_status,
         enforced: query.enforced,
-        role: query.role,
+        role,
         after_username,
         limit,
     };
@@ -293,10 +292,10 @@ pub struct ImpersonationRequest {
     ticket: Option<String>,
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct ImpersonationStarted {
-    session_token: String,
-    expires_at: DateTime<Utc>,
+    pub session_token: String,
+    pub expires_at: DateTime<Utc>,
 }
 
 /// "Login as": a session acting as the user, for 30 minutes at most.

@@ -18,19 +18,7 @@ use super::reply::{capitalized, PageError, Reply};
 use super::signin::NoticeQuery;
 use super::visitor::Visitor;
 use super::Web;
-
-#[derive(Deserialize)]
-struct Devices {
-    devices: Vec<Device>,
-}
-
-#[derive(Deserialize)]
-struct Device {
-    created_at: Option<String>,
-    expires_at: Option<String>,
-    last_used_at: Option<String>,
-    user_agent: Option<String>,
-}
+use crate::routes::me::{DeviceList, DeviceView, Enabled, EnrollmentStarted};
 
 /// A remembered device as a table row.
 pub struct DeviceRow {
@@ -40,13 +28,13 @@ pub struct DeviceRow {
     pub user_agent: String,
 }
 
-fn device_rows(devices: Vec<Device>) -> Vec<DeviceRow> {
+fn device_rows(devices: Vec<DeviceView>) -> Vec<DeviceRow> {
     devices
         .into_iter()
         .map(|device| DeviceRow {
-            created: when(device.created_at.as_deref()),
-            expires: when(device.expires_at.as_deref()),
-            last_used: when(device.last_used_at.as_deref()),
+            created: when(Some(device.created_at)),
+            expires: when(Some(device.expires_at)),
+            last_used: when(device.last_used_at),
             user_agent: device.user_agent.unwrap_or_else(|| "-".into()),
         })
         .collect()
@@ -60,7 +48,7 @@ pub async fn remembered_devices(
     visitor: &Visitor,
     path: &str,
 ) -> Result<Vec<DeviceRow>, PageError> {
-    let devices: Devices = web.api.get(visitor, path).await?.into_result()?;
+    let devices: DeviceList = web.api.get(visitor, path).await?.into_result()?;
     Ok(device_rows(devices.devices))
 }
 
@@ -84,7 +72,7 @@ pub async fn home(
         chrome
             .user
             .as_ref()
-            .and_then(|user| user.two_factor.enabled_at.as_deref()),
+            .and_then(|user| user.two_factor.enabled_at),
     );
     let page = HomePage {
         chrome: chrome.notice(notice_text(query.notice.as_deref())),
@@ -108,7 +96,7 @@ pub async fn enroll_page(State(web): State<Web>, visitor: Visitor) -> Result<Rep
     if chrome
         .user
         .as_ref()
-        .is_some_and(|user| user.two_factor.status == "enabled")
+        .is_some_and(|user| user.two_factor_enabled())
     {
         return Ok(Reply::redirect("/home"));
     }
@@ -142,7 +130,7 @@ async fn settings_page(
         chrome
             .user
             .as_ref()
-            .and_then(|user| user.two_factor.enabled_at.as_deref()),
+            .and_then(|user| user.two_factor.enabled_at),
     );
     let page = SettingsPage {
         chrome: chrome.notice(notice).error(error),
@@ -187,13 +175,6 @@ pub struct FlowForm {
     flow: String,
 }
 
-#[derive(Deserialize)]
-struct Enrollment {
-    secret: String,
-    otpauth_uri: String,
-    qr_svg: String,
-}
-
 fn grouped(secret: &str) -> String {
     secret
         .as_bytes()
@@ -228,7 +209,7 @@ pub async fn start_totp(
 ) -> Result<Reply, PageError> {
     let request = read(request)?;
     let chrome = signed_in(&web, &visitor).await?;
-    let enrollment: Enrollment = web
+    let enrollment: EnrollmentStarted = web
         .api
         .as_visitor(
             &visitor,
@@ -268,11 +249,6 @@ pub struct ConfirmForm {
 struct RecoveryPage {
     chrome: Chrome,
     codes: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct Enabled {
-    recovery_codes: Vec<String>,
 }
 
 /// `POST /settings/two-factor/totp/confirm` ("Confirm and Enable"):

@@ -2,8 +2,6 @@
 //! (Enforce 2FA, "Login as", reset 2FA), the 2FA report and the audit
 //! trail. Who may do what is the API's answer, never this module's.
 
-use std::collections::BTreeMap;
-
 use askama::Template;
 use axum::extract::rejection::FormRejection;
 use axum::extract::{Form, Path, Query, State};
@@ -11,6 +9,7 @@ use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use twofold_domain::{Role, TwoFactorStatus};
 use uuid::Uuid;
 
 use super::account::{remembered_devices, DeviceRow};
@@ -22,34 +21,26 @@ use super::reply::{capitalized, PageError, Reply};
 use super::signin::NoticeQuery;
 use super::visitor::Visitor;
 use super::Web;
+use crate::export::AuditView;
+use crate::routes::audit::AuditPage as AuditList;
+use crate::routes::reports::TwoFactorReport;
+use crate::routes::users::{ImpersonationStarted, UserPage as UserList, UserView};
 
-/// A user as `GET /api/v1/users` and `/users/{id}` give it.
-#[derive(Deserialize)]
-struct User {
-    id: Uuid,
-    username: String,
-    email: Option<String>,
-    role: String,
-    two_factor_status: String,
-    enforced: bool,
-    enabled_at: Option<String>,
-    last_login_at: Option<String>,
-}
-
-/// The same user ready for a page.
+/// A user as `GET /api/v1/users` and `/users/{id}` give it, ready for a
+/// page.
 pub struct UserRow {
     pub id: String,
     pub username: String,
     pub email: String,
-    pub role: String,
-    pub two_factor_status: String,
+    pub role: Role,
+    pub two_factor_status: TwoFactorStatus,
     pub enforced: bool,
     pub enabled_at: String,
     pub last_login_at: String,
 }
 
-impl From<User> for UserRow {
-    fn from(user: User) -> Self {
+impl From<UserView> for UserRow {
+    fn from(user: UserView) -> Self {
         UserRow {
             id: user.id.to_string(),
             username: user.username,
@@ -57,9 +48,15 @@ impl From<User> for UserRow {
             role: user.role,
             two_factor_status: user.two_factor_status,
             enforced: user.enforced,
-            enabled_at: when(user.enabled_at.as_deref()),
-            last_login_at: when(user.last_login_at.as_deref()),
+            enabled_at: when(user.enabled_at),
+            last_login_at: when(user.last_login_at),
         }
+    }
+}
+
+impl UserRow {
+    pub fn two_factor_enabled(&self) -> bool {
+        self.two_factor_status == TwoFactorStatus::Enabled
     }
 }
 
@@ -93,12 +90,6 @@ pub struct UserSearch {
     role: String,
     #[serde(default)]
     cursor: String,
-}
-
-#[derive(Deserialize)]
-struct UserList {
-    users: Vec<User>,
-    next_cursor: Option<String>,
 }
 
 #[derive(Template)]
@@ -170,7 +161,7 @@ async fn user_page(
     error: Option<String>,
 ) -> Result<Reply, PageError> {
     let chrome = signed_in(web, visitor).await?;
-    let user: User = web
+    let user: UserView = web
         .api
         .get(visitor, &format!("/users/{id}"))
         .await?
@@ -259,11 +250,6 @@ pub struct ReasonForm {
     ticket: String,
 }
 
-#[derive(Deserialize)]
-struct Impersonation {
-    session_token: String,
-}
-
 /// `POST /admin/users/{id}/login-as` ("Login as"):
 /// `POST /api/v1/users/{id}/impersonation`. The administrator's own
 /// session waits in its own cookie until "End".
@@ -292,7 +278,7 @@ pub async fn login_as(
     if !answer.is_success() {
         return after_action(&web, &visitor, id, answer, "").await;
     }
-    let started: Impersonation = answer.parse()?;
+    let started: ImpersonationStarted = answer.parse()?;
     Ok(Reply::redirect("/home")
         .cookie(cookies::set(
             cookies::ADMIN_SESSION,
@@ -389,26 +375,8 @@ pub async fn forget_devices(
     after_action(&web, &visitor, id, answer, "devices-forgotten").await
 }
 
-#[derive(Deserialize)]
-struct Report {
-    total: i64,
-    enabled: i64,
-    pending: i64,
-    disabled: i64,
-    enforced: i64,
-    enforced_not_enabled: i64,
-    by_role: BTreeMap<String, RoleCount>,
-    as_of: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct RoleCount {
-    total: i64,
-    enabled: i64,
-}
-
 pub struct RoleRow {
-    pub role: String,
+    pub role: Role,
     pub total: i64,
     pub enabled: i64,
 }
@@ -430,7 +398,7 @@ struct ReportsPage {
 /// `GET /admin/reports`: `GET /api/v1/reports/two-factor`.
 pub async fn reports(State(web): State<Web>, visitor: Visitor) -> Result<Reply, PageError> {
     let chrome = signed_in(&web, &visitor).await?;
-    let report: Report = web
+    let report: TwoFactorReport = web
         .api
         .get(&visitor, "/reports/two-factor")
         .await?
@@ -452,7 +420,7 @@ pub async fn reports(State(web): State<Web>, visitor: Visitor) -> Result<Reply, 
                 enabled: count.enabled,
             })
             .collect(),
-        as_of: when(report.as_of.as_deref()),
+        as_of: when(Some(report.as_of)),
     };
     Reply::render(StatusCode::OK, &page)
 }
@@ -545,25 +513,6 @@ impl AuditSearch {
     }
 }
 
-#[derive(Deserialize)]
-struct AuditList {
-    events: Vec<AuditEvent>,
-    next_cursor: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct AuditEvent {
-    position: i64,
-    user_id: String,
-    #[serde(rename = "type")]
-    event_type: String,
-    occurred_at: Option<String>,
-    actor_id: Option<String>,
-    impersonator_id: Option<String>,
-    ip: Option<String>,
-    data: Value,
-}
-
 pub struct AuditRow {
     pub position: i64,
     pub user_id: String,
@@ -575,13 +524,13 @@ pub struct AuditRow {
     pub data: String,
 }
 
-impl From<AuditEvent> for AuditRow {
-    fn from(event: AuditEvent) -> Self {
+impl From<AuditView> for AuditRow {
+    fn from(event: AuditView) -> Self {
         AuditRow {
             position: event.position,
             user_id: event.user_id,
             event_type: event.event_type,
-            occurred_at: when(event.occurred_at.as_deref()),
+            occurred_at: when(Some(event.occurred_at)),
             actor_id: event.actor_id.unwrap_or_default(),
             impersonator_id: event.impersonator_id.unwrap_or_default(),
             ip: event.ip.unwrap_or_else(|| "-".into()),

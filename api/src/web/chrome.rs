@@ -3,44 +3,27 @@
 //! the page's forms carry.
 
 use axum::http::HeaderValue;
-use serde::Deserialize;
+use twofold_domain::{Role, SecondFactorMethod, TwoFactorStatus};
 
 use super::cookies;
 use super::csrf;
 use super::visitor::Visitor;
+use crate::routes::me::{Impersonator, MeView};
 
-/// `GET /api/v1/me`.
-#[derive(Clone, Debug, Deserialize)]
-pub struct Me {
-    pub id: String,
-    pub username: String,
-    pub email: Option<String>,
-    pub role: String,
-    pub two_factor: TwoFactor,
-    pub impersonator: Option<Person>,
-}
-
-impl Me {
+impl MeView {
+    /// Codes may also come by email.
     pub fn offers_email(&self) -> bool {
-        self.two_factor
-            .methods
-            .iter()
-            .any(|method| method == "email")
+        self.two_factor.methods.contains(&SecondFactorMethod::Email)
     }
-}
 
-#[derive(Clone, Debug, Deserialize)]
-pub struct TwoFactor {
-    pub status: String,
-    pub methods: Vec<String>,
-    pub enforced: bool,
-    pub required: bool,
-    pub enabled_at: Option<String>,
-}
+    pub fn two_factor_enabled(&self) -> bool {
+        self.two_factor.status == TwoFactorStatus::Enabled
+    }
 
-#[derive(Clone, Debug, Deserialize)]
-pub struct Person {
-    pub username: String,
+    /// Enrollment was started and not confirmed.
+    pub fn two_factor_pending(&self) -> bool {
+        self.two_factor.status == TwoFactorStatus::Pending
+    }
 }
 
 /// The frame around a page: navigation, the "Login as" banner, messages,
@@ -48,7 +31,7 @@ pub struct Person {
 #[derive(Clone, Debug, Default)]
 pub struct Chrome {
     pub csrf: String,
-    pub user: Option<Me>,
+    pub user: Option<MeView>,
     /// Held on the enrollment step: no navigation but "Sign out".
     pub held: bool,
     pub notice: Option<String>,
@@ -84,32 +67,35 @@ impl Chrome {
         self
     }
 
-    fn role(&self) -> &str {
-        self.user.as_ref().map_or("", |user| user.role.as_str())
+    /// Whether the signed-in user's role passes `rule`: what the page
+    /// offers (the API still decides).
+    fn role_may(&self, rule: fn(Role) -> bool) -> bool {
+        self.user.as_ref().is_some_and(|user| rule(user.role))
     }
 
-    /// Shows the administration links (the API still decides).
+    /// Shows the administration links.
     pub fn is_admin(&self) -> bool {
-        matches!(self.role(), "admin" | "super_admin")
+        self.role_may(Role::is_administrator)
     }
 
+    /// Shows Enforce 2FA and Reset 2FA.
     pub fn is_super_admin(&self) -> bool {
-        self.role() == "super_admin"
+        self.role_may(Role::may_change_policy)
     }
 
     /// Shows the Users, Reports and Audit links.
     pub fn reads_reports(&self) -> bool {
-        matches!(self.role(), "auditor" | "admin" | "super_admin")
+        self.role_may(Role::can_read_reports)
     }
 
     /// The yellow alert next to "My Settings".
     pub fn two_factor_off(&self) -> bool {
         self.user
             .as_ref()
-            .is_some_and(|user| user.two_factor.status != "enabled")
+            .is_some_and(|user| !user.two_factor_enabled())
     }
 
-    pub fn impersonator(&self) -> Option<&Person> {
+    pub fn impersonator(&self) -> Option<&Impersonator> {
         self.user
             .as_ref()
             .and_then(|user| user.impersonator.as_ref())

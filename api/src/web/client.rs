@@ -41,8 +41,8 @@ impl Answer {
             .to_string()
     }
 
-    /// The answer as the type a page expects; a shape it does not expect is
-    /// a fault of ours, shown as an internal error.
+    /// The answer as the API's own response type (`routes::*`); a shape it
+    /// does not read is a fault of ours, shown as an internal error.
     pub fn parse<T: DeserializeOwned>(self) -> Result<T, PageError> {
         serde_json::from_value(self.body)
             .map_err(|error| PageError::Internal(format!("unexpected API answer: {error}")))

@@ -2,10 +2,12 @@
 //!
 //! Every page handler calls the API router in-process (`ApiClient`), with
 //! the session token from the visitor's cookie as its bearer token and the
-//! visitor's address and user agent, then renders the JSON answer. Rules,
-//! errors and events are therefore the API's; this module only keeps
-//! cookies, checks CSRF tokens and draws HTML (askama templates in
-//! `api/templates`, one stylesheet compiled into the binary).
+//! visitor's address and user agent, reads the JSON answer into the API's
+//! own response type (`routes::*`: one declaration of each answer, roles
+//! and statuses as the domain's enums) and renders it. Rules, errors and
+//! events are therefore the API's; this module only keeps cookies, checks
+//! CSRF tokens and draws HTML (askama templates in `api/templates`, one
+//! stylesheet compiled into the binary).
 
 mod account;
 mod admin;

@@ -1,6 +1,8 @@
 //! What every page shares: the signed-in user's frame, and how times and
 //! notices read.
 
+use chrono::{DateTime, Utc};
+
 use super::chrome::Chrome;
 use super::csrf;
 use super::reply::PageError;
@@ -9,7 +11,7 @@ use super::Web;
 
 /// The frame for a signed-in visitor, from `GET /me` (401: sign in again).
 pub async fn signed_in(web: &Web, visitor: &Visitor) -> Result<Chrome, PageError> {
-    let me: super::chrome::Me = web.api.get(visitor, "/me").await?.into_result()?;
+    let me = web.api.get(visitor, "/me").await?.into_result()?;
     Ok(Chrome {
         csrf: visitor.session().map(csrf::token).unwrap_or_default(),
         user: Some(me),
@@ -17,16 +19,10 @@ pub async fn signed_in(web: &Web, visitor: &Visitor) -> Result<Chrome, PageError
     })
 }
 
-/// An RFC 3339 time from the API as people read it; `-` when missing.
-pub fn when(time: Option<&str>) -> String {
+/// A time as people read it; `-` when missing.
+pub fn when(time: Option<DateTime<Utc>>) -> String {
     match time {
-        Some(time) => chrono::DateTime::parse_from_rfc3339(time)
-            .map(|at| {
-                at.with_timezone(&chrono::Utc)
-                    .format("%Y-%m-%d %H:%M UTC")
-                    .to_string()
-            })
-            .unwrap_or_else(|_| time.to_string()),
+        Some(at) => at.format("%Y-%m-%d %H:%M UTC").to_string(),
         None => "-".to_string(),
     }
 }
@@ -47,6 +43,7 @@ pub fn notice_text(code: Option<&str>) -> Option<String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::super::reply::capitalized;
     use super::*;
@@ -58,10 +55,8 @@ mod tests {
             "The code is not valid."
         );
         assert_eq!(capitalized(""), "");
-        assert_eq!(
-            when(Some("2025-04-10T08:30:00.123Z")),
-            "2025-04-10 08:30 UTC"
-        );
+        let at = DateTime::parse_from_rfc3339("2025-04-10T10:30:00.123+02:00").unwrap();
+        assert_eq!(when(Some(at.to_utc())), "2025-04-10 08:30 UTC");
         assert_eq!(when(None), "-");
         assert_eq!(notice_text(Some("nonsense")), None);
     }

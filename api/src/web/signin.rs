@@ -7,6 +7,7 @@ use axum::extract::{Form, Query, State};
 use axum::http::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
+use twofold_domain::SecondFactorMethod;
 use uuid::Uuid;
 
 use super::chrome::Chrome;
@@ -16,6 +17,7 @@ use super::pages::notice_text;
 use super::reply::{capitalized, PageError, Reply};
 use super::visitor::Visitor;
 use super::Web;
+use crate::routes::login::{Authenticated, EmailCodeSent, LoginAnswer};
 
 #[derive(Deserialize)]
 pub struct NoticeQuery {
@@ -72,15 +74,6 @@ pub struct SignInForm {
     password: String,
 }
 
-#[derive(Deserialize)]
-struct LoginAnswer {
-    status: String,
-    session_token: Option<String>,
-    challenge_id: Option<Uuid>,
-    #[serde(default)]
-    methods: Vec<String>,
-}
-
 /// Signed in: keep the API's session token; no challenge, no older
 /// "Login as" state.
 fn start_session(visitor: &Visitor, token: &str, to: &str) -> Reply {
@@ -120,18 +113,21 @@ pub async fn sign_in(
             Some(message),
         );
     }
-    let login: LoginAnswer = answer.parse()?;
-    match (
-        login.status.as_str(),
-        login.session_token,
-        login.challenge_id,
-    ) {
-        ("authenticated", Some(token), _) => Ok(start_session(&visitor, &token, "/home")),
-        ("enrollment_required", Some(token), _) => Ok(start_session(&visitor, &token, "/enroll")),
-        ("two_factor_required", _, Some(challenge_id)) => {
+    match answer.parse()? {
+        LoginAnswer::Authenticated { session_token, .. } => {
+            Ok(start_session(&visitor, &session_token, "/home"))
+        }
+        LoginAnswer::EnrollmentRequired { session_token, .. } => {
+            Ok(start_session(&visitor, &session_token, "/enroll"))
+        }
+        LoginAnswer::TwoFactorRequired {
+            challenge_id,
+            methods,
+            ..
+        } => {
             let challenge = Challenge {
                 id: challenge_id,
-                methods: login.methods,
+                methods,
             };
             Ok(Reply::redirect("/login/code").cookie(cookies::set(
                 cookies::CHALLENGE,
@@ -140,9 +136,6 @@ pub async fn sign_in(
                 visitor.secure,
             )))
         }
-        (status, _, _) => Err(PageError::Internal(format!(
-            "unexpected sign-in status {status}"
-        ))),
     }
 }
 
@@ -150,14 +143,17 @@ pub async fn sign_in(
 /// issued it.
 struct Challenge {
     id: Uuid,
-    methods: Vec<String>,
+    methods: Vec<SecondFactorMethod>,
 }
 
 impl Challenge {
     fn to_cookie(&self) -> String {
-        format!("{}:{}", self.id, self.methods.join("+"))
+        let methods: Vec<&str> = self.methods.iter().map(|m| m.as_str()).collect();
+        format!("{}:{}", self.id, methods.join("+"))
     }
 
+    /// The challenge the cookie names; none when it names a method that
+    /// does not exist (the cookie was not ours).
     fn from_visitor(visitor: &Visitor) -> Option<Self> {
         let (id, methods) = visitor.cookies.get(cookies::CHALLENGE)?.split_once(':')?;
         Some(Challenge {
@@ -165,13 +161,14 @@ impl Challenge {
             methods: methods
                 .split('+')
                 .filter(|m| !m.is_empty())
-                .map(str::to_string)
-                .collect(),
+                .map(str::parse)
+                .collect::<Result<_, _>>()
+                .ok()?,
         })
     }
 
-    fn offers(&self, method: &str) -> bool {
-        self.methods.iter().any(|m| m == method)
+    fn offers(&self, method: SecondFactorMethod) -> bool {
+        self.methods.contains(&method)
     }
 }
 
@@ -183,13 +180,13 @@ struct CodePage {
     offers_email: bool,
     offers_recovery: bool,
     /// The method picked (radio button checked).
-    method: String,
+    method: SecondFactorMethod,
     remember: bool,
     remember_hours: i64,
 }
 
-struct CodeState<'a> {
-    method: &'a str,
+struct CodeState {
+    method: SecondFactorMethod,
     remember: bool,
     notice: Option<String>,
     error: Option<String>,
@@ -200,7 +197,7 @@ fn code_form(
     visitor: &Visitor,
     challenge: &Challenge,
     status: StatusCode,
-    state: CodeState<'_>,
+    state: CodeState,
 ) -> Result<Reply, PageError> {
     let (chrome, anchor) = Chrome::anonymous(visitor);
     let method = if challenge.offers(state.method) {
@@ -209,16 +206,16 @@ fn code_form(
         challenge
             .methods
             .iter()
-            .map(String::as_str)
-            .find(|m| *m != "recovery_code")
-            .unwrap_or("totp")
+            .copied()
+            .find(|m| *m != SecondFactorMethod::RecoveryCode)
+            .unwrap_or(SecondFactorMethod::Totp)
     };
     let page = CodePage {
         chrome: chrome.notice(state.notice).error(state.error),
-        offers_totp: challenge.offers("totp"),
-        offers_email: challenge.offers("email"),
-        offers_recovery: challenge.offers("recovery_code"),
-        method: method.to_string(),
+        offers_totp: challenge.offers(SecondFactorMethod::Totp),
+        offers_email: challenge.offers(SecondFactorMethod::Email),
+        offers_recovery: challenge.offers(SecondFactorMethod::RecoveryCode),
+        method,
         remember: state.remember,
         remember_hours: web.remember_hours,
     };
@@ -236,7 +233,7 @@ pub async fn code_page(State(web): State<Web>, visitor: Visitor) -> Result<Reply
         &challenge,
         StatusCode::OK,
         CodeState {
-            method: "totp",
+            method: SecondFactorMethod::Totp,
             remember: true,
             notice: None,
             error: None,
@@ -265,18 +262,11 @@ fn restart_sign_in(visitor: &Visitor, answer: &Answer) -> Result<Reply, PageErro
 
 #[derive(Deserialize)]
 pub struct CodeForm {
-    method: Option<String>,
+    method: Option<SecondFactorMethod>,
     #[serde(default)]
     code: String,
     /// A checkbox: present when ticked.
     remember_device: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Authenticated {
-    session_token: String,
-    device_token: Option<String>,
-    device_expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// `POST /login/code`: `POST /api/v1/login/challenges/{id}/verify`.
@@ -289,7 +279,7 @@ pub async fn verify_code(
     let Some(challenge) = Challenge::from_visitor(&visitor) else {
         return Ok(Reply::redirect("/"));
     };
-    let method = request.method.as_deref().unwrap_or("totp");
+    let method = request.method.unwrap_or(SecondFactorMethod::Totp);
     let remember = request.remember_device.is_some();
     let body = json!({
         "method": method,
@@ -339,11 +329,6 @@ pub async fn verify_code(
     )
 }
 
-#[derive(Deserialize)]
-struct EmailSent {
-    sent_to: String,
-}
-
 /// `POST /login/code/email` ("Send code by email"):
 /// `POST /api/v1/login/challenges/{id}/email`.
 pub async fn send_email_code(
@@ -362,14 +347,14 @@ pub async fn send_email_code(
         .await?;
     let remember = request.remember_device.is_some();
     if answer.is_success() {
-        let sent: EmailSent = answer.parse()?;
+        let sent: EmailCodeSent = answer.parse()?;
         return code_form(
             &web,
             &visitor,
             &challenge,
             StatusCode::OK,
             CodeState {
-                method: "email",
+                method: SecondFactorMethod::Email,
                 remember,
                 notice: Some(format!(
                     "We sent a code to {}. It works once, for the next 10 minutes.",
@@ -388,7 +373,7 @@ pub async fn send_email_code(
         &challenge,
         answer.status,
         CodeState {
-            method: "email",
+            method: SecondFactorMethod::Email,
             remember,
             notice: None,
             error: Some(capitalized(&answer.message())),
