@@ -23,7 +23,6 @@ pub use feed::EventPosition;
 pub use queries::{DirectoryEntry, DirectoryFilter, SessionRecord};
 pub use report::TwoFactorCount;
 pub use runner::Projector;
-pub(crate) use twofold_store::on_pool;
 pub use verify::{ExpectedHead, Mismatch, VerifyReport};
 
 /// An empty SQLite store with the schema, for unit tests: in memory, on

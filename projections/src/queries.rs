@@ -1,16 +1,12 @@
 //! Reads of the read models: the only SQL the API runs against them.
 
-use std::str::FromStr;
-
 use chrono::{DateTime, Utc};
-use sqlx::Row;
 use twofold_domain::{AuthenticatedBy, Role, TwoFactorStatus};
+use twofold_store::sql::Arg;
+use twofold_store::{Dialect, Row};
 use uuid::Uuid;
 
-use crate::db::{Db, ProjectionError, ReadModels};
-use crate::on_pool;
-use twofold_store::bind_all;
-use twofold_store::sql::Arg;
+use crate::db::{ProjectionError, ReadModels};
 
 /// A live session with what authorisation needs about its user.
 #[derive(Clone, Debug)]
@@ -56,71 +52,20 @@ pub struct DirectoryFilter {
     pub limit: u32,
 }
 
-fn parse_uuid(text: &str) -> Result<Uuid, ProjectionError> {
-    Uuid::parse_str(text)
-        .map_err(|error| ProjectionError::Database(sqlx::Error::Decode(Box::new(error))))
-}
-
-/// A stored name (a role, a 2FA status, a sign-in method) as its enum; a
-/// name this build does not know is a decode error of its column.
-pub(crate) fn named<T>(column: &str, name: String) -> Result<T, ProjectionError>
-where
-    T: FromStr,
-    T::Err: std::error::Error + Send + Sync + 'static,
-{
-    name.parse().map_err(|error: T::Err| {
-        ProjectionError::Database(sqlx::Error::ColumnDecode {
-            index: column.to_string(),
-            source: Box::new(error),
-        })
-    })
-}
-
 const DIRECTORY_COLUMNS: &str =
     "user_id, username, email, role, two_factor_status, enforced, enabled_at, last_login_at";
 
-macro_rules! directory_entry {
-    ($row:expr) => {{
-        let row = $row;
-        DirectoryEntry {
-            user_id: parse_uuid(&row.try_get::<String, _>("user_id")?)?,
-            username: row.try_get("username")?,
-            email: row.try_get("email")?,
-            role: named("role", row.try_get("role")?)?,
-            two_factor_status: named("two_factor_status", row.try_get("two_factor_status")?)?,
-            enforced: row.try_get("enforced")?,
-            enabled_at: row.try_get("enabled_at")?,
-            last_login_at: row.try_get("last_login_at")?,
-        }
-    }};
-}
-
-/// How each backend is asked for what the user search needs.
-struct SearchDialect {
-    /// Makes text compare by code point, the order in which the values that
-    /// start with a prefix form one range: SQLite's default, and `C` on
-    /// PostgreSQL whatever collation the database was created with. Pages
-    /// are in that order too, the same on both backends.
-    code_point_order: &'static str,
-    /// Keeps a term out of index selection. SQLite plans without statistics
-    /// and would rather walk every user of a 2FA status than the few that
-    /// match a prefix; PostgreSQL weighs the terms by its statistics.
-    unindexed: &'static str,
-}
-
-impl SearchDialect {
-    fn of(db: &Db) -> Self {
-        match db {
-            Db::Sqlite(_) => Self {
-                code_point_order: "",
-                unindexed: "+",
-            },
-            Db::Postgres(_) => Self {
-                code_point_order: " COLLATE \"C\"",
-                unindexed: "",
-            },
-        }
-    }
+fn directory_entry(row: &Row) -> Result<DirectoryEntry, sqlx::Error> {
+    Ok(DirectoryEntry {
+        user_id: row.uuid("user_id")?,
+        username: row.get("username")?,
+        email: row.get("email")?,
+        role: row.parsed("role")?,
+        two_factor_status: row.parsed("two_factor_status")?,
+        enforced: row.get("enforced")?,
+        enabled_at: row.get("enabled_at")?,
+        last_login_at: row.get("last_login_at")?,
+    })
 }
 
 /// The least string above every string that starts with `prefix` (in code
@@ -151,11 +96,16 @@ impl DirectoryFilter {
     /// (half the table for `m`). Without a prefix, a 2FA status, role or
     /// `enforced` index (each ordered by username) or the username index
     /// itself is read from the cursor, one page long.
-    fn sql(&self, dialect: &SearchDialect) -> (String, Vec<Arg>) {
-        let SearchDialect {
-            code_point_order,
-            unindexed,
-        } = dialect;
+    ///
+    /// Text compares by code point (`Dialect::code_point_order`), the order
+    /// in which the values that start with a prefix form one range; pages
+    /// are in that order too, the same on both backends. SQLite plans
+    /// without statistics and would rather walk every user of a 2FA status
+    /// than the few that match a prefix: with a prefix, the other terms are
+    /// kept out of its index selection (`Dialect::unindexed`).
+    fn sql(&self, dialect: Dialect) -> (String, Vec<Arg>) {
+        let code_point_order = dialect.code_point_order();
+        let unindexed = dialect.unindexed();
         let mut args: Vec<Arg> = Vec::new();
         let mut param = |arg: Arg| {
             args.push(arg);
@@ -176,7 +126,7 @@ impl DirectoryFilter {
         });
         // With a prefix, the prefix's ranges lead.
         let filter_only = if prefix_range.is_some() {
-            *unindexed
+            unindexed
         } else {
             ""
         };
@@ -255,28 +205,25 @@ SELECT s.session_id, s.user_id, u.username, u.email, u.role, u.two_factor_status
   JOIN user_directory u ON u.user_id = s.user_id
   LEFT JOIN user_directory i ON i.user_id = s.impersonator_id
  WHERE s.token_hash = $1";
-        on_pool!(&self.0, pool => {
-            let Some(row) = sqlx::query(SQL).bind(token_hash).fetch_optional(pool).await? else {
-                return Ok(None);
-            };
-            let impersonator_id: Option<String> = row.try_get("impersonator_id")?;
-            Ok(Some(SessionRecord {
-                session_id: parse_uuid(&row.try_get::<String, _>("session_id")?)?,
-                user_id: parse_uuid(&row.try_get::<String, _>("user_id")?)?,
-                username: row.try_get("username")?,
-                email: row.try_get("email")?,
-                role: named("role", row.try_get("role")?)?,
-                two_factor_status: named("two_factor_status", row.try_get("two_factor_status")?)?,
-                enforced: row.try_get("enforced")?,
-                enabled_at: row.try_get("enabled_at")?,
-                authenticated_by: named("authenticated_by", row.try_get("authenticated_by")?)?,
-                impersonator_id: impersonator_id.as_deref().map(parse_uuid).transpose()?,
-                impersonator_username: row.try_get("impersonator_username")?,
-                started_at: row.try_get("started_at")?,
-                expires_at: row.try_get("expires_at")?,
-                last_seen_at: row.try_get("last_seen_at")?,
-            }))
-        })
+        let Some(row) = self.0.fetch_optional(SQL, vec![token_hash.into()]).await? else {
+            return Ok(None);
+        };
+        Ok(Some(SessionRecord {
+            session_id: row.uuid("session_id")?,
+            user_id: row.uuid("user_id")?,
+            username: row.get("username")?,
+            email: row.get("email")?,
+            role: row.parsed("role")?,
+            two_factor_status: row.parsed("two_factor_status")?,
+            enforced: row.get("enforced")?,
+            enabled_at: row.get("enabled_at")?,
+            authenticated_by: row.parsed("authenticated_by")?,
+            impersonator_id: row.optional_uuid("impersonator_id")?,
+            impersonator_username: row.get("impersonator_username")?,
+            started_at: row.get("started_at")?,
+            expires_at: row.get("expires_at")?,
+            last_seen_at: row.get("last_seen_at")?,
+        }))
     }
 
     /// Idle-timeout bookkeeping; the caller throttles how often it runs.
@@ -285,14 +232,12 @@ SELECT s.session_id, s.user_id, u.username, u.email, u.role, u.two_factor_status
         session_id: Uuid,
         at: DateTime<Utc>,
     ) -> Result<(), ProjectionError> {
-        let _turn = self.0.write_turn().await;
-        on_pool!(&self.0, pool => {
-            sqlx::query("UPDATE sessions SET last_seen_at = $2 WHERE session_id = $1")
-                .bind(session_id.to_string())
-                .bind(at)
-                .execute(pool)
-                .await?;
-        });
+        self.0
+            .execute(
+                "UPDATE sessions SET last_seen_at = $2 WHERE session_id = $1",
+                vec![session_id.to_string().into(), at.into()],
+            )
+            .await?;
         Ok(())
     }
 
@@ -301,12 +246,14 @@ SELECT s.session_id, s.user_id, u.username, u.email, u.role, u.two_factor_status
         user_id: Uuid,
     ) -> Result<Option<DirectoryEntry>, ProjectionError> {
         let sql = format!("SELECT {DIRECTORY_COLUMNS} FROM user_directory WHERE user_id = $1");
-        on_pool!(&self.0, pool => {
-            match sqlx::query(&sql).bind(user_id.to_string()).fetch_optional(pool).await? {
-                Some(row) => Ok(Some(directory_entry!(row))),
-                None => Ok(None),
-            }
-        })
+        match self
+            .0
+            .fetch_optional(&sql, vec![user_id.to_string().into()])
+            .await?
+        {
+            Some(row) => Ok(Some(directory_entry(&row)?)),
+            None => Ok(None),
+        }
     }
 
     /// One page of the user search, ordered by username; returns the page and
@@ -315,49 +262,55 @@ SELECT s.session_id, s.user_id, u.username, u.email, u.role, u.two_factor_status
         &self,
         filter: &DirectoryFilter,
     ) -> Result<(Vec<DirectoryEntry>, bool), ProjectionError> {
-        let (sql, args) = filter.sql(&SearchDialect::of(&self.0));
-        on_pool!(&self.0, pool => {
-            let rows = bind_all!(sqlx::query(&sql), args).fetch_all(pool).await?;
-            let more = rows.len() > filter.limit as usize;
-            let mut entries = Vec::with_capacity(rows.len());
-            for row in rows.into_iter().take(filter.limit as usize) {
-                entries.push(directory_entry!(row));
-            }
-            Ok((entries, more))
-        })
+        let (sql, args) = filter.sql(self.0.dialect());
+        let rows = self.0.fetch(&sql, args).await?;
+        let more = rows.len() > filter.limit as usize;
+        let entries = rows
+            .iter()
+            .take(filter.limit as usize)
+            .map(directory_entry)
+            .collect::<Result<_, _>>()?;
+        Ok((entries, more))
     }
 
     pub async fn challenge_owner(
         &self,
         challenge_id: Uuid,
     ) -> Result<Option<Uuid>, ProjectionError> {
-        on_pool!(&self.0, pool => {
-            let owner: Option<String> =
-                sqlx::query_scalar("SELECT user_id FROM challenges WHERE challenge_id = $1")
-                    .bind(challenge_id.to_string())
-                    .fetch_optional(pool)
-                    .await?;
-            owner.as_deref().map(parse_uuid).transpose()
-        })
+        let row = self
+            .0
+            .fetch_optional(
+                "SELECT user_id FROM challenges WHERE challenge_id = $1",
+                vec![challenge_id.to_string().into()],
+            )
+            .await?;
+        Ok(row.map(|row| row.uuid("user_id")).transpose()?)
     }
 
     pub async fn users_with_role(&self, role: Role) -> Result<i64, ProjectionError> {
-        on_pool!(&self.0, pool => {
-            Ok(sqlx::query_scalar("SELECT count(*) FROM user_directory WHERE role = $1")
-                .bind(role.as_str())
-                .fetch_one(pool)
-                .await?)
-        })
+        self.count(
+            "SELECT count(*) AS users FROM user_directory WHERE role = $1",
+            role.as_str(),
+        )
+        .await
     }
 
     /// How many users hold this address (compared without case).
     pub async fn users_with_email(&self, email_key: &str) -> Result<i64, ProjectionError> {
-        on_pool!(&self.0, pool => {
-            Ok(sqlx::query_scalar("SELECT count(*) FROM user_directory WHERE email_key = $1")
-                .bind(email_key)
-                .fetch_one(pool)
-                .await?)
-        })
+        self.count(
+            "SELECT count(*) AS users FROM user_directory WHERE email_key = $1",
+            email_key,
+        )
+        .await
+    }
+
+    async fn count(&self, sql: &str, value: &str) -> Result<i64, ProjectionError> {
+        let rows = self.0.fetch(sql, vec![value.into()]).await?;
+        Ok(rows
+            .first()
+            .map(|row| row.get("users"))
+            .transpose()?
+            .unwrap_or(0))
     }
 }
 
@@ -365,6 +318,7 @@ SELECT s.session_id, s.user_id, u.username, u.email, u.role, u.two_factor_status
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use crate::db::Db;
     use proptest::prelude::*;
 
     proptest! {
@@ -440,20 +394,17 @@ mod tests {
     #[tokio::test]
     async fn every_sqlite_search_reads_index_ranges() {
         let db = sqlite_directory().await;
-        let Db::Sqlite(pool) = &db else {
-            unreachable!()
-        };
         for mut filter in every_filter() {
             for after in [None, Some("m")] {
                 filter.after_username = after.map(str::to_string);
-                let (sql, args) = filter.sql(&SearchDialect::of(&db));
+                let (sql, args) = filter.sql(db.dialect());
                 let explain = format!("EXPLAIN QUERY PLAN {sql}");
-                let plan: Vec<String> = bind_all!(sqlx::query(&explain), args)
-                    .fetch_all(pool)
+                let plan: Vec<String> = db
+                    .fetch(&explain, args)
                     .await
                     .unwrap()
                     .iter()
-                    .map(|row| row.get::<String, _>("detail"))
+                    .map(|row| row.get::<String>("detail").unwrap())
                     .collect();
                 let reads: Vec<&String> = plan
                     .iter()
@@ -656,23 +607,22 @@ mod tests {
     async fn pages_through_exactly_the_matching_users_in_order(db: Db) {
         let users = directory();
         for user in &users {
-            on_pool!(&db, pool => {
-                sqlx::query(
-                    "INSERT INTO user_directory (user_id, username, email, email_key, role,
-                         two_factor_status, enforced, registered_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, '2024-05-01T09:00:00Z')",
-                )
-                .bind(Uuid::new_v4().to_string())
-                .bind(&user.username)
-                .bind(&user.email)
-                .bind(user.email.as_ref().map(|email| email.to_lowercase()))
-                .bind(user.role.as_str())
-                .bind(user.two_factor_status.as_str())
-                .bind(user.enforced)
-                .execute(pool)
-                .await
-                .unwrap();
-            });
+            db.execute(
+                "INSERT INTO user_directory (user_id, username, email, email_key, role,
+                     two_factor_status, enforced, registered_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, '2024-05-01T09:00:00Z')",
+                vec![
+                    Uuid::new_v4().to_string().into(),
+                    user.username.as_str().into(),
+                    user.email.clone().into(),
+                    user.email.as_ref().map(|email| email.to_lowercase()).into(),
+                    user.role.as_str().into(),
+                    user.two_factor_status.as_str().into(),
+                    user.enforced.into(),
+                ],
+            )
+            .await
+            .unwrap();
         }
         for limit in [1, 3, 500] {
             for mut filter in every_filter() {

@@ -86,14 +86,35 @@ impl Row {
         }
     }
 
-    /// A stored enum value.
+    /// A stored name (a role, a status, a method) as its enum; a name this
+    /// build does not know is a decode error of its column.
     pub fn parsed<T: std::str::FromStr>(&self, column: &str) -> Result<T, sqlx::Error>
     where
         T::Err: std::error::Error + Send + Sync + 'static,
     {
         self.text(column)?
             .parse()
-            .map_err(|error| sqlx::Error::Decode(Box::new(error)))
+            .map_err(|error: T::Err| sqlx::Error::ColumnDecode {
+                index: column.to_string(),
+                source: Box::new(error),
+            })
+    }
+
+    /// A stored id.
+    pub fn uuid(&self, column: &str) -> Result<uuid::Uuid, sqlx::Error> {
+        self.text(column)?
+            .parse()
+            .map_err(|error: uuid::Error| sqlx::Error::ColumnDecode {
+                index: column.to_string(),
+                source: Box::new(error),
+            })
+    }
+
+    pub fn optional_uuid(&self, column: &str) -> Result<Option<uuid::Uuid>, sqlx::Error> {
+        match self.get::<Option<String>>(column)? {
+            Some(_) => self.uuid(column).map(Some),
+            None => Ok(None),
+        }
     }
 }
 
