@@ -16,7 +16,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 use twofold_app::mail::Mailer;
-use twofold_app::{passwords, App, Clock, Settings};
+use twofold_app::{passwords, App, AppError, Clock, Settings};
 use twofold_domain::totp::{TotpAlgorithm, TotpParameters};
 use twofold_domain::TwoFactorPolicy;
 use twofold_projections::{Db, Projector, ReadModels};
@@ -139,7 +139,7 @@ fn metrics_router(state: AppState) -> Router {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::NotFound("no such endpoint")
+    ApiError::App(AppError::NotFound("no such endpoint"))
 }
 
 /// The JSON API's answers hold tokens, codes and personal data: no cache

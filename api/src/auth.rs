@@ -3,7 +3,7 @@
 use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
-use twofold_app::Session;
+use twofold_app::{AppError, Session};
 
 use crate::error::ApiError;
 use crate::extract::Origin;
@@ -31,7 +31,9 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(parts).ok_or(ApiError::Unauthenticated)?.to_string();
+        let token = bearer(parts)
+            .ok_or(ApiError::App(AppError::Unauthenticated))?
+            .to_string();
         let Origin(origin) = Origin::from_request_parts(parts, state).await?;
         Ok(Caller(state.app.authenticate(&token, &origin).await?))
     }

@@ -7,10 +7,13 @@ use serde::Serialize;
 use twofold_app::AppError;
 use utoipa::ToSchema;
 
+/// An error answer: what the application layer refused or failed at, or
+/// what HTTP alone can refuse before a use case runs.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error("{0}")]
-    InvalidRequest(String),
+    #[error(transparent)]
+    App(#[from] AppError),
+    /// JSON of the wrong shape for the operation.
     #[error("{0}")]
     Unprocessable(String),
     #[error("the request body is larger than 64 KiB")]
@@ -18,36 +21,13 @@ pub enum ApiError {
     /// The body did not arrive within the read timeout (a slow client).
     #[error("the request body did not arrive in time")]
     RequestTimeout,
-    #[error("sign in first")]
-    Unauthenticated,
-    #[error("wrong username or password")]
-    InvalidCredentials,
-    #[error("the code is not valid")]
-    InvalidCode { attempts_remaining: u32 },
-    #[error("{0}")]
-    Forbidden(&'static str),
-    #[error("activate two-factor authentication first")]
-    EnrollmentRequired,
-    #[error("{0}")]
-    NotFound(&'static str),
-    #[error("{0}")]
-    Conflict(String),
-    #[error("email is not available for this user")]
-    EmailUnavailable,
-    #[error("two-factor authentication is enforced by an administrator")]
-    TwoFactorEnforced,
-    #[error("the sign-in challenge has expired; sign in again")]
-    ChallengeExpired,
-    #[error("too many wrong codes; sign in again")]
-    ChallengeLocked,
-    #[error("the account is temporarily locked")]
-    AccountLocked { retry_after: Option<i64> },
-    #[error("too many requests")]
-    RateLimited { retry_after: i64 },
-    #[error("the service is temporarily unavailable")]
-    Unavailable { retry_after: i64 },
-    #[error("internal error")]
-    Internal(String),
+}
+
+impl ApiError {
+    /// A request this service cannot read: 400 `invalid_request`.
+    pub fn invalid_request(message: impl Into<String>) -> Self {
+        ApiError::App(AppError::InvalidRequest(message.into()))
+    }
 }
 
 /// The machine-readable `error` of every error answer.
@@ -97,13 +77,18 @@ impl ErrorBody {
 
 impl ApiError {
     fn parts(&self) -> (StatusCode, ErrorCode) {
-        use ApiError::*;
+        use AppError::*;
         use ErrorCode as C;
-        match self {
+        let app = match self {
+            ApiError::App(app) => app,
+            ApiError::Unprocessable(_) => {
+                return (StatusCode::UNPROCESSABLE_ENTITY, C::InvalidRequest)
+            }
+            ApiError::PayloadTooLarge => return (StatusCode::PAYLOAD_TOO_LARGE, C::InvalidRequest),
+            ApiError::RequestTimeout => return (StatusCode::REQUEST_TIMEOUT, C::InvalidRequest),
+        };
+        match app {
             InvalidRequest(_) => (StatusCode::BAD_REQUEST, C::InvalidRequest),
-            Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, C::InvalidRequest),
-            PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, C::InvalidRequest),
-            RequestTimeout => (StatusCode::REQUEST_TIMEOUT, C::InvalidRequest),
             Unauthenticated => (StatusCode::UNAUTHORIZED, C::Unauthenticated),
             InvalidCredentials => (StatusCode::UNAUTHORIZED, C::InvalidCredentials),
             InvalidCode { .. } => (StatusCode::UNAUTHORIZED, C::InvalidCode),
@@ -127,23 +112,25 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.parts();
         let message = match &self {
-            ApiError::Internal(cause) => {
+            ApiError::App(AppError::Internal(cause)) => {
                 tracing::error!(%cause, "request failed");
                 "internal error".to_string()
             }
             other => other.to_string(),
         };
         let mut body = ErrorBody::new(code, message);
-        if let ApiError::InvalidCode { attempts_remaining } = &self {
-            body.attempts_remaining = Some(*attempts_remaining);
-        }
-        let retry_after = match &self {
-            ApiError::AccountLocked { retry_after } => *retry_after,
-            ApiError::RateLimited { retry_after } | ApiError::Unavailable { retry_after } => {
-                Some(*retry_after)
+        let mut retry_after = None;
+        if let ApiError::App(app) = &self {
+            match app {
+                AppError::InvalidCode { attempts_remaining } => {
+                    body.attempts_remaining = Some(*attempts_remaining);
+                }
+                AppError::AccountLocked { retry_after: after } => retry_after = *after,
+                AppError::RateLimited { retry_after: after }
+                | AppError::Unavailable { retry_after: after } => retry_after = Some(*after),
+                _ => {}
             }
-            _ => None,
-        };
+        }
         let mut response = (status, axum::Json(body)).into_response();
         if let Some(seconds) = retry_after {
             if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
@@ -151,31 +138,6 @@ impl IntoResponse for ApiError {
             }
         }
         response
-    }
-}
-
-impl From<AppError> for ApiError {
-    fn from(error: AppError) -> Self {
-        match error {
-            AppError::InvalidRequest(message) => ApiError::InvalidRequest(message),
-            AppError::Unauthenticated => ApiError::Unauthenticated,
-            AppError::InvalidCredentials => ApiError::InvalidCredentials,
-            AppError::InvalidCode { attempts_remaining } => {
-                ApiError::InvalidCode { attempts_remaining }
-            }
-            AppError::Forbidden(message) => ApiError::Forbidden(message),
-            AppError::EnrollmentRequired => ApiError::EnrollmentRequired,
-            AppError::NotFound(message) => ApiError::NotFound(message),
-            AppError::Conflict(message) => ApiError::Conflict(message),
-            AppError::EmailUnavailable => ApiError::EmailUnavailable,
-            AppError::TwoFactorEnforced => ApiError::TwoFactorEnforced,
-            AppError::ChallengeExpired => ApiError::ChallengeExpired,
-            AppError::ChallengeLocked => ApiError::ChallengeLocked,
-            AppError::AccountLocked { retry_after } => ApiError::AccountLocked { retry_after },
-            AppError::RateLimited { retry_after } => ApiError::RateLimited { retry_after },
-            AppError::Unavailable { retry_after } => ApiError::Unavailable { retry_after },
-            AppError::Internal(cause) => ApiError::Internal(cause),
-        }
     }
 }
 
@@ -188,19 +150,19 @@ impl From<JsonRejection> for ApiError {
             {
                 ApiError::PayloadTooLarge
             }
-            other => ApiError::InvalidRequest(other.body_text()),
+            other => ApiError::invalid_request(other.body_text()),
         }
     }
 }
 
 impl From<PathRejection> for ApiError {
     fn from(rejection: PathRejection) -> Self {
-        ApiError::InvalidRequest(rejection.body_text())
+        ApiError::invalid_request(rejection.body_text())
     }
 }
 
 impl From<QueryRejection> for ApiError {
     fn from(rejection: QueryRejection) -> Self {
-        ApiError::InvalidRequest(rejection.body_text())
+        ApiError::invalid_request(rejection.body_text())
     }
 }

@@ -62,7 +62,7 @@ async fn buffered<S: Send + Sync>(request: Request, state: &S) -> Result<(Parts,
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::PayloadTooLarge
             } else {
-                ApiError::InvalidRequest(rejection.body_text())
+                ApiError::invalid_request(rejection.body_text())
             }
         })?;
     Ok((parts, bytes))
@@ -93,7 +93,7 @@ fn refuse_control_characters(value: &Value, field: Option<&str>) -> Result<(), A
 pub fn check_text(field: &str, text: &str, multiline: bool) -> Result<(), ApiError> {
     let refused = |c: char| c.is_control() && !(multiline && matches!(c, '\t' | '\n'));
     if text.chars().any(refused) {
-        return Err(ApiError::InvalidRequest(format!(
+        return Err(ApiError::invalid_request(format!(
             "{field} must not hold control characters"
         )));
     }

@@ -70,7 +70,7 @@ fn parse_id(value: Option<String>, name: &str) -> Result<Option<Uuid>, ApiError>
     given(value)
         .map(|value| {
             Uuid::parse_str(&value)
-                .map_err(|_| ApiError::InvalidRequest(format!("{name} is a user id (UUID)")))
+                .map_err(|_| ApiError::invalid_request(format!("{name} is a user id (UUID)")))
         })
         .transpose()
 }
@@ -81,7 +81,7 @@ fn parse_time(value: Option<String>, name: &str) -> Result<Option<DateTime<Utc>>
             DateTime::parse_from_rfc3339(&value)
                 .map(|at| at.with_timezone(&Utc))
                 .map_err(|_| {
-                    ApiError::InvalidRequest(format!(
+                    ApiError::invalid_request(format!(
                         "{name} is an RFC 3339 time such as 2024-05-01T00:00:00Z"
                     ))
                 })
@@ -101,7 +101,7 @@ fn decode_cursor(cursor: &str) -> Result<i64, ApiError> {
         .and_then(|bytes| String::from_utf8(bytes).ok())
         .and_then(|text| text.strip_prefix('a').and_then(|id| id.parse().ok()))
         .filter(|id: &i64| *id >= 0)
-        .ok_or(ApiError::InvalidRequest("bad cursor".into()))
+        .ok_or(ApiError::invalid_request("bad cursor".into()))
 }
 
 enum Output {
@@ -115,7 +115,7 @@ fn parse(query: AuditQuery) -> Result<(AuditFilter, Output), ApiError> {
         Some("csv") => Output::Export(AuditFormat::Csv),
         Some("jsonl") => Output::Export(AuditFormat::JsonLines),
         Some(_) => {
-            return Err(ApiError::InvalidRequest(
+            return Err(ApiError::invalid_request(
                 "format is json, csv or jsonl".into(),
             ))
         }
@@ -123,7 +123,7 @@ fn parse(query: AuditQuery) -> Result<(AuditFilter, Output), ApiError> {
     let event_type = given(query.event_type);
     if let Some(event_type) = &event_type {
         if event_type.len() > 64 || !event_type.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            return Err(ApiError::InvalidRequest(
+            return Err(ApiError::invalid_request(
                 "type is an event name such as TwoFactorDisabled".into(),
             ));
         }
@@ -134,7 +134,7 @@ fn parse(query: AuditQuery) -> Result<(AuditFilter, Output), ApiError> {
             .parse::<u32>()
             .ok()
             .filter(|limit| (1..=500).contains(limit))
-            .ok_or(ApiError::InvalidRequest("limit is 1 to 500".into()))?,
+            .ok_or(ApiError::invalid_request("limit is 1 to 500".into()))?,
     };
     let filter = AuditFilter {
         user_id: parse_id(query.user_id, "user_id")?,

@@ -56,7 +56,7 @@ impl From<DirectoryEntry> for UserView {
 
 fn parse_role(role: &str) -> Result<Role, ApiError> {
     role.parse::<Role>()
-        .map_err(|error| ApiError::InvalidRequest(error.to_string()))
+        .map_err(|error| ApiError::invalid_request(error.to_string()))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -218,7 +218,7 @@ fn decode_cursor(cursor: &str) -> Result<String, ApiError> {
         .decode(cursor)
         .ok()
         .and_then(|bytes| String::from_utf8(bytes).ok())
-        .ok_or(ApiError::InvalidRequest("bad cursor".into()))
+        .ok_or(ApiError::invalid_request("bad cursor".into()))
 }
 
 /// A page of the user search.
@@ -252,7 +252,7 @@ pub async fn list_users(
     let (query, min_position) = query.into_parts();
     let limit = query.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
-        return Err(ApiError::InvalidRequest("limit is 1 to 500".into()));
+        return Err(ApiError::invalid_request("limit is 1 to 500".into()));
     }
     let two_factor_status = query
         .two_factor
@@ -260,7 +260,7 @@ pub async fn list_users(
         .map(str::parse::<TwoFactorStatus>)
         .transpose()
         .map_err(|_| {
-            ApiError::InvalidRequest("two_factor is enabled, pending or disabled".into())
+            ApiError::invalid_request("two_factor is enabled, pending or disabled".into())
         })?;
     let role = query.role.as_deref().map(parse_role).transpose()?;
     let after_username = query.cursor.as_deref().map(decode_cursor).transpose()?;
