@@ -352,7 +352,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
             Ok(db) => {
                 let started = start_on(&db, config, &mut created).await;
                 if started.is_err() {
-                    close(&db).await;
+                    db.close().await;
                 }
                 started
             }
@@ -454,13 +454,6 @@ async fn start_on(db: &Db, config: ServeConfig, created: &mut NewFiles) -> anyho
         shutdown,
         servers,
     })
-}
-
-async fn close(db: &Db) {
-    match db {
-        Db::Sqlite(pool) => pool.close().await,
-        Db::Postgres(pool) => pool.close().await,
-    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

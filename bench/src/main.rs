@@ -169,9 +169,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Rebuild(args) => {
             let db = seed::connect(&args.database_url).await?;
-            let events: i64 = twofold_store::on_pool!(&db, pool => {
-                sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(pool).await?
-            });
+            let events: i64 = db
+                .fetch("SELECT count(*) AS events FROM events", vec![])
+                .await?
+                .first()
+                .context("no count of the events")?
+                .get("events")?;
             let timed = |verb: &[&str]| -> anyhow::Result<f64> {
                 let started = Instant::now();
                 let output = std::process::Command::new(&args.twofold_bin)

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use twofold_domain::totp::{TotpAlgorithm, TotpParameters, TotpSecret};
 use twofold_projections::Db;
+use twofold_store::{Dialect, Row};
 
 use crate::http::{Answer, Target};
 use crate::model::{self, SeedUser, ADMIN_USERNAME, PASSWORD};
@@ -108,11 +109,7 @@ struct Ctx {
 
 impl Ctx {
     fn store(&self) -> &'static str {
-        match &self.db {
-            Some(Db::Postgres(_)) => "postgres",
-            Some(Db::Sqlite(_)) => "sqlite",
-            None => "unknown",
-        }
+        self.db.as_ref().map_or("unknown", |db| db.dialect().name())
     }
 
     fn deadline(&self) -> Instant {
@@ -638,25 +635,24 @@ const PG_STATS_DELAY: Duration = Duration::from_secs(11);
 
 async fn store_counters(ctx: &Ctx) -> anyhow::Result<Option<StoreCounters>> {
     let Some(db) = &ctx.db else { return Ok(None) };
-    let position: Option<i64> = twofold_store::on_pool!(db, pool => {
-        sqlx::query_scalar("SELECT max(position) FROM events").fetch_one(pool).await?
-    });
-    let commits = match (db, ctx.args.commit_stats) {
-        (Db::Postgres(pool), true) => {
-            tokio::time::sleep(PG_STATS_DELAY).await;
-            let (xact_commit, checkpoint_writes, snapshot_writes, session_updates, secret_writes) =
-                sqlx::query_as::<_, (i64, i64, i64, i64, i64)>(PG_COMMITS)
-                    .fetch_one(pool)
-                    .await?;
-            Some(PgCommits {
-                xact_commit,
-                checkpoint_writes,
-                snapshot_writes,
-                session_updates,
-                secret_writes,
-            })
-        }
-        _ => None,
+    let position: Option<i64> = one_row(
+        db.fetch("SELECT max(position) AS position FROM events", vec![])
+            .await?,
+    )?
+    .get("position")?;
+    // PostgreSQL's statistics views; SQLite keeps no such counters.
+    let commits = if ctx.args.commit_stats && db.dialect() == Dialect::Postgres {
+        tokio::time::sleep(PG_STATS_DELAY).await;
+        let row = one_row(db.fetch(PG_COMMITS, vec![]).await?)?;
+        Some(PgCommits {
+            xact_commit: row.get_at(0)?,
+            checkpoint_writes: row.get_at(1)?,
+            snapshot_writes: row.get_at(2)?,
+            session_updates: row.get_at(3)?,
+            secret_writes: row.get_at(4)?,
+        })
+    } else {
+        None
     };
     Ok(Some(StoreCounters {
         position: position.unwrap_or(0),
@@ -676,52 +672,36 @@ async fn audit_store(
         return Ok(Value::Null);
     };
     let after = store_counters(ctx).await?;
-    let (events, transactions, duplicate_sessions, duplicate_acceptances, replays): (
-        i64,
-        i64,
-        i64,
-        i64,
-        i64,
-    ) = match db {
-        Db::Postgres(pool) => {
-            sqlx::query_as(
+    let dialect = db.dialect();
+    let transaction_id = dialect.transaction_id();
+    let session_id = dialect.json_field("payload", &["SessionStarted", "session_id"]);
+    let challenge_id = dialect.json_field("payload", &["SecondFactorAccepted", "challenge_id"]);
+    let totp_step = dialect.json_field("payload", &["SecondFactorAccepted", "totp_step"]);
+    let row = one_row(
+        db.fetch(
+            &format!(
                 "WITH new AS (SELECT * FROM events WHERE position > $1)
                  SELECT (SELECT count(*) FROM new),
-                        (SELECT count(DISTINCT transaction_id) FROM new),
-                        (SELECT count(*) - count(DISTINCT payload -> 'SessionStarted' ->> 'session_id')
+                        (SELECT count(DISTINCT {transaction_id}) FROM new),
+                        (SELECT count(*) - count(DISTINCT {session_id})
                            FROM new WHERE event_type = 'SessionStarted'),
-                        (SELECT count(*) - count(DISTINCT payload -> 'SecondFactorAccepted' ->> 'challenge_id')
+                        (SELECT count(*) - count(DISTINCT {challenge_id})
                            FROM new WHERE event_type = 'SecondFactorAccepted'),
                         (SELECT count(*) FROM (
-                            SELECT aggregate_id, payload -> 'SecondFactorAccepted' ->> 'totp_step'
+                            SELECT aggregate_id, {totp_step}
                               FROM events WHERE event_type = 'SecondFactorAccepted'
                                AND aggregate_id IN (SELECT aggregate_id FROM new)
-                             GROUP BY 1, 2 HAVING count(*) > 1) steps)",
-            )
-            .bind(before.position)
-            .fetch_one(pool)
-            .await?
-        }
-        Db::Sqlite(pool) => {
-            sqlx::query_as(
-                "WITH new AS (SELECT * FROM events WHERE position > $1)
-                 SELECT (SELECT count(*) FROM new),
-                        (SELECT count(*) FROM new),
-                        (SELECT count(*) - count(DISTINCT json_extract(payload, '$.SessionStarted.session_id'))
-                           FROM new WHERE event_type = 'SessionStarted'),
-                        (SELECT count(*) - count(DISTINCT json_extract(payload, '$.SecondFactorAccepted.challenge_id'))
-                           FROM new WHERE event_type = 'SecondFactorAccepted'),
-                        (SELECT count(*) FROM (
-                            SELECT aggregate_id, json_extract(payload, '$.SecondFactorAccepted.totp_step')
-                              FROM events WHERE event_type = 'SecondFactorAccepted'
-                               AND aggregate_id IN (SELECT aggregate_id FROM new)
-                             GROUP BY 1, 2 HAVING count(*) > 1))",
-            )
-            .bind(before.position)
-            .fetch_one(pool)
-            .await?
-        }
-    };
+                             GROUP BY 1, 2 HAVING count(*) > 1) steps)"
+            ),
+            vec![before.position.into()],
+        )
+        .await?,
+    )?;
+    let events: i64 = row.get_at(0)?;
+    let transactions: i64 = row.get_at(1)?;
+    let duplicate_sessions: i64 = row.get_at(2)?;
+    let duplicate_acceptances: i64 = row.get_at(3)?;
+    let replays: i64 = row.get_at(4)?;
     let per = |value: i64| value as f64 / operations.max(1) as f64;
     let mut report = json!({
         "events_acknowledged": acknowledged_events,
@@ -752,6 +732,11 @@ async fn audit_store(
         });
     }
     Ok(report)
+}
+
+/// The one row a query gives.
+fn one_row(rows: Vec<Row>) -> anyhow::Result<Row> {
+    rows.into_iter().next().context("the query gave no row")
 }
 
 async fn totp_verify_call(

@@ -9,14 +9,13 @@ mod support;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::json;
-use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection};
 use twofold_domain::totp::TotpParameters;
 use twofold_domain::values::SecondFactorMethod;
 use twofold_domain::values::{AuthenticatedBy, Email, PasswordHash, Role, TokenHash, Username};
 use twofold_domain::UserEvent;
 use twofold_projections::Projector;
-use twofold_store::{on_pool, Db};
+use twofold_store::Db;
 use uuid::Uuid;
 
 /// A small deterministic generator, so a failure can be replayed.
@@ -59,21 +58,33 @@ impl History {
             "occurred_at": self.now,
         });
         let payload = serde_json::to_value(&event).unwrap();
-        on_pool!(&self.db, pool => {
-            sqlx::query(
-                "INSERT INTO events
-                     (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
-                 VALUES ('user', $1, $2, $3, '1', $4, $5)",
-            )
-            .bind(user.id.to_string())
-            .bind(user.sequence)
-            .bind(event.name())
-            .bind(payload)
-            .bind(metadata)
-            .execute(pool)
-            .await
-            .unwrap();
-        });
+        // COPY on PostgreSQL reads the JSON texts into `jsonb`.
+        let mut tx = self.db.begin_write().await.unwrap();
+        tx.load(
+            "events",
+            &[
+                "aggregate_type",
+                "aggregate_id",
+                "sequence",
+                "event_type",
+                "event_version",
+                "payload",
+                "metadata",
+            ],
+            vec![vec![
+                "user".into(),
+                user.id.to_string().into(),
+                user.sequence.into(),
+                event.name().into(),
+                "1".into(),
+                payload.to_string().into(),
+                metadata.to_string().into(),
+            ]],
+            false,
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
     }
 
     async fn register(&mut self, index: usize) {
@@ -225,21 +236,7 @@ async fn tables(db: &Db) -> Vec<String> {
         "audit_log",
         "projection_checkpoints",
     ] {
-        let columns: Vec<String> = match db {
-            Db::Sqlite(pool) => sqlx::query_scalar("SELECT name FROM pragma_table_info($1)")
-                .bind(table)
-                .fetch_all(pool)
-                .await
-                .unwrap(),
-            Db::Postgres(pool) => sqlx::query_scalar(
-                "SELECT column_name::text FROM information_schema.columns
-                  WHERE table_name = $1 ORDER BY ordinal_position",
-            )
-            .bind(table)
-            .fetch_all(pool)
-            .await
-            .unwrap(),
-        };
+        let columns = db.columns(table).await.unwrap();
         let cells: Vec<String> = columns
             .iter()
             .map(|column| format!("coalesce(CAST({column} AS TEXT), 'NULL')"))
@@ -248,10 +245,8 @@ async fn tables(db: &Db) -> Vec<String> {
             "SELECT '{table}: ' || {} FROM {table} ORDER BY 1",
             cells.join(" || '|' || ")
         );
-        let texts: Vec<String> = on_pool!(db, pool => {
-            sqlx::query_scalar(&sql).fetch_all(pool).await.unwrap()
-        });
-        rows.extend(texts);
+        let texts = db.fetch(&sql, vec![]).await.unwrap();
+        rows.extend(texts.iter().map(|row| row.get_at::<String>(0).unwrap()));
     }
     rows
 }
@@ -347,17 +342,12 @@ async fn bulk_rebuild_gives_the_live_projectors_rows_on_postgres() {
         .execute(&mut admin)
         .await
         .unwrap();
-    let pool = PgPoolOptions::new()
-        .max_connections(4)
-        .connect(&format!("{server}/{name}"))
+    let db = twofold_store::connect(&format!("{server}/{name}"), 4)
         .await
         .unwrap();
-    sqlx::migrate!("../migrations/postgres")
-        .run(&pool)
-        .await
-        .unwrap();
-    rebuild_equals_the_live_projector(Db::Postgres(pool.clone())).await;
-    pool.close().await;
+    twofold_store::migrate(&db).await.unwrap();
+    rebuild_equals_the_live_projector(db.clone()).await;
+    db.close().await;
     sqlx::query(&format!("DROP DATABASE {name}"))
         .execute(&mut admin)
         .await

@@ -1,5 +1,5 @@
 //! Statements on either backend with one type each: `Row` for what a query
-//! gives, `WriteTx` for a write transaction, and `Db`'s own reads. Each
+//! gives, `WriteTx` for a write transaction, and `Db`'s own statements. Each
 //! matches on the backend once, here; callers write their SQL once, with
 //! `$n` parameters and every value bound (`Arg`).
 
@@ -83,6 +83,14 @@ impl Row {
         match self {
             Row::Sqlite(row) => row.try_get(index),
             Row::Postgres(row) => row.try_get(index),
+        }
+    }
+
+    /// How many columns the row has.
+    pub fn column_count(&self) -> usize {
+        match self {
+            Row::Sqlite(row) => row.len(),
+            Row::Postgres(row) => row.len(),
         }
     }
 
@@ -224,6 +232,47 @@ impl Db {
             Db::Postgres(_) => Dialect::Postgres,
         }
     }
+
+    /// The names of `table`'s columns, in the order the table declares them.
+    pub async fn columns(&self, table: &str) -> Result<Vec<String>, sqlx::Error> {
+        let sql = match self.dialect() {
+            Dialect::Sqlite => "SELECT name FROM pragma_table_info($1) ORDER BY cid",
+            Dialect::Postgres => {
+                "SELECT CAST(column_name AS TEXT) FROM information_schema.columns
+                  WHERE table_schema = current_schema() AND table_name = $1
+                  ORDER BY ordinal_position"
+            }
+        };
+        self.fetch(sql, vec![table.into()])
+            .await?
+            .iter()
+            .map(|row| row.get_at(0))
+            .collect()
+    }
+
+    /// After a bulk load, PostgreSQL's `VACUUM ANALYZE` of each of `tables`
+    /// (outside any transaction): fresh planner statistics, and a
+    /// visibility map with which index-only scans skip the table. Nothing
+    /// on SQLite (see `WriteTx::analyze`).
+    pub async fn vacuum_analyze(&self, tables: &[&str]) -> Result<(), sqlx::Error> {
+        if let Db::Postgres(pool) = self {
+            for table in tables {
+                sqlx::raw_sql(&format!("VACUUM ANALYZE {table}"))
+                    .execute(pool)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes every connection, waiting for those in use to come back;
+    /// later uses fail with `PoolClosed`.
+    pub async fn close(&self) {
+        match self {
+            Db::Sqlite(pool) => pool.close().await,
+            Db::Postgres(pool) => pool.close().await,
+        }
+    }
 }
 
 /// The few fragments of SQL that differ between the backends.
@@ -234,6 +283,42 @@ pub enum Dialect {
 }
 
 impl Dialect {
+    /// The backend's name, as its URLs begin: `sqlite` or `postgres`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "sqlite",
+            Dialect::Postgres => "postgres",
+        }
+    }
+
+    /// The column of `events` that holds an event's transaction
+    /// (`EventPosition::transaction_id`): on SQLite, whose writers take
+    /// turns, each event's position stands for it.
+    pub fn transaction_id(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "position",
+            Dialect::Postgres => "transaction_id",
+        }
+    }
+
+    /// The value at `path` (object keys, outermost first) inside the JSON
+    /// `column`, for comparing and grouping: text on PostgreSQL (`->>`),
+    /// the JSON value's own SQL type on SQLite (`json_extract`). Keys are
+    /// pasted into the SQL: only constants of ours, never input.
+    pub fn json_field(self, column: &str, path: &[&str]) -> String {
+        match self {
+            Dialect::Sqlite => format!("json_extract({column}, '$.{}')", path.join(".")),
+            Dialect::Postgres => {
+                let mut field = column.to_string();
+                for (index, key) in path.iter().enumerate() {
+                    let arrow = if index + 1 == path.len() { "->>" } else { "->" };
+                    field = format!("{field} {arrow} '{key}'");
+                }
+                field
+            }
+        }
+    }
+
     /// Makes text compare by code point, the order in which the values that
     /// start with a prefix form one range: SQLite's default, and `C` on
     /// PostgreSQL whatever collation the database was created with.
@@ -404,9 +489,11 @@ impl WriteTx {
         }
     }
 
-    /// Loads `rows` into `table`, emptied in this transaction: COPY on
-    /// PostgreSQL, its rows written frozen (no later vacuum rewrites every
-    /// page); multi-row INSERTs on SQLite, which runs in-process.
+    /// Loads `rows` into `table`: COPY on PostgreSQL, which reads each
+    /// value in its text form as the column's type (a JSON text into
+    /// `jsonb`), with `freeze` its rows written frozen (no later vacuum
+    /// rewrites every page; the table must have been emptied in this
+    /// transaction); multi-row INSERTs on SQLite, which runs in-process.
     pub async fn load(
         &mut self,
         table: &str,
@@ -501,6 +588,57 @@ impl WriteTx {
         }
     }
 
+    /// PostgreSQL: `megabytes` for each index build for the rest of this
+    /// transaction (`maintenance_work_mem`). Nothing on SQLite, which has
+    /// no such limit.
+    pub async fn index_build_memory(&mut self, megabytes: u32) -> Result<(), sqlx::Error> {
+        match self.dialect() {
+            Dialect::Sqlite => Ok(()),
+            Dialect::Postgres => {
+                self.run_sql(&format!("SET LOCAL maintenance_work_mem = '{megabytes}MB'"))
+                    .await
+            }
+        }
+    }
+
+    /// The position the next event appended gets unless another writer's
+    /// comes first: on SQLite one past the last event's (its trigger
+    /// numbers them so), on PostgreSQL the identity sequence's next value,
+    /// beyond the last event's when an append rolled back.
+    pub async fn next_event_position(&mut self) -> Result<i64, sqlx::Error> {
+        match self.dialect() {
+            Dialect::Sqlite => {
+                let rows = self
+                    .fetch("SELECT max(position) AS last FROM events", vec![])
+                    .await?;
+                let last: Option<i64> = first(&rows)?.get("last")?;
+                Ok(last.unwrap_or(0) + 1)
+            }
+            Dialect::Postgres => {
+                let rows = self
+                    .fetch(
+                        "SELECT pg_get_serial_sequence('events', 'position') AS sequence",
+                        vec![],
+                    )
+                    .await?;
+                let sequence: String = first(&rows)?.get("sequence")?;
+                let rows = self
+                    .fetch(
+                        &format!("SELECT last_value, is_called FROM {sequence}"),
+                        vec![],
+                    )
+                    .await?;
+                let row = first(&rows)?;
+                let last_value: i64 = row.get("last_value")?;
+                Ok(if row.get("is_called")? {
+                    last_value + 1
+                } else {
+                    last_value
+                })
+            }
+        }
+    }
+
     /// Fresh planner statistics of `tables` after a load, so that the first
     /// queries seek rather than scan. Nothing on SQLite: it plans without
     /// statistics unless `ANALYZE` was ever run, and the service's queries
@@ -514,6 +652,11 @@ impl WriteTx {
             }
         }
     }
+}
+
+/// The one row a statement gives.
+fn first(rows: &[Row]) -> Result<&Row, sqlx::Error> {
+    rows.first().ok_or(sqlx::Error::RowNotFound)
 }
 
 /// A feed row's columns, read without copies.
@@ -544,5 +687,63 @@ impl Row {
             metadata: self.json_text("metadata")?,
             recorded_at: self.get("recorded_at")?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn json_fields_name_nested_keys_on_both_backends() {
+        let path = ["SessionStarted", "session_id"];
+        assert_eq!(
+            Dialect::Sqlite.json_field("payload", &path),
+            "json_extract(payload, '$.SessionStarted.session_id')"
+        );
+        assert_eq!(
+            Dialect::Postgres.json_field("payload", &path),
+            "payload -> 'SessionStarted' ->> 'session_id'"
+        );
+    }
+
+    #[tokio::test]
+    async fn loaded_events_take_the_next_positions_and_columns_come_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("store.db").display());
+        let db = crate::connect(&url, 2).await.unwrap();
+        crate::migrate(&db).await.unwrap();
+        let mut tx = db.begin_write().await.unwrap();
+        assert_eq!(tx.next_event_position().await.unwrap(), 1);
+        let columns = [
+            "aggregate_type",
+            "aggregate_id",
+            "sequence",
+            "event_type",
+            "event_version",
+            "payload",
+            "metadata",
+        ];
+        let rows = (1..=3_i64)
+            .map(|sequence| {
+                vec![
+                    "user".into(),
+                    "someone".into(),
+                    sequence.into(),
+                    "Happened".into(),
+                    "1".into(),
+                    "{}".into(),
+                    "{}".into(),
+                ]
+            })
+            .collect();
+        tx.load("events", &columns, rows, false).await.unwrap();
+        assert_eq!(tx.next_event_position().await.unwrap(), 4);
+        tx.commit().await.unwrap();
+        let listed = db.columns("events").await.unwrap();
+        assert_eq!(listed[..columns.len()], columns);
+        assert_eq!(listed[columns.len()..], ["position", "recorded_at"]);
+        db.close().await;
     }
 }

@@ -16,7 +16,7 @@ use futures::future::join_all;
 use rand::Rng;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use twofold_store::{on_pool, Db};
+use twofold_store::Db;
 
 use crate::helpers::{binary, fresh_postgres_database, Answer, Backend, ADMIN};
 use crate::on_both_backends;
@@ -173,22 +173,21 @@ struct StoredEvent {
 
 /// Every stored event by its public position (`Twofold-Position`).
 async fn events_by_position(db: &Db) -> BTreeMap<i64, StoredEvent> {
-    let rows: Vec<(i64, String, String, String)> = on_pool!(db, pool => {
-        sqlx::query_as(
-            "SELECT position, aggregate_id, event_type, CAST(payload AS TEXT) FROM events",
+    let rows = db
+        .fetch(
+            "SELECT position, aggregate_id, event_type, CAST(payload AS TEXT) AS payload FROM events",
+            vec![],
         )
-        .fetch_all(pool)
         .await
-        .unwrap()
-    });
-    rows.into_iter()
-        .map(|(position, aggregate_id, event_type, payload)| {
+        .unwrap();
+    rows.iter()
+        .map(|row| {
             let event = StoredEvent {
-                aggregate_id,
-                event_type,
-                payload: serde_json::from_str(&payload).unwrap(),
+                aggregate_id: row.get("aggregate_id").unwrap(),
+                event_type: row.get("event_type").unwrap(),
+                payload: serde_json::from_str(row.text("payload").unwrap()).unwrap(),
             };
-            (position, event)
+            (row.get("position").unwrap(), event)
         })
         .collect()
 }
@@ -218,14 +217,15 @@ async fn assert_acknowledged_writes_stored_once(db: &Db, acknowledged: &[Acknowl
 /// (events stored, events the read models applied): the audit trail holds
 /// one row per applied event.
 async fn applied_of_stored(db: &Db) -> (i64, i64) {
-    on_pool!(db, pool => {
-        sqlx::query_as(
-            "SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM audit_log)",
+    let row = db
+        .fetch_optional(
+            "SELECT (SELECT count(*) FROM events) AS stored, (SELECT count(*) FROM audit_log) AS applied",
+            vec![],
         )
-        .fetch_one(pool)
         .await
         .unwrap()
-    })
+        .unwrap();
+    (row.get("stored").unwrap(), row.get("applied").unwrap())
 }
 
 /// Waits until the read models applied every stored event; returns the
@@ -249,25 +249,7 @@ async fn wait_until_caught_up(db: &Db, since: Instant) -> Duration {
 async fn read_model_rows(db: &Db) -> Vec<String> {
     let mut rows = Vec::new();
     for table in READ_MODELS {
-        let columns: Vec<String> = match db {
-            Db::Sqlite(pool) => {
-                sqlx::query_scalar("SELECT name FROM pragma_table_info($1) ORDER BY cid")
-                    .bind(table)
-                    .fetch_all(pool)
-                    .await
-            }
-            Db::Postgres(pool) => {
-                sqlx::query_scalar(
-                    "SELECT CAST(column_name AS TEXT) FROM information_schema.columns
-                      WHERE table_schema = current_schema() AND table_name = $1
-                      ORDER BY ordinal_position",
-                )
-                .bind(table)
-                .fetch_all(pool)
-                .await
-            }
-        }
-        .unwrap();
+        let columns = db.columns(table).await.unwrap();
         assert!(!columns.is_empty(), "no columns found for {table}");
         let cells: Vec<String> = columns
             .iter()
@@ -277,10 +259,8 @@ async fn read_model_rows(db: &Db) -> Vec<String> {
             "SELECT '{table}: ' || {} FROM {table}",
             cells.join(" || '|' || ")
         );
-        let texts: Vec<String> = on_pool!(db, pool => {
-            sqlx::query_scalar(&sql).fetch_all(pool).await.unwrap()
-        });
-        rows.extend(texts);
+        let texts = db.fetch(&sql, vec![]).await.unwrap();
+        rows.extend(texts.iter().map(|row| row.get_at::<String>(0).unwrap()));
     }
     rows.sort();
     rows
@@ -1236,9 +1216,13 @@ async fn writes_are_refused_clearly_and_nothing_is_lost(
     assert_acknowledged_writes_stored_once(&db, &acknowledged).await;
     assert_read_models_equal_a_rebuild(&db, &database_url).await;
     assert_audit_trail_verifies(&database_url).await;
-    let integrity: Vec<String> = on_pool!(&db, pool => {
-        sqlx::query_scalar("PRAGMA integrity_check").fetch_all(pool).await.unwrap()
-    });
+    let integrity: Vec<String> = db
+        .fetch("PRAGMA integrity_check", vec![])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get_at(0).unwrap())
+        .collect();
     assert_eq!(integrity, ["ok"], "{fault}: PRAGMA integrity_check");
     eprintln!(
         "faults: SQLite {fault}: {accepted_after_fault} writes still accepted after the fault, \

@@ -343,21 +343,20 @@ pub(crate) struct StoredRow {
 
 /// Every stored event, per aggregate in sequence order.
 pub(crate) async fn stored_events(db: &Db) -> Vec<StoredRow> {
-    let rows: Vec<(String, i64, String, String)> = twofold_store::on_pool!(db, pool => {
-        sqlx::query_as(
-            "SELECT aggregate_id, sequence, event_type, CAST(payload AS TEXT)
+    let rows = db
+        .fetch(
+            "SELECT aggregate_id, sequence, event_type, CAST(payload AS TEXT) AS payload
                FROM events ORDER BY aggregate_id, sequence",
+            vec![],
         )
-        .fetch_all(pool)
         .await
-        .unwrap()
-    });
-    rows.into_iter()
-        .map(|(aggregate_id, sequence, event_type, payload)| StoredRow {
-            aggregate_id,
-            sequence,
-            event_type,
-            payload: serde_json::from_str(&payload).unwrap(),
+        .unwrap();
+    rows.iter()
+        .map(|row| StoredRow {
+            aggregate_id: row.get("aggregate_id").unwrap(),
+            sequence: row.get("sequence").unwrap(),
+            event_type: row.get("event_type").unwrap(),
+            payload: serde_json::from_str(row.text("payload").unwrap()).unwrap(),
         })
         .collect()
 }
@@ -867,22 +866,20 @@ struct Recorded {
 /// A user's stored events in sequence order, read back as the domain's
 /// events; the sequences must run 1, 2, 3 ... without a gap.
 async fn user_history(db: &Db, user_id: &str) -> Vec<Recorded> {
-    let rows: Vec<(i64, i64, String)> = twofold_store::on_pool!(db, pool => {
-        sqlx::query_as(
-            "SELECT sequence, position, CAST(payload AS TEXT) FROM events
+    let rows = db
+        .fetch(
+            "SELECT sequence, position, CAST(payload AS TEXT) AS payload FROM events
               WHERE aggregate_id = $1 ORDER BY sequence",
+            vec![user_id.into()],
         )
-        .bind(user_id)
-        .fetch_all(pool)
         .await
-        .unwrap()
-    });
+        .unwrap();
     let history: Vec<Recorded> = rows
-        .into_iter()
-        .map(|(sequence, position, payload)| Recorded {
-            sequence,
-            position,
-            event: serde_json::from_str(&payload).unwrap(),
+        .iter()
+        .map(|row| Recorded {
+            sequence: row.get("sequence").unwrap(),
+            position: row.get("position").unwrap(),
+            event: serde_json::from_str(row.text("payload").unwrap()).unwrap(),
         })
         .collect();
     let sequences: Vec<i64> = history.iter().map(|r| r.sequence).collect();
@@ -1280,13 +1277,15 @@ fn fold_administration(history: &[Recorded]) -> Folded {
 
 /// The user's last sequence number now.
 async fn last_sequence(db: &Db, user_id: &str) -> i64 {
-    twofold_store::on_pool!(db, pool => {
-        sqlx::query_scalar("SELECT coalesce(max(sequence), 0) FROM events WHERE aggregate_id = $1")
-            .bind(user_id)
-            .fetch_one(pool)
-            .await
-            .unwrap()
-    })
+    db.fetch_optional(
+        "SELECT coalesce(max(sequence), 0) AS last FROM events WHERE aggregate_id = $1",
+        vec![user_id.into()],
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .get("last")
+    .unwrap()
 }
 
 fn token_hash(token: &str) -> String {
@@ -1676,42 +1675,33 @@ async fn concurrent_enforce_lift_and_impersonate_end_in_the_state_the_event_orde
 
 /// The user directory, every column as text, in user id order.
 async fn directory_rows(db: &Db) -> Vec<Vec<Option<String>>> {
-    type Row = (
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-    );
-    let rows: Vec<Row> = twofold_store::on_pool!(db, pool => {
-        sqlx::query_as(
+    let rows = db
+        .fetch(
             "SELECT user_id, username, email, email_key, role, two_factor_status,
                     CAST(enforced AS TEXT), CAST(enabled_at AS TEXT),
                     CAST(last_login_at AS TEXT), CAST(registered_at AS TEXT)
                FROM user_directory ORDER BY user_id",
+            vec![],
         )
-        .fetch_all(pool)
         .await
-        .unwrap()
-    });
-    rows.into_iter()
-        .map(|r| vec![r.0, r.1, r.2, r.3, r.4, r.5, r.6, r.7, r.8, r.9])
+        .unwrap();
+    rows.iter()
+        .map(|row| (0..10).map(|i| row.get_at(i).unwrap()).collect())
         .collect()
 }
 
 async fn checkpoint(db: &Db) -> Option<(i64, i64)> {
-    twofold_store::on_pool!(db, pool => {
-        sqlx::query_as(
-            "SELECT transaction_id, position FROM projection_checkpoints WHERE name = 'read_models'",
+    db.fetch_optional(
+        "SELECT transaction_id, position FROM projection_checkpoints WHERE name = 'read_models'",
+        vec![],
+    )
+    .await
+    .unwrap()
+    .map(|row| {
+        (
+            row.get("transaction_id").unwrap(),
+            row.get("position").unwrap(),
         )
-        .fetch_optional(pool)
-        .await
-        .unwrap()
     })
 }
 
@@ -1731,57 +1721,52 @@ async fn insert_registration(
     registered["email"] = Value::Null;
     registered["role"] = json!("user");
     registered["registered_at"] = json!(Utc::now());
-    let insert = "INSERT INTO events
-        (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
-        VALUES ('user', $1, 1, 'UserRegistered', '1', $2, $3)";
-    match db {
-        Db::Postgres(pool) => {
-            let mut tx = pool.begin().await.unwrap();
-            sqlx::query(insert)
-                .bind(user_id.to_string())
-                .bind(&payload)
-                .bind(&metadata)
-                .execute(&mut *tx)
-                .await
-                .unwrap();
-            sqlx::query("SELECT pg_sleep($1)")
-                .bind(delay.as_secs_f64())
-                .execute(&mut *tx)
-                .await
-                .unwrap();
-            tx.commit().await.unwrap();
-        }
-        Db::Sqlite(pool) => {
-            let mut tx = pool.begin().await.unwrap();
-            sqlx::query(insert)
-                .bind(user_id.to_string())
-                .bind(payload.to_string())
-                .bind(metadata.to_string())
-                .execute(&mut *tx)
-                .await
-                .unwrap();
-            tokio::time::sleep(delay).await;
-            tx.commit().await.unwrap();
-        }
-    }
+    // COPY on PostgreSQL reads the JSON texts into `jsonb`.
+    let mut tx = db.begin_write().await.unwrap();
+    tx.load(
+        "events",
+        &[
+            "aggregate_type",
+            "aggregate_id",
+            "sequence",
+            "event_type",
+            "event_version",
+            "payload",
+            "metadata",
+        ],
+        vec![vec![
+            "user".into(),
+            user_id.to_string().into(),
+            1_i64.into(),
+            "UserRegistered".into(),
+            "1".into(),
+            payload.to_string().into(),
+            metadata.to_string().into(),
+        ]],
+        false,
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(delay).await;
+    tx.commit().await.unwrap();
 }
 
 async fn read_models_see_every_event_even_when_commits_are_delayed(backend: Backend) {
     // The app creates the schema and writes a registration to copy.
     let app = spawn_app(backend).await;
     let db = open_db(&app.database_url).await;
-    let template: (String, String) = twofold_store::on_pool!(&db, pool => {
-        sqlx::query_as(
-            "SELECT CAST(payload AS TEXT), CAST(metadata AS TEXT) FROM events
-              WHERE event_type = 'UserRegistered' ORDER BY sequence LIMIT 1",
+    let template = db
+        .fetch_optional(
+            "SELECT CAST(payload AS TEXT) AS payload, CAST(metadata AS TEXT) AS metadata
+               FROM events WHERE event_type = 'UserRegistered' ORDER BY sequence LIMIT 1",
+            vec![],
         )
-        .fetch_one(pool)
         .await
         .unwrap()
-    });
+        .unwrap();
     let template: (Value, Value) = (
-        serde_json::from_str(&template.0).unwrap(),
-        serde_json::from_str(&template.1).unwrap(),
+        serde_json::from_str(template.text("payload").unwrap()).unwrap(),
+        serde_json::from_str(template.text("metadata").unwrap()).unwrap(),
     );
     let existing: BTreeSet<String> = directory_rows(&db)
         .await
@@ -1877,12 +1862,16 @@ async fn read_models_see_every_event_even_when_commits_are_delayed(backend: Back
     assert_eq!(restarted.catch_up().await.unwrap(), 0);
     assert_eq!(restarted.applied(), projector.applied());
     assert_eq!(directory_rows(&db).await, before);
-    let events: i64 = twofold_store::on_pool!(&db, pool => {
-        sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = 'user'")
-            .fetch_one(pool)
-            .await
-            .unwrap()
-    });
+    let events: i64 = db
+        .fetch_optional(
+            "SELECT count(*) AS events FROM events WHERE aggregate_type = 'user'",
+            vec![],
+        )
+        .await
+        .unwrap()
+        .unwrap()
+        .get("events")
+        .unwrap();
     let rebuilt = restarted.rebuild(|_| {}).await.unwrap();
     assert_eq!(rebuilt, u64::try_from(events).unwrap());
     assert_eq!(
