@@ -48,7 +48,7 @@ fn split_min_position(query: &str) -> Result<(Option<i64>, String), ApiError> {
                     .ok()
                     .filter(|position| *position >= 1)
                     .ok_or(ApiError::invalid_request(
-                        "min_position is a position from Twofold-Position".into(),
+                        "min_position is a position from Twofold-Position",
                     ))?;
                 min_position = Some(position);
             }
@@ -64,14 +64,14 @@ impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ReadQuery<T> {
     async fn from_request_parts(parts: &mut Parts, _state: &AppState) -> Result<Self, ApiError> {
         let (min_position, rest) = split_min_position(parts.uri.query().unwrap_or(""))?;
         let pairs: Vec<(String, String)> = serde_urlencoded::from_str(&rest)
-            .map_err(|_| ApiError::invalid_request("bad query string".into()))?;
+            .map_err(|_| ApiError::invalid_request("bad query string"))?;
         for (name, value) in &pairs {
             check_text("a query parameter", name, false)?;
             check_text(name, value, false)?;
         }
         let uri: Uri = format!("/?{rest}")
             .parse()
-            .map_err(|_| ApiError::invalid_request("bad query string".into()))?;
+            .map_err(|_| ApiError::invalid_request("bad query string"))?;
         let Query(query) = Query::<T>::try_from_uri(&uri)?;
         Ok(ReadQuery {
             query,

@@ -174,7 +174,7 @@ impl Chains {
             .map(|item| (self.shard_of.hash_one(event(item).0) as usize) % count)
             .collect();
         let shards = &shards;
-        let linked = on_every_shard(&mut self.shards, |shard, links| {
+        let linked = on_every_shard(&mut self.shards, items.len(), |shard, links| {
             let mut linked = Vec::new();
             for (index, item) in items.iter().enumerate() {
                 if shards[index] != shard {

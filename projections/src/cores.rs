@@ -44,12 +44,16 @@ pub(crate) fn map_on_every_core<T: Sync, U: Send>(
     })
 }
 
-/// Runs `work` on its own shard of `shards` on a thread each.
+/// Runs `work` on its own shard of `shards`, on a thread each when the
+/// shards hold `items` worth the threads (a live batch of a few events is
+/// not: two thread starts would cost more than the work and hold the async
+/// runtime's thread meanwhile).
 pub(crate) fn on_every_shard<S: Send, U: Send>(
     shards: &mut [S],
+    items: usize,
     work: impl Fn(usize, &mut S) -> U + Sync,
 ) -> Vec<U> {
-    if shards.len() == 1 {
+    if shards.len() == 1 || items < SPLIT_FROM {
         return shards
             .iter_mut()
             .enumerate()

@@ -469,8 +469,13 @@ impl WriteTx {
         Ok(())
     }
 
-    /// Multi-row `INSERT`s of `rows` into `table`'s `columns`, followed by
-    /// `tail` (an `ON CONFLICT` clause or nothing), every value bound.
+    /// `INSERT`s of `rows` into `table`'s `columns`, followed by `tail` (an
+    /// `ON CONFLICT` clause or nothing), every value bound. On PostgreSQL one
+    /// statement whose text does not depend on the number of rows (each
+    /// column bound as an array and unnested), so that it is prepared once
+    /// per connection: a `VALUES` list of N rows is a new statement for each
+    /// N, and batches of every size evicted each other from the prepared
+    /// statement cache, re-planned at every round. SQLite prepares in-process.
     pub async fn insert(
         &mut self,
         table: &str,
@@ -478,6 +483,33 @@ impl WriteTx {
         rows: Vec<Vec<Arg>>,
         tail: &str,
     ) -> Result<(), sqlx::Error> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        if let Tx::Postgres(tx) = &mut self.tx {
+            let columns_of_rows = by_column(rows, columns.len())?;
+            let arrays: Vec<String> = columns_of_rows
+                .iter()
+                .enumerate()
+                .map(|(index, column)| format!("${}::{}", index + 1, column.sql_type()))
+                .collect();
+            let sql = format!(
+                "INSERT INTO {table} ({}) SELECT * FROM UNNEST({}){tail}",
+                columns.join(", "),
+                arrays.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for column in columns_of_rows {
+                query = match column {
+                    ArgColumn::Text(values) => query.bind(values),
+                    ArgColumn::Bool(values) => query.bind(values),
+                    ArgColumn::Int(values) => query.bind(values),
+                    ArgColumn::Time(values) => query.bind(values),
+                };
+            }
+            query.execute(&mut **tx).await?;
+            return Ok(());
+        }
         let head = format!("INSERT INTO {table} ({}) ", columns.join(", "));
         let mut rows = rows.into_iter();
         loop {
@@ -657,6 +689,62 @@ impl WriteTx {
 /// The one row a statement gives.
 fn first(rows: &[Row]) -> Result<&Row, sqlx::Error> {
     rows.first().ok_or(sqlx::Error::RowNotFound)
+}
+
+/// The values of one column of many rows, as PostgreSQL binds an array.
+enum ArgColumn {
+    Text(Vec<Option<String>>),
+    Bool(Vec<bool>),
+    Int(Vec<i64>),
+    Time(Vec<Option<DateTime<Utc>>>),
+}
+
+impl ArgColumn {
+    fn sql_type(&self) -> &'static str {
+        match self {
+            ArgColumn::Text(_) => "text[]",
+            ArgColumn::Bool(_) => "boolean[]",
+            ArgColumn::Int(_) => "bigint[]",
+            ArgColumn::Time(_) => "timestamptz[]",
+        }
+    }
+}
+
+/// `rows` turned into their columns, each of the type of its first row's
+/// value; a row of another length or type is refused, never written as
+/// something else.
+fn by_column(rows: Vec<Vec<Arg>>, width: usize) -> Result<Vec<ArgColumn>, sqlx::Error> {
+    let count = rows.len();
+    let mut columns: Vec<ArgColumn> = rows
+        .first()
+        .map(|first| {
+            first
+                .iter()
+                .map(|value| match value {
+                    Arg::Text(_) => ArgColumn::Text(Vec::with_capacity(count)),
+                    Arg::Bool(_) => ArgColumn::Bool(Vec::with_capacity(count)),
+                    Arg::Int(_) => ArgColumn::Int(Vec::with_capacity(count)),
+                    Arg::Time(_) => ArgColumn::Time(Vec::with_capacity(count)),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let misshapen = || sqlx::Error::Encode("rows of different shapes in one insert".into());
+    for row in rows {
+        if row.len() != width || columns.len() != width {
+            return Err(misshapen());
+        }
+        for (column, value) in columns.iter_mut().zip(row) {
+            match (column, value) {
+                (ArgColumn::Text(values), Arg::Text(value)) => values.push(value),
+                (ArgColumn::Bool(values), Arg::Bool(value)) => values.push(value),
+                (ArgColumn::Int(values), Arg::Int(value)) => values.push(value),
+                (ArgColumn::Time(values), Arg::Time(value)) => values.push(value),
+                _ => return Err(misshapen()),
+            }
+        }
+    }
+    Ok(columns)
 }
 
 /// A feed row's columns, read without copies.

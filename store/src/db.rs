@@ -16,8 +16,8 @@ pub enum Db {
 }
 
 /// Runs the same code against whichever pool `db` holds; the block is
-/// type-checked once per backend, so one query text serves both.
-#[macro_export]
+/// type-checked once per backend, so one query text serves both. Only
+/// inside this crate: outside, `Db::fetch`, `Db::execute` and `WriteTx`.
 macro_rules! on_pool {
     ($db:expr, $pool:ident => $body:expr) => {
         match $db {
@@ -26,6 +26,7 @@ macro_rules! on_pool {
         }
     };
 }
+pub(crate) use on_pool;
 
 impl Db {
     /// This process's turn to write, taken before opening any write

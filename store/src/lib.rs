@@ -13,6 +13,7 @@ mod vault;
 
 pub use access::{listed, Column, Dialect, FeedColumns, Row, WriteTx, ROWS_PER_STATEMENT};
 pub use connect::{connect, migrate, ping, sqlite_file};
+pub(crate) use db::on_pool;
 pub use db::Db;
 pub use events::{is_unavailable, Committed, EventMetadata, EventStore, Loaded, StoreError};
 pub use feed::EventPosition;

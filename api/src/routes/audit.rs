@@ -101,7 +101,7 @@ fn decode_cursor(cursor: &str) -> Result<i64, ApiError> {
         .and_then(|bytes| String::from_utf8(bytes).ok())
         .and_then(|text| text.strip_prefix('a').and_then(|id| id.parse().ok()))
         .filter(|id: &i64| *id >= 0)
-        .ok_or(ApiError::invalid_request("bad cursor".into()))
+        .ok_or(ApiError::invalid_request("bad cursor"))
 }
 
 enum Output {
@@ -114,17 +114,13 @@ fn parse(query: AuditQuery) -> Result<(AuditFilter, Output), ApiError> {
         None | Some("json") => Output::Page,
         Some("csv") => Output::Export(AuditFormat::Csv),
         Some("jsonl") => Output::Export(AuditFormat::JsonLines),
-        Some(_) => {
-            return Err(ApiError::invalid_request(
-                "format is json, csv or jsonl".into(),
-            ))
-        }
+        Some(_) => return Err(ApiError::invalid_request("format is json, csv or jsonl")),
     };
     let event_type = given(query.event_type);
     if let Some(event_type) = &event_type {
         if event_type.len() > 64 || !event_type.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return Err(ApiError::invalid_request(
-                "type is an event name such as TwoFactorDisabled".into(),
+                "type is an event name such as TwoFactorDisabled",
             ));
         }
     }
@@ -134,7 +130,7 @@ fn parse(query: AuditQuery) -> Result<(AuditFilter, Output), ApiError> {
             .parse::<u32>()
             .ok()
             .filter(|limit| (1..=500).contains(limit))
-            .ok_or(ApiError::invalid_request("limit is 1 to 500".into()))?,
+            .ok_or(ApiError::invalid_request("limit is 1 to 500"))?,
     };
     let filter = AuditFilter {
         user_id: parse_id(query.user_id, "user_id")?,

@@ -89,7 +89,7 @@ pub async fn two_factor_report(
             )
                 .into_response());
         }
-        Some(_) => return Err(ApiError::invalid_request("format is json or csv".into())),
+        Some(_) => return Err(ApiError::invalid_request("format is json or csv")),
     }
     let report = state.app.two_factor_report(&session, min_position).await?;
     let by_role = report

@@ -218,7 +218,7 @@ fn decode_cursor(cursor: &str) -> Result<String, ApiError> {
         .decode(cursor)
         .ok()
         .and_then(|bytes| String::from_utf8(bytes).ok())
-        .ok_or(ApiError::invalid_request("bad cursor".into()))
+        .ok_or(ApiError::invalid_request("bad cursor"))
 }
 
 /// A page of the user search.
@@ -252,16 +252,14 @@ pub async fn list_users(
     let (query, min_position) = query.into_parts();
     let limit = query.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
-        return Err(ApiError::invalid_request("limit is 1 to 500".into()));
+        return Err(ApiError::invalid_request("limit is 1 to 500"));
     }
     let two_factor_status = query
         .two_factor
         .as_deref()
         .map(str::parse::<TwoFactorStatus>)
         .transpose()
-        .map_err(|_| {
-            ApiError::invalid_request("two_factor is enabled, pending or disabled".into())
-        })?;
+        .map_err(|_| ApiError::invalid_request("two_factor is enabled, pending or disabled"))?;
     let role = query.role.as_deref().map(parse_role).transpose()?;
     let after_username = query.cursor.as_deref().map(decode_cursor).transpose()?;
     let filter = DirectoryFilter {
