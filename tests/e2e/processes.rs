@@ -1848,8 +1848,10 @@ async fn read_models_see_every_event_even_when_commits_are_delayed(backend: Back
     assert_eq!(after.len(), inserted.len() + existing.len());
 
     // Stop the app's poller, then: a projector restarted from the checkpoint
-    // has nothing to do, and a rebuild comes to the same rows.
-    app.stop().await;
+    // has nothing to do, and a rebuild comes to the same rows. The app's
+    // directory (the SQLite file) stays until the test ends: a new
+    // connection must still find the file.
+    let _files = app.stop_keeping_files().await;
     projector.catch_up().await.unwrap();
     let before = directory_rows(&db).await;
     let position = checkpoint(&db).await;
