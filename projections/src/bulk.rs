@@ -17,8 +17,8 @@ use crate::db::{Db, ProjectionError, ReadModels};
 use crate::feed::EventPosition;
 use crate::fold::Fold;
 use crate::read_models::{
-    Table, AUDIT_LOG, CHALLENGES, CHECKPOINT, CHECKPOINTS, SESSIONS, TABLES, TWO_FACTOR_COUNTS,
-    USER_DIRECTORY,
+    checkpoint_row, Table, AUDIT_LOG, CHALLENGES, CHECKPOINT, CHECKPOINTS, SESSIONS, TABLES,
+    TWO_FACTOR_COUNTS, USER_DIRECTORY,
 };
 
 /// Events per page: enough to keep every core busy, small enough that two
@@ -131,16 +131,7 @@ async fn load(tx: &mut WriteTx, progress: &dyn Fn(u64)) -> Result<Rebuilt, Proje
     load_table(tx, &CHALLENGES, all.challenges).await?;
     load_table(tx, &TWO_FACTOR_COUNTS, all.counts).await?;
     if let Some(applied) = applied {
-        load_table(
-            tx,
-            &CHECKPOINTS,
-            vec![vec![
-                CHECKPOINT.into(),
-                applied.transaction_id.into(),
-                applied.position.into(),
-            ]],
-        )
-        .await?;
+        load_table(tx, &CHECKPOINTS, vec![checkpoint_row(applied)]).await?;
     }
     for create in indexes {
         tx.run_sql(&create).await?;

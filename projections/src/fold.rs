@@ -209,6 +209,17 @@ pub(crate) struct AllRows {
     pub counts: Vec<Vec<Arg>>,
 }
 
+/// Whether `Fold::apply` reads the user's live challenges for an event of
+/// this type (to prune them, end them all or extend one): the projector
+/// loads a user's challenges only for such a batch. Ending one challenge
+/// by its id needs no read.
+pub(crate) fn reads_live_challenges(event_type: &str) -> bool {
+    matches!(
+        event_type,
+        "ChallengeIssued" | "EmailCodeSent" | "TwoFactorDisabled" | "TwoFactorReset"
+    )
+}
+
 /// The read models of the events folded so far.
 pub(crate) struct Fold {
     directory: Rows<DirectoryRow>,

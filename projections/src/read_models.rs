@@ -1,6 +1,7 @@
 //! The read models' tables as the projector and the rebuild write them,
 //! and what a batch of the projector reads of them.
 
+use twofold_store::sql::Arg;
 use twofold_store::{listed, WriteTx};
 
 use crate::audit::{parse_hash, Link, AUDIT_COLUMNS, GENESIS};
@@ -93,23 +94,13 @@ pub(crate) async fn checkpoint(tx: &mut WriteTx) -> Result<EventPosition, sqlx::
     }
 }
 
-pub(crate) async fn save_checkpoint(
-    tx: &mut WriteTx,
-    applied: EventPosition,
-) -> Result<(), sqlx::Error> {
-    tx.execute(
-        "INSERT INTO projection_checkpoints (name, transaction_id, position)
-         VALUES ($1, $2, $3)
-         ON CONFLICT (name) DO UPDATE
-            SET transaction_id = excluded.transaction_id, position = excluded.position",
-        vec![
-            CHECKPOINT.into(),
-            applied.transaction_id.into(),
-            applied.position.into(),
-        ],
-    )
-    .await?;
-    Ok(())
+/// The checkpoint's row in the columns of `CHECKPOINTS`.
+pub(crate) fn checkpoint_row(applied: EventPosition) -> Vec<Arg> {
+    vec![
+        CHECKPOINT.into(),
+        applied.transaction_id.into(),
+        applied.position.into(),
+    ]
 }
 
 /// Where the trail ends, and the last link of each of `users`.
@@ -200,33 +191,4 @@ pub(crate) async fn challenge_rows(
             ))
         })
         .collect()
-}
-
-/// Deletes the rows of `table` whose `key` is one of `keys`.
-pub(crate) async fn delete(
-    tx: &mut WriteTx,
-    table: &Table,
-    key: &str,
-    keys: &[String],
-) -> Result<(), sqlx::Error> {
-    if keys.is_empty() {
-        return Ok(());
-    }
-    let sql = format!(
-        "DELETE FROM {} WHERE {key} IN (SELECT item FROM ({}) AS listed)",
-        table.name,
-        tx.dialect().listed(1)
-    );
-    tx.execute(&sql, vec![listed(keys)]).await?;
-    Ok(())
-}
-
-/// Multi-row upserts of `rows` into `table`, `tail` saying what a conflict does.
-pub(crate) async fn upsert(
-    tx: &mut WriteTx,
-    table: &Table,
-    rows: Vec<Vec<twofold_store::sql::Arg>>,
-    tail: &str,
-) -> Result<(), sqlx::Error> {
-    tx.insert(table.name, table.columns, rows, tail).await
 }

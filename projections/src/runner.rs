@@ -3,15 +3,15 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Mutex};
 
-use twofold_store::{Dialect, WriteTx};
+use twofold_store::{Dialect, Write, WriteTx};
 
 use crate::bulk;
 use crate::db::{Db, ProjectionError, ReadModels};
 use crate::feed::EventPosition;
-use crate::fold::Fold;
+use crate::fold::{reads_live_challenges, Fold};
 use crate::read_models::{
-    challenge_rows, checkpoint, delete, directory_rows, save_checkpoint, trail_end, upsert,
-    AUDIT_LOG, CHALLENGES, SESSIONS, TWO_FACTOR_COUNTS, USER_DIRECTORY,
+    challenge_rows, checkpoint, checkpoint_row, directory_rows, trail_end, Table, AUDIT_LOG,
+    CHALLENGES, CHECKPOINTS, SESSIONS, TWO_FACTOR_COUNTS, USER_DIRECTORY,
 };
 
 const BATCH: i64 = 500;
@@ -27,29 +27,32 @@ async fn apply_batch(tx: &mut WriteTx) -> Result<(EventPosition, u64), Projectio
     };
     let applied = last.feed_columns()?.at;
     let mut users = Vec::with_capacity(rows.len());
+    let mut with_challenges = Vec::new();
     for row in &rows {
-        users.push(row.text("aggregate_id")?);
+        let user = row.text("aggregate_id")?;
+        users.push(user);
+        if reads_live_challenges(row.text("event_type")?) {
+            with_challenges.push(user);
+        }
     }
     users.sort_unstable();
     users.dedup();
+    with_challenges.sort_unstable();
+    with_challenges.dedup();
     // The trail's chains continue from the rows already applied, read in
     // this transaction so they are current.
     let trail = trail_end(tx, &users).await?;
     let directory = directory_rows(tx, &users).await?;
-    let challenges = challenge_rows(tx, &users).await?;
+    let challenges = if with_challenges.is_empty() {
+        Vec::new()
+    } else {
+        challenge_rows(tx, &with_challenges).await?
+    };
     let mut fold = Fold::continuing(trail, directory, challenges);
     let audit_rows = fold.page(&rows)?;
     let changes = fold.into_changes();
-    upsert(
-        tx,
-        &USER_DIRECTORY,
-        changes.directory,
-        " ON CONFLICT (user_id) DO UPDATE SET username = excluded.username,
-              email = excluded.email, email_key = excluded.email_key, role = excluded.role,
-              two_factor_status = excluded.two_factor_status, enforced = excluded.enforced,
-              enabled_at = excluded.enabled_at, last_login_at = excluded.last_login_at",
-    )
-    .await?;
+    // Sessions from before the batch that it ended: apart, first, so that
+    // they never meet the sessions the batch starts.
     for (user_id, kept) in changes.earlier_sessions_ended {
         tx.execute(
             "DELETE FROM sessions WHERE user_id = $1 AND session_id <> $2",
@@ -57,38 +60,57 @@ async fn apply_batch(tx: &mut WriteTx) -> Result<(EventPosition, u64), Projectio
         )
         .await?;
     }
-    delete(tx, &SESSIONS, "session_id", &changes.sessions_ended).await?;
-    upsert(
-        tx,
-        &SESSIONS,
-        changes.sessions_started,
-        " ON CONFLICT (session_id) DO NOTHING",
-    )
+    // The rest touch disjoint rows: one round trip on PostgreSQL.
+    let insert = |table: &Table, rows, tail| Write::Insert {
+        table: table.name,
+        columns: table.columns,
+        rows,
+        tail,
+    };
+    tx.write_all(vec![
+        insert(
+            &USER_DIRECTORY,
+            changes.directory,
+            " ON CONFLICT (user_id) DO UPDATE SET username = excluded.username,
+              email = excluded.email, email_key = excluded.email_key, role = excluded.role,
+              two_factor_status = excluded.two_factor_status, enforced = excluded.enforced,
+              enabled_at = excluded.enabled_at, last_login_at = excluded.last_login_at",
+        ),
+        Write::Delete {
+            table: SESSIONS.name,
+            key: "session_id",
+            keys: changes.sessions_ended,
+        },
+        insert(
+            &SESSIONS,
+            changes.sessions_started,
+            " ON CONFLICT (session_id) DO NOTHING",
+        ),
+        Write::Delete {
+            table: CHALLENGES.name,
+            key: "challenge_id",
+            keys: changes.challenges_ended,
+        },
+        insert(
+            &CHALLENGES,
+            changes.challenges,
+            " ON CONFLICT (challenge_id) DO UPDATE SET expires_at = excluded.expires_at",
+        ),
+        insert(
+            &TWO_FACTOR_COUNTS,
+            changes.counts,
+            " ON CONFLICT (role, two_factor_status, enforced)
+              DO UPDATE SET users = two_factor_counts.users + excluded.users",
+        ),
+        insert(&AUDIT_LOG, audit_rows, " ON CONFLICT (position) DO NOTHING"),
+        insert(
+            &CHECKPOINTS,
+            vec![checkpoint_row(applied)],
+            " ON CONFLICT (name) DO UPDATE
+              SET transaction_id = excluded.transaction_id, position = excluded.position",
+        ),
+    ])
     .await?;
-    delete(tx, &CHALLENGES, "challenge_id", &changes.challenges_ended).await?;
-    upsert(
-        tx,
-        &CHALLENGES,
-        changes.challenges,
-        " ON CONFLICT (challenge_id) DO UPDATE SET expires_at = excluded.expires_at",
-    )
-    .await?;
-    upsert(
-        tx,
-        &TWO_FACTOR_COUNTS,
-        changes.counts,
-        " ON CONFLICT (role, two_factor_status, enforced)
-          DO UPDATE SET users = two_factor_counts.users + excluded.users",
-    )
-    .await?;
-    upsert(
-        tx,
-        &AUDIT_LOG,
-        audit_rows,
-        " ON CONFLICT (position) DO NOTHING",
-    )
-    .await?;
-    save_checkpoint(tx, applied).await?;
     Ok((applied, rows.len() as u64))
 }
 

@@ -469,6 +469,96 @@ impl WriteTx {
         Ok(())
     }
 
+    /// Every write of `writes`, in order. On PostgreSQL they travel as one
+    /// statement (each a data-modifying `WITH` part, every value bound in
+    /// arrays), one round trip whatever they hold: they all see the
+    /// database as it was before the statement, so they must not depend on
+    /// each other (the projector's touch disjoint rows). An empty write is
+    /// left out, so a round's statement text is one of a few, each prepared
+    /// once per connection.
+    pub async fn write_all(&mut self, writes: Vec<Write>) -> Result<(), sqlx::Error> {
+        let writes: Vec<Write> = writes.into_iter().filter(|w| !w.is_empty()).collect();
+        let Tx::Postgres(tx) = &mut self.tx else {
+            for write in writes {
+                match write {
+                    Write::Insert {
+                        table,
+                        columns,
+                        rows,
+                        tail,
+                    } => self.insert(table, columns, rows, tail).await?,
+                    Write::Delete { table, key, keys } => {
+                        let sql = format!(
+                            "DELETE FROM {table} WHERE {key} IN (SELECT item FROM ({}) AS listed)",
+                            Dialect::Sqlite.listed(1)
+                        );
+                        self.execute(&sql, vec![listed(&keys)]).await?;
+                    }
+                }
+            }
+            return Ok(());
+        };
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let mut parts = Vec::with_capacity(writes.len());
+        let mut arrays: Vec<ArgColumn> = Vec::new();
+        for write in writes {
+            let part = match write {
+                Write::Insert {
+                    table,
+                    columns,
+                    rows,
+                    tail,
+                } => {
+                    let values = by_column(rows, columns.len())?;
+                    let unnested: Vec<String> = values
+                        .iter()
+                        .enumerate()
+                        .map(|(index, column)| {
+                            format!("${}::{}", arrays.len() + index + 1, column.sql_type())
+                        })
+                        .collect();
+                    arrays.extend(values);
+                    format!(
+                        "INSERT INTO {table} ({}) SELECT * FROM UNNEST({}){tail}",
+                        columns.join(", "),
+                        unnested.join(", ")
+                    )
+                }
+                Write::Delete { table, key, keys } => {
+                    arrays.push(ArgColumn::Text(keys.into_iter().map(Some).collect()));
+                    format!(
+                        "DELETE FROM {table} WHERE {key} = ANY(${}::text[])",
+                        arrays.len()
+                    )
+                }
+            };
+            parts.push(part);
+        }
+        let sql = if parts.len() == 1 {
+            parts.remove(0)
+        } else {
+            let with: Vec<String> = parts
+                .iter()
+                .enumerate()
+                .map(|(index, part)| format!("w{index} AS ({part})"))
+                .collect();
+            format!("WITH {} SELECT 1", with.join(", "))
+        };
+        let mut query = sqlx::query(&sql);
+        for column in arrays {
+            query = match column {
+                ArgColumn::Text(values) => query.bind(values),
+                ArgColumn::Bool(values) => query.bind(values),
+                ArgColumn::Int(values) => query.bind(values),
+                ArgColumn::Time(values) => query.bind(values),
+            };
+        }
+        query.execute(&mut **tx).await?;
+        Ok(())
+    }
+
     /// `INSERT`s of `rows` into `table`'s `columns`, followed by `tail` (an
     /// `ON CONFLICT` clause or nothing), every value bound. On PostgreSQL one
     /// statement whose text does not depend on the number of rows (each
@@ -689,6 +779,33 @@ impl WriteTx {
 /// The one row a statement gives.
 fn first(rows: &[Row]) -> Result<&Row, sqlx::Error> {
     rows.first().ok_or(sqlx::Error::RowNotFound)
+}
+
+/// One write of `WriteTx::write_all`.
+pub enum Write {
+    /// `INSERT INTO table (columns)` the rows, then `tail` (an `ON
+    /// CONFLICT` clause or nothing).
+    Insert {
+        table: &'static str,
+        columns: &'static [&'static str],
+        rows: Vec<Vec<Arg>>,
+        tail: &'static str,
+    },
+    /// `DELETE FROM table` the rows whose `key` is one of `keys`.
+    Delete {
+        table: &'static str,
+        key: &'static str,
+        keys: Vec<String>,
+    },
+}
+
+impl Write {
+    fn is_empty(&self) -> bool {
+        match self {
+            Write::Insert { rows, .. } => rows.is_empty(),
+            Write::Delete { keys, .. } => keys.is_empty(),
+        }
+    }
 }
 
 /// The values of one column of many rows, as PostgreSQL binds an array.
