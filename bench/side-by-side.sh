@@ -1,21 +1,30 @@
 #!/usr/bin/env bash
-# Two builds of twofold measured one after the other on this machine, each
+# Builds of twofold measured one after the other on this machine, each
 # with its own load driver, on freshly seeded stores (PostgreSQL, then
 # SQLite): password sign-in, enrollment, TOTP verify, full sign-in and
 # commands at c=16, as docs/benchmarks.md's round-three table. Each store
-# runs before, after, after, before, so that a drift of the machine during
-# the run shows as a difference between the two runs of one build.
+# runs the builds in order and then in reverse (before, after, after,
+# before), so that a drift of the machine during the run shows as a
+# difference between the two runs of one build.
 #
-#   bench/side-by-side.sh BEFORE_RELEASE_DIR AFTER_RELEASE_DIR
+#   bench/side-by-side.sh before=DIR after=DIR [more=DIR ...]
 #
-# Each directory holds `twofold` and `twofold-load` (a `target/release`).
+# Each directory holds `twofold` and `twofold-load` (a `target/release`);
+# STORES="pg sqlite" picks the stores.
 # Needs PostgreSQL on 127.0.0.1:5432 (trust auth, user postgres); makes and
 # drops databases named twofold_sbs_*. Results: target/bench/sbs-<time>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-BEFORE=$(realpath "$1")
-AFTER=$(realpath "$2")
+declare -A BUILDS
+NAMES=()
+for named in "$@"; do
+    NAMES+=("${named%%=*}")
+    BUILDS[${named%%=*}]=$(realpath "${named#*=}")
+done
+ORDER=("${NAMES[@]}")
+for ((i = ${#NAMES[@]} - 1; i >= 0; i--)); do ORDER+=("${NAMES[i]}"); done
+STORES=${STORES:-pg sqlite}
 PG=${PG:-postgres://postgres@127.0.0.1:5432}
 USERS=${USERS:-20000}
 EVENTS=${EVENTS:-200000}
@@ -79,16 +88,14 @@ measure() {
 {
     echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "machine: $(nproc) cores, $(uname -sr); load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
-    echo "before: $BEFORE"
-    echo "after: $AFTER"
+    for name in "${NAMES[@]}"; do echo "$name: ${BUILDS[$name]}"; done
 } | tee "$OUT/machine.txt"
 
-for store in pg sqlite; do
+for store in $STORES; do
     run=0
-    for side in before after after before; do
+    for side in "${ORDER[@]}"; do
         run=$((run + 1))
-        bin=$BEFORE
-        [[ $side == after ]] && bin=$AFTER
+        bin=${BUILDS[$side]}
         if [[ $store == pg ]]; then
             url=$PG/twofold_sbs_$side$run
         else
@@ -99,5 +106,5 @@ for store in pg sqlite; do
 done
 
 log "results ($RESULTS)"
-"$AFTER/twofold-load" report "$RESULTS" | tee "$OUT/table.md"
+"${BUILDS[${NAMES[-1]}]}/twofold-load" report "$RESULTS" | tee "$OUT/table.md"
 echo "finished in $(($(date +%s) - started_at)) s; load average now $(cut -d' ' -f1-3 /proc/loadavg)"
