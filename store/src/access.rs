@@ -510,22 +510,7 @@ impl WriteTx {
                     columns,
                     rows,
                     tail,
-                } => {
-                    let values = by_column(rows, columns.len())?;
-                    let unnested: Vec<String> = values
-                        .iter()
-                        .enumerate()
-                        .map(|(index, column)| {
-                            format!("${}::{}", arrays.len() + index + 1, column.sql_type())
-                        })
-                        .collect();
-                    arrays.extend(values);
-                    format!(
-                        "INSERT INTO {table} ({}) SELECT * FROM UNNEST({}){tail}",
-                        columns.join(", "),
-                        unnested.join(", ")
-                    )
-                }
+                } => unnested_insert(table, columns, rows, tail, &mut arrays)?,
                 Write::Delete { table, key, keys } => {
                     arrays.push(ArgColumn::Text(keys.into_iter().map(Some).collect()));
                     format!(
@@ -546,16 +531,7 @@ impl WriteTx {
                 .collect();
             format!("WITH {} SELECT 1", with.join(", "))
         };
-        let mut query = sqlx::query(&sql);
-        for column in arrays {
-            query = match column {
-                ArgColumn::Text(values) => query.bind(values),
-                ArgColumn::Bool(values) => query.bind(values),
-                ArgColumn::Int(values) => query.bind(values),
-                ArgColumn::Time(values) => query.bind(values),
-            };
-        }
-        query.execute(&mut **tx).await?;
+        with_arrays(&sql, arrays).execute(&mut **tx).await?;
         Ok(())
     }
 
@@ -577,27 +553,9 @@ impl WriteTx {
             return Ok(());
         }
         if let Tx::Postgres(tx) = &mut self.tx {
-            let columns_of_rows = by_column(rows, columns.len())?;
-            let arrays: Vec<String> = columns_of_rows
-                .iter()
-                .enumerate()
-                .map(|(index, column)| format!("${}::{}", index + 1, column.sql_type()))
-                .collect();
-            let sql = format!(
-                "INSERT INTO {table} ({}) SELECT * FROM UNNEST({}){tail}",
-                columns.join(", "),
-                arrays.join(", ")
-            );
-            let mut query = sqlx::query(&sql);
-            for column in columns_of_rows {
-                query = match column {
-                    ArgColumn::Text(values) => query.bind(values),
-                    ArgColumn::Bool(values) => query.bind(values),
-                    ArgColumn::Int(values) => query.bind(values),
-                    ArgColumn::Time(values) => query.bind(values),
-                };
-            }
-            query.execute(&mut **tx).await?;
+            let mut arrays = Vec::with_capacity(columns.len());
+            let sql = unnested_insert(table, columns, rows, tail, &mut arrays)?;
+            with_arrays(&sql, arrays).execute(&mut **tx).await?;
             return Ok(());
         }
         let head = format!("INSERT INTO {table} ({}) ", columns.join(", "));
@@ -825,6 +783,47 @@ impl ArgColumn {
             ArgColumn::Time(_) => "timestamptz[]",
         }
     }
+}
+
+/// `INSERT INTO table (columns) SELECT * FROM UNNEST(...)` and `tail`, each
+/// column of `rows` an array parameter numbered on from those in `arrays`,
+/// onto which they are pushed (PostgreSQL).
+fn unnested_insert(
+    table: &str,
+    columns: &[&str],
+    rows: Vec<Vec<Arg>>,
+    tail: &str,
+    arrays: &mut Vec<ArgColumn>,
+) -> Result<String, sqlx::Error> {
+    let values = by_column(rows, columns.len())?;
+    let unnested: Vec<String> = values
+        .iter()
+        .enumerate()
+        .map(|(index, column)| format!("${}::{}", arrays.len() + index + 1, column.sql_type()))
+        .collect();
+    arrays.extend(values);
+    Ok(format!(
+        "INSERT INTO {table} ({}) SELECT * FROM UNNEST({}){tail}",
+        columns.join(", "),
+        unnested.join(", ")
+    ))
+}
+
+/// `sql` with `arrays` bound in order (PostgreSQL).
+fn with_arrays(
+    sql: &str,
+    arrays: Vec<ArgColumn>,
+) -> sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments> {
+    let mut query = sqlx::query(sql);
+    for column in arrays {
+        query = match column {
+            ArgColumn::Text(values) => query.bind(values),
+            ArgColumn::Bool(values) => query.bind(values),
+            ArgColumn::Int(values) => query.bind(values),
+            ArgColumn::Time(values) => query.bind(values),
+        };
+    }
+    query
 }
 
 /// `rows` turned into their columns, each of the type of its first row's
