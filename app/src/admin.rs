@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use twofold_domain::user::RememberedDevice;
 use twofold_domain::{Email, NewSession, Role, TokenHash, UserCommand, Username};
 use twofold_projections::{DirectoryEntry, DirectoryFilter, EventPosition};
-use twofold_store::EventMetadata;
+use twofold_store::{EventMetadata, Loaded};
 use uuid::Uuid;
 
 use crate::me::{two_factor_off_notice, TWO_FACTOR_OFF_SUBJECT};
@@ -230,13 +230,7 @@ impl App {
             .filter(|reason| !reason.trim().is_empty())
             .ok_or(AppError::InvalidRequest("a reason is required".into()))?;
         let loaded = self.load(id).await?;
-        let target_email = loaded
-            .user
-            .profile()
-            .ok_or(AppError::NotFound("no such user"))?
-            .email
-            .as_ref()
-            .map(|email| email.as_str().to_string());
+        let target_email = email_of(&loaded)?;
         let token = secrets::new_token();
         let now = self.now();
         let new_session = NewSession {
@@ -316,13 +310,7 @@ impl App {
         session.full()?;
         session.require(Role::may_change_policy)?;
         let loaded = self.load(id).await?;
-        let email = loaded
-            .user
-            .profile()
-            .ok_or(AppError::NotFound("no such user"))?
-            .email
-            .as_ref()
-            .map(|email| email.as_str().to_string());
+        let email = email_of(&loaded)?;
         let reason = reason.unwrap_or_default();
         let committed = self
             .execute(
@@ -368,6 +356,17 @@ impl App {
         self.forget_devices_of(id, &session.metadata(origin, self.now()))
             .await
     }
+}
+
+/// A registered user's address, to tell them what an administrator did.
+fn email_of(loaded: &Loaded) -> Result<Option<String>, AppError> {
+    Ok(loaded
+        .user
+        .profile()
+        .ok_or(AppError::NotFound("no such user"))?
+        .email
+        .as_ref()
+        .map(|email| email.as_str().to_string()))
 }
 
 #[cfg(test)]

@@ -6,8 +6,8 @@ use twofold_domain::policy::{RECOVERY_CODE_COUNT, SECOND_FACTOR_FAILURES_BEFORE_
 use twofold_domain::totp::UnsealedTotp;
 use twofold_domain::user::{normalize_recovery_code, RememberedDevice};
 use twofold_domain::{
-    PasswordCheck, Role, SecondFactorMethod, TokenHash, TwoFactorOffProof, TwoFactorStatus, User,
-    UserCommand, UserEvent,
+    Role, SecondFactorMethod, TokenHash, TwoFactorOffProof, TwoFactorStatus, User, UserCommand,
+    UserEvent,
 };
 use twofold_store::EventMetadata;
 use uuid::Uuid;
@@ -245,18 +245,10 @@ impl App {
             }
             self.admit_attempt(origin)?;
             let turn = self.passwords.admit()?;
-            if let Some(until) = loaded.user.password_locked_until(now) {
-                return Err(AppError::locked_until(Some(until), now));
-            }
-            let stored = loaded
-                .user
-                .profile()
-                .map(|p| p.password_hash.clone())
+            let password = turn
+                .check_current(&loaded.user, password, now)
+                .await?
                 .ok_or(AppError::Unauthenticated)?;
-            let password = PasswordCheck {
-                matches: turn.verify(Some(stored.clone()), password).await?,
-                against: stored,
-            };
             drop(turn);
             let totp_secret = match loaded.user.active_totp() {
                 Some(totp) => Some(UnsealedTotp {
@@ -330,18 +322,10 @@ impl App {
         self.admit_attempt(origin)?;
         let now = self.now();
         let loaded = self.load(session.user_id()).await?;
-        if let Some(until) = loaded.user.password_locked_until(now) {
-            return Err(AppError::locked_until(Some(until), now));
-        }
-        let stored = loaded
-            .user
-            .profile()
-            .map(|p| p.password_hash.clone())
+        let current = turn
+            .check_current(&loaded.user, current_password, now)
+            .await?
             .ok_or(AppError::Unauthenticated)?;
-        let current = PasswordCheck {
-            matches: turn.verify(Some(stored.clone()), current_password).await?,
-            against: stored,
-        };
         // Hashed whether or not the current one matched: both take as long.
         let password_hash = turn.hash(new_password).await?;
         drop(turn);

@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 
 use argon2::password_hash::{Output, ParamsString, PasswordHash as Phc, Salt, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
+use chrono::{DateTime, Utc};
 use rand::rngs::OsRng;
 use rand::RngCore;
 use subtle::ConstantTimeEq;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
-use twofold_domain::PasswordHash;
+use twofold_domain::{PasswordCheck, PasswordHash, User};
 
 use crate::error::AppError;
 
@@ -171,6 +172,28 @@ fn serve_jobs(queued: &Mutex<mpsc::Receiver<Job>>) {
 }
 
 impl HashingTurn {
+    /// `password` checked against `user`'s current hash, for a command to
+    /// carry (`PasswordCheck`: the domain honours it only while that hash is
+    /// still the user's). Refused while the user's password is locked;
+    /// `None` for a user never registered.
+    pub async fn check_current(
+        &self,
+        user: &User,
+        password: String,
+        now: DateTime<Utc>,
+    ) -> Result<Option<PasswordCheck>, AppError> {
+        if let Some(until) = user.password_locked_until(now) {
+            return Err(AppError::locked_until(Some(until), now));
+        }
+        let Some(stored) = user.profile().map(|p| p.password_hash.clone()) else {
+            return Ok(None);
+        };
+        Ok(Some(PasswordCheck {
+            matches: self.verify(Some(stored.clone()), password).await?,
+            against: stored,
+        }))
+    }
+
     pub async fn hash(&self, password: String) -> Result<PasswordHash, PasswordError> {
         submit(&self.jobs, self.deadline(), move |memory| {
             new_hash(memory, password.as_bytes())

@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 use twofold_domain::totp::UnsealedTotp;
 use twofold_domain::user::email_code_hash;
 use twofold_domain::{
-    Email, NewDevice, NewSession, PasswordCheck, SecondFactorMethod, TokenHash, User, UserCommand,
-    UserEvent, Username,
+    Email, NewDevice, NewSession, SecondFactorMethod, TokenHash, User, UserCommand, UserEvent,
+    Username,
 };
 use twofold_store::Loaded;
 use uuid::Uuid;
@@ -101,16 +101,10 @@ impl App {
             return Err(AppError::InvalidCredentials);
         };
         let loaded = self.load(user_id).await?;
-        if let Some(until) = loaded.user.password_locked_until(now) {
-            return Err(AppError::locked_until(Some(until), now));
-        }
-        let Some(stored_hash) = loaded.user.profile().map(|p| p.password_hash.clone()) else {
-            return Err(AppError::InvalidCredentials);
-        };
-        let password = PasswordCheck {
-            matches: turn.verify(Some(stored_hash.clone()), password).await?,
-            against: stored_hash,
-        };
+        let password = turn
+            .check_current(&loaded.user, password, now)
+            .await?
+            .ok_or(AppError::InvalidCredentials)?;
         // The next request may take this place while this one is stored.
         drop(turn);
         let storing = Instant::now();

@@ -16,7 +16,7 @@ use serde_json::json;
 use twofold_domain::PasswordHash;
 use twofold_projections::{Db, Projector};
 use twofold_store::sql::Arg;
-use twofold_store::Dialect;
+use twofold_store::{Dialect, EVENT_COLUMNS};
 
 use crate::model::{SeedUser, Timeline, PASSWORD};
 
@@ -89,17 +89,6 @@ pub async fn connect(url: &str) -> anyhow::Result<Db> {
     twofold_store::migrate(&db).await?;
     Ok(db)
 }
-
-/// The columns of `events` the load writes; the store fills in the rest.
-const EVENT_COLUMNS: [&str; 7] = [
-    "aggregate_type",
-    "aggregate_id",
-    "sequence",
-    "event_type",
-    "event_version",
-    "payload",
-    "metadata",
-];
 
 /// Events in load order, each an `events` row of `EVENT_COLUMNS` before
 /// it has a position.

@@ -62,15 +62,7 @@ impl History {
         let mut tx = self.db.begin_write().await.unwrap();
         tx.load(
             "events",
-            &[
-                "aggregate_type",
-                "aggregate_id",
-                "sequence",
-                "event_type",
-                "event_version",
-                "payload",
-                "metadata",
-            ],
+            &twofold_store::EVENT_COLUMNS,
             vec![vec![
                 "user".into(),
                 user.id.to_string().into(),

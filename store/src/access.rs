@@ -920,15 +920,7 @@ mod tests {
         crate::migrate(&db).await.unwrap();
         let mut tx = db.begin_write().await.unwrap();
         assert_eq!(tx.next_event_position().await.unwrap(), 1);
-        let columns = [
-            "aggregate_type",
-            "aggregate_id",
-            "sequence",
-            "event_type",
-            "event_version",
-            "payload",
-            "metadata",
-        ];
+        let columns = crate::EVENT_COLUMNS;
         let rows = (1..=3_i64)
             .map(|sequence| {
                 vec![

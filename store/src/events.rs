@@ -16,6 +16,18 @@ use crate::feed::EventPosition;
 use crate::{on_pool, Db};
 use uuid::Uuid;
 
+/// The columns of `events` a writer gives, in this order; the store fills
+/// in the rest (position, transaction id, time recorded).
+pub const EVENT_COLUMNS: [&str; 7] = [
+    "aggregate_type",
+    "aggregate_id",
+    "sequence",
+    "event_type",
+    "event_version",
+    "payload",
+    "metadata",
+];
+
 /// A command's aggregate is reloaded and retried this many times when
 /// another writer appended first.
 const MAX_ATTEMPTS: u32 = 16;

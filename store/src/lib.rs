@@ -15,6 +15,8 @@ pub use access::{listed, Column, Dialect, FeedColumns, Row, Write, WriteTx, ROWS
 pub use connect::{connect, migrate, ping, sqlite_file};
 pub(crate) use db::on_pool;
 pub use db::Db;
-pub use events::{is_unavailable, Committed, EventMetadata, EventStore, Loaded, StoreError};
+pub use events::{
+    is_unavailable, Committed, EventMetadata, EventStore, Loaded, StoreError, EVENT_COLUMNS,
+};
 pub use feed::EventPosition;
 pub use vault::SecretVault;

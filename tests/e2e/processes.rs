@@ -1725,15 +1725,7 @@ async fn insert_registration(
     let mut tx = db.begin_write().await.unwrap();
     tx.load(
         "events",
-        &[
-            "aggregate_type",
-            "aggregate_id",
-            "sequence",
-            "event_type",
-            "event_version",
-            "payload",
-            "metadata",
-        ],
+        &twofold_store::EVENT_COLUMNS,
         vec![vec![
             "user".into(),
             user_id.to_string().into(),
