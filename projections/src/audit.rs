@@ -160,6 +160,15 @@ impl Chains {
         self.shards[shard].insert(stream, link);
     }
 
+    /// Where `stream` ends: its last event's link, or the start.
+    pub fn link(&self, stream: &str) -> Link {
+        let shard = (self.shard_of.hash_one(stream) as usize) % self.shards.len();
+        self.shards[shard]
+            .get(stream)
+            .copied()
+            .unwrap_or(Link::START)
+    }
+
     /// Chains every item (an event in feed order, as `event` gives its
     /// stream, sequence number and canonical content) onto its stream;
     /// gives, for each, the stream's link before it and its chain hash.

@@ -295,6 +295,25 @@ impl Fold {
         fold
     }
 
+    /// Where the trail ends after the events folded so far, with the last
+    /// link and the directory row of each of `users`: what the next batch
+    /// would load for them.
+    pub fn end_of(&self, users: &[&str]) -> (TrailEnd, Vec<(String, Option<DirectoryRow>)>) {
+        let trail = TrailEnd {
+            last_id: self.audit_id,
+            head: self.head,
+            links: users
+                .iter()
+                .map(|user| (user.to_string(), self.chains.link(user)))
+                .collect(),
+        };
+        let rows = users
+            .iter()
+            .map(|user| (user.to_string(), self.directory.get(user).cloned()))
+            .collect();
+        (trail, rows)
+    }
+
     /// Folds a page of feed rows (decoded and chained on every core);
     /// returns their audit rows.
     pub fn page(&mut self, rows: &[Row]) -> Result<Vec<Vec<Arg>>, ProjectionError> {

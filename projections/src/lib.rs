@@ -16,6 +16,7 @@ mod read_models;
 mod report;
 mod runner;
 mod verify;
+mod warm;
 
 pub use audit::{AuditEntry, AuditFilter};
 pub use db::{Db, ProjectionError, ReadModels};

@@ -1,3 +1,4 @@
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,22 +9,40 @@ use twofold_store::{Dialect, Write, WriteTx};
 use crate::bulk;
 use crate::db::{Db, ProjectionError, ReadModels};
 use crate::feed::EventPosition;
-use crate::fold::{reads_live_challenges, Fold};
+use crate::fold::{reads_live_challenges, DirectoryRow, Fold};
 use crate::read_models::{
     challenge_rows, checkpoint, checkpoint_row, directory_rows, trail_end, Table, AUDIT_LOG,
     CHALLENGES, CHECKPOINTS, SESSIONS, TWO_FACTOR_COUNTS, USER_DIRECTORY,
 };
+use crate::warm::Warm;
 
 const BATCH: i64 = 500;
 
+/// What one round did: how far it applied, how many events, and what it
+/// leaves for the next round (`Warm`), to keep once it has committed.
+struct Round {
+    applied: EventPosition,
+    events: u64,
+    warm: Option<Warm>,
+}
+
 /// One round in `tx`: the next batch of the feed folded onto the rows it
-/// touches, written back with the checkpoint.
-async fn apply_batch(tx: &mut WriteTx) -> Result<(EventPosition, u64), ProjectionError> {
+/// touches, written back with the checkpoint. `warm` is what this process's
+/// last round left.
+async fn apply_batch(tx: &mut WriteTx, warm: Option<Warm>) -> Result<Round, ProjectionError> {
     tx.lock_read_models().await?;
     let applied = checkpoint(tx).await?;
+    // Kept rows hold only at the checkpoint their round wrote.
+    let mut warm = warm
+        .filter(|warm| warm.at() == applied)
+        .unwrap_or_else(|| Warm::at_checkpoint(applied));
     let rows = tx.feed(applied, BATCH).await?;
     let Some(last) = rows.last() else {
-        return Ok((applied, 0));
+        return Ok(Round {
+            applied,
+            events: 0,
+            warm: Some(warm),
+        });
     };
     let applied = last.feed_columns()?.at;
     let mut users = Vec::with_capacity(rows.len());
@@ -40,9 +59,19 @@ async fn apply_batch(tx: &mut WriteTx) -> Result<(EventPosition, u64), Projectio
     with_challenges.sort_unstable();
     with_challenges.dedup();
     // The trail's chains continue from the rows already applied, read in
-    // this transaction so they are current.
-    let trail = trail_end(tx, &users).await?;
-    let directory = directory_rows(tx, &users).await?;
+    // this transaction so they are current, unless the last round left them.
+    let unknown = warm.unknown(&users);
+    if !unknown.is_empty() {
+        let trail = trail_end(tx, &unknown).await?;
+        let mut found: HashMap<String, DirectoryRow> =
+            directory_rows(tx, &unknown).await?.into_iter().collect();
+        let rows = unknown
+            .iter()
+            .map(|user| (user.to_string(), found.remove(*user)))
+            .collect();
+        warm.learn(trail, rows);
+    }
+    let (trail, directory) = warm.end_of(&users);
     let challenges = if with_challenges.is_empty() {
         Vec::new()
     } else {
@@ -50,6 +79,8 @@ async fn apply_batch(tx: &mut WriteTx) -> Result<(EventPosition, u64), Projectio
     };
     let mut fold = Fold::continuing(trail, directory, challenges);
     let audit_rows = fold.page(&rows)?;
+    let (trail, directory) = fold.end_of(&users);
+    let warm = warm.after_round(applied, trail, directory);
     let changes = fold.into_changes();
     // Sessions from before the batch that it ended: apart, first, so that
     // they never meet the sessions the batch starts.
@@ -111,7 +142,11 @@ async fn apply_batch(tx: &mut WriteTx) -> Result<(EventPosition, u64), Projectio
         ),
     ])
     .await?;
-    Ok((applied, rows.len() as u64))
+    Ok(Round {
+        applied,
+        events: rows.len() as u64,
+        warm: Some(warm),
+    })
 }
 
 /// Keeps the read models caught up with the event store. One per process;
@@ -121,7 +156,8 @@ pub struct Projector {
     db: Db,
     models: ReadModels,
     applied: watch::Sender<EventPosition>,
-    round: Mutex<()>,
+    /// Held for a round; holds what the last round left.
+    round: Mutex<Option<Warm>>,
 }
 
 impl Projector {
@@ -130,7 +166,7 @@ impl Projector {
             models: ReadModels::new(db.clone()),
             db,
             applied: watch::Sender::new(EventPosition::default()),
-            round: Mutex::new(()),
+            round: Mutex::new(None),
         });
         projector.catch_up().await?;
         Ok(projector)
@@ -159,13 +195,13 @@ impl Projector {
         enough: Option<EventPosition>,
         progress: impl Fn(u64),
     ) -> Result<u64, ProjectionError> {
-        let _round = self.round.lock().await;
+        let mut warm = self.round.lock().await;
         if enough.is_some_and(|target| self.applied() >= target) {
             return Ok(0);
         }
         let mut total = 0;
         loop {
-            let (applied, count) = self.apply_batch().await?;
+            let (applied, count) = self.apply_batch(&mut warm).await?;
             self.applied.send_replace(applied);
             total += count;
             progress(total);
@@ -178,11 +214,16 @@ impl Projector {
     /// One round: the next batch of the feed applied in one transaction with
     /// the checkpoint, in a fixed number of round trips however many events
     /// it holds.
-    async fn apply_batch(&self) -> Result<(EventPosition, u64), ProjectionError> {
-        let mut tx = self.db.begin_write().await?;
-        let applied = apply_batch(&mut tx).await?;
+    /// What the last round left is kept only once this one has committed.
+    async fn apply_batch(
+        &self,
+        warm: &mut Option<Warm>,
+    ) -> Result<(EventPosition, u64), ProjectionError> {
+        let mut tx = self.db.begin_read_models_write().await?;
+        let round = apply_batch(&mut tx, warm.take()).await?;
         tx.commit().await?;
-        Ok(applied)
+        *warm = round.warm;
+        Ok((round.applied, round.events))
     }
 
     /// Read-your-writes: returns once `target` is applied, catching up
@@ -233,7 +274,8 @@ impl Projector {
     /// one transaction (`Db::rebuild_read_models`); `progress` hears the
     /// running count. Returns how many events it applied.
     pub async fn rebuild(&self, progress: impl Fn(u64)) -> Result<u64, ProjectionError> {
-        let _round = self.round.lock().await;
+        let mut warm = self.round.lock().await;
+        *warm = None;
         let rebuilt = bulk::rebuild(&self.db, progress).await?;
         self.applied.send_replace(rebuilt.applied);
         Ok(rebuilt.events)

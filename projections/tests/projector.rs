@@ -282,3 +282,49 @@ async fn audit_rows_hold_no_secret_and_verify_names_an_edited_event() {
     assert_eq!(mismatch.position, position);
     assert_eq!(report.events_checked as i64, position - 1);
 }
+
+/// What a projector keeps between its rounds (each user's last audit link
+/// and directory row) serves only while no other process moved the
+/// checkpoint: the other's rounds change the same users under it.
+#[tokio::test]
+async fn two_projectors_taking_turns_leave_what_a_rebuild_leaves() {
+    let pool = store().await;
+    let mut w = Writer {
+        pool: pool.clone(),
+        sequences: Default::default(),
+        minute: 0,
+    };
+    let first = Projector::new(Db::Sqlite(pool.clone())).await.unwrap();
+    let second = Projector::new(Db::Sqlite(pool.clone())).await.unwrap();
+    let ann = w.register("ann", Role::User).await;
+    let bob = w.register("bob", Role::Admin).await;
+    first.catch_up().await.unwrap();
+    for turn in 0..6 {
+        let email = Email::parse(&format!("ann{turn}@example.com")).unwrap();
+        w.append(ann, UserEvent::EmailChanged { email: Some(email) })
+            .await;
+        let role = if turn % 2 == 0 {
+            Role::User
+        } else {
+            Role::Admin
+        };
+        w.append(bob, UserEvent::RoleChanged { role }).await;
+        w.enroll(ann, turn % 3 == 0).await;
+        // The first projector runs twice in a row (it goes on from what it
+        // kept), then the second moves the checkpoint under it.
+        let projector = if turn % 3 == 2 { &second } else { &first };
+        assert_eq!(
+            projector.catch_up().await.unwrap(),
+            3 + u64::from(turn % 3 == 0)
+        );
+    }
+    let live = snapshot(&pool).await;
+    assert!(live.iter().any(|row| row.contains("ann5@example.com")));
+    first.rebuild(|_| {}).await.unwrap();
+    assert_eq!(snapshot(&pool).await, live);
+    let report = ReadModels::new(Db::Sqlite(pool.clone()))
+        .verify_audit_trail(None, |_| {})
+        .await
+        .unwrap();
+    assert!(report.ok, "{report:?}");
+}

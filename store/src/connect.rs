@@ -11,6 +11,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Connection, Executor, TransactionManager};
 
+use crate::db::register_read_models_writer;
 use crate::Db;
 
 /// Opens the store named by the URL: SQLite (created when missing, WAL,
@@ -24,14 +25,22 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Db> {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(5))
-            .after_connect(|connection, _| Box::pin(refuse_read_only(connection)))
-            .before_acquire(|connection, _| Box::pin(end_stray_transaction(connection)))
-            .connect_with(options)
+        let pool_of = |connections| {
+            SqlitePoolOptions::new()
+                .max_connections(connections)
+                .acquire_timeout(Duration::from_secs(5))
+                .after_connect(|connection, _| Box::pin(refuse_read_only(connection)))
+                .before_acquire(|connection, _| Box::pin(end_stray_transaction(connection)))
+        };
+        let pool = pool_of(max_connections)
+            .connect_with(options.clone())
             .await
             .with_context(|| format!("cannot open {url}"))?;
+        // The read models' writer (`Db::begin_read_models_write`).
+        register_read_models_writer(
+            &pool,
+            pool_of(1).connect_lazy_with(options.synchronous(SqliteSynchronous::Normal)),
+        );
         Ok(Db::Sqlite(pool))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
         let pool = PgPoolOptions::new()

@@ -60,6 +60,32 @@ impl Db {
     }
 }
 
+/// Per SQLite file, the connection that writes its read models: opened
+/// with synchronous=NORMAL, so that its commits do not wait for the disk.
+/// In WAL mode such a commit is made durable by the next full commit of any
+/// writer of the file; a crash before that loses read-model rows and their
+/// checkpoint together, and the next start applies those events again. A
+/// pool made elsewhere (tests, in memory) has none and writes them itself.
+static READ_MODELS_WRITERS: LazyLock<Mutex<HashMap<PathBuf, SqlitePool>>> =
+    LazyLock::new(Mutex::default);
+
+pub(crate) fn register_read_models_writer(pool: &SqlitePool, writer: SqlitePool) {
+    READ_MODELS_WRITERS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(file_of(pool), writer);
+}
+
+/// The pool of `pool`'s file that writes its read models.
+pub(crate) fn read_models_writer(pool: &SqlitePool) -> SqlitePool {
+    READ_MODELS_WRITERS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&file_of(pool))
+        .cloned()
+        .unwrap_or_else(|| pool.clone())
+}
+
 fn file_of(pool: &SqlitePool) -> PathBuf {
     pool.connect_options().get_filename().to_path_buf()
 }
