@@ -14,7 +14,7 @@ use crate::audit::{audit_columns, hash_text, head_hash, Chains, Hash, Link, GENE
 use crate::db::ProjectionError;
 use crate::feed::EventPosition;
 use crate::pages::{chain_page, corrupt};
-use twofold_store::Row;
+use twofold_store::{Row, UpsertRow};
 
 /// A row of `two_factor_counts`: users per (role, 2FA status, enforced).
 pub(crate) type Bucket = (Role, TwoFactorStatus, bool);
@@ -35,6 +35,23 @@ pub(crate) struct DirectoryRow {
 impl DirectoryRow {
     fn bucket(&self) -> Bucket {
         (self.role, self.two_factor_status, self.enforced)
+    }
+
+    /// Per column of `USER_DIRECTORY`, whether this row differs from
+    /// `stored` there (the key never does).
+    fn changed_from(&self, stored: &DirectoryRow) -> Vec<bool> {
+        vec![
+            false,
+            self.username != stored.username,
+            self.email != stored.email,
+            self.email_key != stored.email_key,
+            self.role != stored.role,
+            self.two_factor_status != stored.two_factor_status,
+            self.enforced != stored.enforced,
+            self.enabled_at != stored.enabled_at,
+            self.last_login_at != stored.last_login_at,
+            self.registered_at != stored.registered_at,
+        ]
     }
 
     /// The row in the columns of `USER_DIRECTORY`.
@@ -189,7 +206,8 @@ pub(crate) struct TrailEnd {
 
 /// The live path's changes of one batch, in the columns of each table.
 pub(crate) struct Changes {
-    pub directory: Vec<Vec<Arg>>,
+    /// The directory rows that changed, with the columns that did.
+    pub directory: Vec<UpsertRow>,
     /// Sessions started before the batch and ended by it: every one of
     /// the user's, but the one kept (if any).
     pub earlier_sessions_ended: Vec<(String, Option<String>)>,
@@ -223,6 +241,8 @@ pub(crate) fn reads_live_challenges(event_type: &str) -> bool {
 /// The read models of the events folded so far.
 pub(crate) struct Fold {
     directory: Rows<DirectoryRow>,
+    /// On the live path, the directory rows as the table holds them.
+    stored_directory: HashMap<String, DirectoryRow>,
     sessions: Rows<SessionRow>,
     /// Per user, the ids of sessions of this fold it may still hold.
     sessions_of: HashMap<String, Vec<String>>,
@@ -248,6 +268,7 @@ impl Fold {
     pub fn empty() -> Self {
         Fold {
             directory: Rows::new(false),
+            stored_directory: HashMap::new(),
             sessions: Rows::new(false),
             sessions_of: HashMap::new(),
             earlier_sessions_ended: HashMap::new(),
@@ -283,6 +304,7 @@ impl Fold {
             fold.chains.continue_from(stream, link);
         }
         for (user_id, row) in directory {
+            fold.stored_directory.insert(user_id.clone(), row.clone());
             fold.directory.load(user_id, row);
         }
         for (challenge_id, row) in challenges {
@@ -601,10 +623,27 @@ impl Fold {
         let (directory, _) = self.directory.into_changes();
         let (sessions_started, sessions_ended) = self.sessions.into_changes();
         let (challenges, challenges_ended) = self.challenges.into_changes();
+        let stored = self.stored_directory;
         Changes {
             directory: directory
                 .into_iter()
-                .map(|(user_id, row)| row.into_args(user_id))
+                .filter_map(|(user_id, row)| {
+                    let changed = match stored.get(&user_id) {
+                        Some(before) => {
+                            let changed = row.changed_from(before);
+                            // Written by an event, but to what it held.
+                            if !changed.contains(&true) {
+                                return None;
+                            }
+                            Some(changed)
+                        }
+                        None => None,
+                    };
+                    Some(UpsertRow {
+                        values: row.into_args(user_id),
+                        changed,
+                    })
+                })
                 .collect(),
             earlier_sessions_ended: self.earlier_sessions_ended.into_iter().collect(),
             sessions_ended,

@@ -99,14 +99,12 @@ async fn apply_batch(tx: &mut WriteTx, warm: Option<Warm>) -> Result<Round, Proj
         tail,
     };
     tx.write_all(vec![
-        insert(
-            &USER_DIRECTORY,
-            changes.directory,
-            " ON CONFLICT (user_id) DO UPDATE SET username = excluded.username,
-              email = excluded.email, email_key = excluded.email_key, role = excluded.role,
-              two_factor_status = excluded.two_factor_status, enforced = excluded.enforced,
-              enabled_at = excluded.enabled_at, last_login_at = excluded.last_login_at",
-        ),
+        Write::Upsert {
+            table: USER_DIRECTORY.name,
+            key: "user_id",
+            columns: USER_DIRECTORY.columns,
+            rows: changes.directory,
+        },
         Write::Delete {
             table: SESSIONS.name,
             key: "session_id",

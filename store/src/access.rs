@@ -521,6 +521,12 @@ impl WriteTx {
                         );
                         self.execute(&sql, vec![listed(&keys)]).await?;
                     }
+                    Write::Upsert {
+                        table,
+                        key,
+                        columns,
+                        rows,
+                    } => self.update_changed(table, key, columns, rows).await?,
                 }
             }
             return Ok(());
@@ -545,6 +551,15 @@ impl WriteTx {
                         arrays.len()
                     )
                 }
+                Write::Upsert {
+                    table,
+                    key,
+                    columns,
+                    rows,
+                } => {
+                    let rows = rows.into_iter().map(|row| row.values).collect();
+                    unnested_insert(table, columns, rows, &overwrite(key, columns), &mut arrays)?
+                }
             };
             parts.push(part);
         }
@@ -560,6 +575,45 @@ impl WriteTx {
         };
         with_arrays(&sql, arrays).execute(&mut **tx).await?;
         Ok(())
+    }
+
+    /// SQLite's `Write::Upsert`: new rows inserted, each stored row updated
+    /// in the columns that changed (none: not written).
+    async fn update_changed(
+        &mut self,
+        table: &str,
+        key: &str,
+        columns: &[&str],
+        rows: Vec<UpsertRow>,
+    ) -> Result<(), sqlx::Error> {
+        let key_index = columns
+            .iter()
+            .position(|column| *column == key)
+            .ok_or_else(|| {
+                sqlx::Error::Encode(format!("{key} is not a column of {table}").into())
+            })?;
+        let mut new_rows = Vec::new();
+        for row in rows {
+            let Some(changed) = row.changed else {
+                new_rows.push(row.values);
+                continue;
+            };
+            let mut set = Vec::new();
+            let mut args = vec![row.values[key_index].clone()];
+            for ((column, value), changed) in columns.iter().zip(row.values).zip(changed) {
+                if changed && *column != key {
+                    args.push(value);
+                    set.push(format!("{column} = ${}", args.len()));
+                }
+            }
+            if set.is_empty() {
+                continue;
+            }
+            let sql = format!("UPDATE {table} SET {} WHERE {key} = $1", set.join(", "));
+            self.execute(&sql, args).await?;
+        }
+        self.insert(table, columns, new_rows, &overwrite(key, columns))
+            .await
     }
 
     /// `INSERT`s of `rows` into `table`'s `columns`, followed by `tail` (an
@@ -782,6 +836,27 @@ pub enum Write {
         key: &'static str,
         keys: Vec<String>,
     },
+    /// Whole rows of `table` in `columns`, inserted or, where a row with
+    /// the same `key` is stored, written over it. PostgreSQL writes every
+    /// column (an update that leaves the indexed columns' values as they
+    /// were is a heap-only tuple update: no index is touched); SQLite
+    /// updates only the columns `changed` names, since it rewrites the
+    /// entries of every index on a column an UPDATE sets, changed or not.
+    Upsert {
+        table: &'static str,
+        key: &'static str,
+        columns: &'static [&'static str],
+        rows: Vec<UpsertRow>,
+    },
+}
+
+/// A row of `Write::Upsert`.
+pub struct UpsertRow {
+    /// In the upsert's columns.
+    pub values: Vec<Arg>,
+    /// Per column, whether it differs from the stored row; `None` for a row
+    /// not stored yet.
+    pub changed: Option<Vec<bool>>,
 }
 
 impl Write {
@@ -789,8 +864,19 @@ impl Write {
         match self {
             Write::Insert { rows, .. } => rows.is_empty(),
             Write::Delete { keys, .. } => keys.is_empty(),
+            Write::Upsert { rows, .. } => rows.is_empty(),
         }
     }
+}
+
+/// ` ON CONFLICT (key) DO UPDATE SET` every other column to the new row's.
+fn overwrite(key: &str, columns: &[&str]) -> String {
+    let set: Vec<String> = columns
+        .iter()
+        .filter(|column| **column != key)
+        .map(|column| format!("{column} = excluded.{column}"))
+        .collect();
+    format!(" ON CONFLICT ({key}) DO UPDATE SET {}", set.join(", "))
 }
 
 /// The values of one column of many rows, as PostgreSQL binds an array.

@@ -11,7 +11,9 @@ pub mod feed;
 pub mod sql;
 mod vault;
 
-pub use access::{listed, Column, Dialect, FeedColumns, Row, Write, WriteTx, ROWS_PER_STATEMENT};
+pub use access::{
+    listed, Column, Dialect, FeedColumns, Row, UpsertRow, Write, WriteTx, ROWS_PER_STATEMENT,
+};
 pub use connect::{connect, migrate, ping, sqlite_file};
 pub(crate) use db::on_pool;
 pub use db::Db;
