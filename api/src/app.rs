@@ -24,6 +24,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::api_docs;
 use crate::client_address::TrustedProxies;
 use crate::config::{ServeArgs, TotpHash};
 use crate::error::{ApiError, ErrorBody, ErrorCode};
@@ -77,6 +78,7 @@ fn documented() -> OpenApiRouter<AppState> {
         .nest(API_PREFIX, api)
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
+        .routes(routes!(api_docs::api_docs))
 }
 
 /// `/metrics`: on the main listener, or alone on `--metrics-listen`.
@@ -87,7 +89,9 @@ fn metrics_route() -> OpenApiRouter<AppState> {
 /// The OpenAPI 3.1 document of every route `router` serves (`/metrics`
 /// included, wherever it is served).
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    documented().merge(metrics_route()).into_openapi()
+    let mut openapi = documented().merge(metrics_route()).into_openapi();
+    doc::declare_headers(&mut openapi);
+    openapi
 }
 
 /// Where `/metrics` is served.
@@ -187,14 +191,27 @@ async fn record_metrics(request: Request, next: Next) -> Response {
     response
 }
 
+/// Seconds: from a cached read to a sign-in queued behind argon2.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
 /// One Prometheus recorder per process, shared by every app it starts.
 fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            // Histograms with buckets rather than summaries: buckets add up
+            // across the nodes of a cluster, quantiles do not.
+            // (Refused only for an empty list.)
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(LATENCY_BUCKETS)
+                .unwrap_or_else(|_| PrometheusBuilder::new())
+                .build_recorder();
             let handle = recorder.handle();
-            drop(metrics::set_global_recorder(recorder));
+            if metrics::set_global_recorder(recorder).is_ok() {
+                twofold_app::metrics::describe();
+            }
             handle
         })
         .clone()
@@ -218,14 +235,30 @@ pub struct ServeConfig {
     pub metrics_listen: Option<SocketAddr>,
 }
 
+/// A secret given directly, or else the content of the file named for it
+/// (without its final line break).
+fn or_from_file(
+    given: Option<String>,
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<Option<String>> {
+    match (given, file) {
+        (Some(given), _) => Ok(Some(given)),
+        (None, Some(file)) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read the secret file {}", file.display()))?;
+            Ok(Some(text.trim_end_matches(['\r', '\n']).to_string()))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
 impl ServeConfig {
     pub fn from_args(args: ServeArgs) -> anyhow::Result<Self> {
         let url = args.database.database_url;
         let sqlite_dir = twofold_store::sqlite_file(&url)
-            .filter(|_| url.starts_with("sqlite:"))
             .and_then(|file| file.parent().map(std::path::Path::to_path_buf));
         let mail = MailConfig {
-            smtp_url: args.smtp_url,
+            smtp_url: or_from_file(args.smtp_url, args.smtp_url_file.as_deref())?,
             directory: args
                 .mail_dir
                 .unwrap_or_else(|| sqlite_dir.clone().unwrap_or_default().join("mail")),
@@ -235,7 +268,6 @@ impl ServeConfig {
             Some(path) => path,
             None => {
                 let file = twofold_store::sqlite_file(&url)
-                    .filter(|_| url.starts_with("sqlite:"))
                     .context("--master-key-file is required with PostgreSQL")?;
                 let mut name = file.file_name().unwrap_or_default().to_os_string();
                 name.push(".master-key");
@@ -278,7 +310,10 @@ impl ServeConfig {
                     .password_hash_queue
                     .unwrap_or_else(|| passwords::default_hashing_queue(password_hash_workers)),
             },
-            bootstrap_admin: args.bootstrap_admin,
+            bootstrap_admin: or_from_file(
+                args.bootstrap_admin,
+                args.bootstrap_admin_file.as_deref(),
+            )?,
             clock: Arc::new(SystemClock),
             connections: ConnectionLimits {
                 request_read_timeout: Duration::from_secs(args.request_read_timeout_seconds),
@@ -311,6 +346,8 @@ impl MailConfig {
 /// A started server: where it listens and how to stop it.
 pub struct Running {
     pub addr: SocketAddr,
+    /// Whether the store had a super admin once started.
+    pub has_super_admin: bool,
     /// Where `/metrics` is served when it has a listener of its own.
     pub metrics_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
@@ -339,9 +376,7 @@ impl Running {
 /// trying again, or with other settings, begins from the same state.
 pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     let mut created = NewFiles::default();
-    if let Some(file) = twofold_store::sqlite_file(&config.database_url)
-        .filter(|_| config.database_url.starts_with("sqlite:"))
-    {
+    if let Some(file) = twofold_store::sqlite_file(&config.database_url) {
         created.watch_sqlite(&file);
     }
     if config.mail.smtp_url.is_none() {
@@ -401,6 +436,7 @@ async fn start_on(db: &Db, config: ServeConfig, created: &mut NewFiles) -> anyho
             tracing::info!("created the bootstrap super admin");
         }
     }
+    let has_super_admin = app.has_super_admin().await?;
     let state = AppState::new(app, metrics_handle(), openapi());
     let listener = TcpListener::bind(config.listen)
         .await
@@ -450,6 +486,7 @@ async fn start_on(db: &Db, config: ServeConfig, created: &mut NewFiles) -> anyho
     }
     Ok(Running {
         addr,
+        has_super_admin,
         metrics_addr,
         shutdown,
         servers,

@@ -34,9 +34,19 @@ pub enum TotpHash {
     Sha512,
 }
 
+/// Settings read from the environment only.
+const SERVE_ENVIRONMENT: &str = "Environment only:
+  TWOFOLD_BOOTSTRAP_ADMIN=username:password
+          Creates that super admin when the store has none yet
+          (or TWOFOLD_BOOTSTRAP_ADMIN_FILE, --bootstrap-admin-file: a file holding it).
+  RUST_LOG=FILTER
+          Which log lines are written (default: info,sqlx=warn,tower_http=info);
+          e.g. RUST_LOG=debug, or RUST_LOG=warn,twofold_api=info.";
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the HTTP service.
+    #[command(after_help = SERVE_ENVIRONMENT)]
     Serve(Box<ServeArgs>),
     /// Apply the database migrations and exit.
     Migrate(DatabaseArgs),
@@ -44,6 +54,16 @@ pub enum Command {
     Projections {
         #[command(subcommand)]
         action: ProjectionsAction,
+    },
+    /// Write a consistent copy of a SQLite store, while the service runs.
+    ///
+    /// The copy holds no master key: keep the key file apart from the data
+    /// (docs/operations.md, Backup and restore).
+    Backup(BackupArgs),
+    /// Manage the master key that seals the TOTP secrets.
+    MasterKey {
+        #[command(subcommand)]
+        action: MasterKeyAction,
     },
     /// Check or export the audit trail (reads only).
     Audit {
@@ -77,6 +97,35 @@ pub struct VerifyArgs {
     pub expect_head: Option<twofold_projections::ExpectedHead>,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum MasterKeyAction {
+    /// Seal every stored secret again under a new key, with the service
+    /// stopped; afterwards start it with --master-key-file set to the new
+    /// file (the old key is refused). Safe to interrupt and run again.
+    Rotate(RotateArgs),
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct RotateArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// The key file the secrets are sealed with now.
+    #[arg(long, env = "TWOFOLD_MASTER_KEY_FILE")]
+    pub master_key_file: PathBuf,
+    /// Where to write the new key (must not exist; created with mode 0600).
+    #[arg(long)]
+    pub new_key_file: PathBuf,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// The file to write (must not exist yet).
+    #[arg(long)]
+    pub to: PathBuf,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ExportFormat {
     Csv,
@@ -87,6 +136,8 @@ pub enum ExportFormat {
 pub struct ExportArgs {
     #[command(flatten)]
     pub database: DatabaseArgs,
+    /// `csv` (a header line, then one row per line) or `jsonl` (one JSON
+    /// object per line).
     #[arg(long, value_enum)]
     pub format: ExportFormat,
 }
@@ -97,7 +148,8 @@ pub struct DatabaseArgs {
     #[arg(
         long,
         env = "TWOFOLD_DATABASE_URL",
-        default_value = "sqlite://twofold.db"
+        default_value = "sqlite://twofold.db",
+        value_parser = parse_database_url
     )]
     pub database_url: String,
     /// Connections the process keeps to the store at most.
@@ -109,13 +161,55 @@ impl DatabaseArgs {
     pub async fn connect(&self) -> anyhow::Result<twofold_projections::Db> {
         twofold_store::connect(&self.database_url, self.database_max_connections).await
     }
+
+    /// For commands that only read: a SQLite file that is not there is an
+    /// error (a mistyped path), not a new empty store.
+    pub async fn connect_existing(&self) -> anyhow::Result<twofold_projections::Db> {
+        if let Some(file) = twofold_store::sqlite_file(&self.database_url) {
+            anyhow::ensure!(
+                file.exists(),
+                "no SQLite store at {} (from --database-url)",
+                file.display()
+            );
+        }
+        self.connect().await
+    }
+}
+
+/// The store's URL, refused at once (a usage error) unless it names a
+/// store twofold runs on.
+fn parse_database_url(url: &str) -> Result<String, String> {
+    let known = ["sqlite:", "postgres://", "postgresql://"];
+    if known.iter().any(|scheme| url.starts_with(scheme)) {
+        Ok(url.to_string())
+    } else {
+        Err("expected sqlite://PATH or postgres://USER@HOST/DATABASE".to_string())
+    }
+}
+
+/// `HOST:PORT`, the host an address or a name (`localhost:8080`); a name
+/// is resolved once, at start, to its first address.
+fn parse_listen(address: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    address
+        .to_socket_addrs()
+        .map_err(|error| format!("expected HOST:PORT ({error})"))?
+        .next()
+        .ok_or_else(|| format!("{address} names no address"))
 }
 
 #[derive(Clone, Debug, Args)]
 pub struct ServeArgs {
+    /// Settings from this TOML file, each key named as a long flag without
+    /// `--` (listen = "0.0.0.0:8080"); a flag or environment variable
+    /// overrides the file.
+    #[arg(long, env = "TWOFOLD_CONFIG")]
+    pub config: Option<PathBuf>,
     #[command(flatten)]
     pub database: DatabaseArgs,
-    #[arg(long, env = "TWOFOLD_LISTEN", default_value = "127.0.0.1:8080")]
+    /// Address to serve HTTP on: `HOST:PORT` (`0.0.0.0:8080` for every
+    /// interface, `localhost:8080`).
+    #[arg(long, env = "TWOFOLD_LISTEN", default_value = "127.0.0.1:8080", value_parser = parse_listen)]
     pub listen: SocketAddr,
     /// Write each outgoing email as an .eml file here (the default when no SMTP server is set).
     #[arg(long, env = "TWOFOLD_MAIL_DIR")]
@@ -133,6 +227,7 @@ pub struct ServeArgs {
     /// RFC 3339 instant from which every user must have 2FA.
     #[arg(long, env = "TWOFOLD_MANDATORY_FROM")]
     pub mandatory_from: Option<DateTime<Utc>>,
+    /// Hours a device the user asked to remember skips the second factor.
     #[arg(long, env = "TWOFOLD_REMEMBER_DEVICE_HOURS", default_value_t = 23)]
     pub remember_device_hours: u32,
     /// Sign-in attempts a minute from one address.
@@ -159,6 +254,7 @@ pub struct ServeArgs {
     /// TOTP hash for new enrollments (existing ones keep theirs).
     #[arg(long, env = "TWOFOLD_TOTP_ALGORITHM", value_enum, default_value_t = TotpHash::Sha1)]
     pub totp_algorithm: TotpHash,
+    /// Digits of a TOTP code for new enrollments (6 to 8).
     #[arg(long, env = "TWOFOLD_TOTP_DIGITS", default_value_t = 6)]
     pub totp_digits: u32,
     /// Seconds per TOTP step.
@@ -216,7 +312,7 @@ pub struct ServeArgs {
     ///
     /// Lets operators keep metrics off the public listener (reachable only
     /// from the monitoring network). Default: unset, /metrics on --listen.
-    #[arg(long, env = "TWOFOLD_METRICS_LISTEN")]
+    #[arg(long, env = "TWOFOLD_METRICS_LISTEN", value_parser = parse_listen)]
     pub metrics_listen: Option<SocketAddr>,
     /// `username:password` of a super admin to create when the store has none.
     #[arg(
@@ -226,6 +322,13 @@ pub struct ServeArgs {
         hide = true
     )]
     pub bootstrap_admin: Option<String>,
+    /// A file holding `username:password` for the first super admin (a
+    /// secret kept in a file, as systemd credentials or Docker secrets are).
+    #[arg(long, env = "TWOFOLD_BOOTSTRAP_ADMIN_FILE")]
+    pub bootstrap_admin_file: Option<PathBuf>,
+    /// A file holding --smtp-url, with its password.
+    #[arg(long, env = "TWOFOLD_SMTP_URL_FILE")]
+    pub smtp_url_file: Option<PathBuf>,
 }
 
 /// The Key URI format forbids a colon in the issuer (apps split the label on

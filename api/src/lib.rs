@@ -1,6 +1,7 @@
 //! twofold's HTTP API and command line: axum handlers over the domain, the
 //! event store and the read models.
 
+mod api_docs;
 mod app;
 mod auth;
 mod client_address;
@@ -15,13 +16,14 @@ mod read_query;
 mod respond;
 mod routes;
 mod serve;
+mod settings_file;
 mod state;
 mod telemetry;
 mod web;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 pub use app::{openapi, start, MailConfig, Running, ServeConfig};
@@ -29,14 +31,21 @@ pub use client_address::TrustedProxies;
 pub use serve::ConnectionLimits;
 pub use twofold_app::{Clock, Settings};
 
-use config::{AuditAction, Cli, Command, ExportFormat, ProjectionsAction};
+use config::{AuditAction, Cli, Command, ExportFormat, MasterKeyAction, ProjectionsAction};
 
 /// How long the exit waits for tasks that outlived the serve loop.
 const LEFTOVER_TASKS_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The `twofold` binary.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_command_line() {
+        Ok(cli) => cli,
+        Err(refused) => {
+            telemetry::init(telemetry::format_asked_for());
+            tracing::error!("{refused}");
+            return ExitCode::from(2);
+        }
+    };
     telemetry::init(cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -51,12 +60,60 @@ pub fn main() -> ExitCode {
     runtime.shutdown_timeout(LEFTOVER_TASKS_WAIT);
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
+        // A reader that stopped reading (`twofold audit export | head`)
+        // had what it wanted.
+        Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
+            // One line, in the log's format (JSON under --log-format json).
             tracing::error!("{error:#}");
-            eprintln!("twofold: {error:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// The command line, with what `serve --config FILE` sets for the settings
+/// that neither the command line nor the environment gave; a usage error
+/// as one line. `--help` and `--version` print and exit here.
+fn parse_command_line() -> Result<Cli, String> {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let parse = |args: Vec<std::ffi::OsString>| {
+        Cli::command().try_get_matches_from(args).map_err(|error| {
+            if !error.use_stderr() {
+                error.exit()
+            }
+            usage_error_line(&error)
+        })
+    };
+    let mut matches = parse(args.clone())?;
+    if let Some(("serve", serve)) = matches.subcommand() {
+        if let Some(file) = serve.get_one::<std::path::PathBuf>("config") {
+            let flags = settings_file::flags(file, serve)?;
+            if !flags.is_empty() {
+                matches = parse(args.into_iter().chain(flags).collect())?;
+            }
+        }
+    }
+    Cli::from_arg_matches(&matches).map_err(|error| usage_error_line(&error))
+}
+
+/// clap's message on one line: what was wrong, without its advice to try
+/// `--help` (said once here).
+fn usage_error_line(error: &clap::Error) -> String {
+    let rendered = error.render().to_string();
+    let first = rendered
+        .lines()
+        .find(|line| !line.trim().is_empty())
+        .unwrap_or("invalid command line");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    format!("{first} (see twofold --help)")
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {
@@ -64,10 +121,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Serve(args) => {
             let config = ServeConfig::from_args(*args)?;
             let running = start(config).await?;
-            tracing::info!(
-                "twofold listens on http://{} — create the first super admin with TWOFOLD_BOOTSTRAP_ADMIN=username:password",
-                running.addr
-            );
+            if running.has_super_admin {
+                tracing::info!("twofold listens on http://{}", running.addr);
+            } else {
+                tracing::info!(
+                    "twofold listens on http://{} — create the first super admin with TWOFOLD_BOOTSTRAP_ADMIN=username:password",
+                    running.addr
+                );
+            }
             running.wait(app::shutdown_signal()).await?;
             tracing::info!("stopped");
             Ok(())
@@ -93,6 +154,29 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("rebuilt read models from {applied} events");
             Ok(())
         }
+        Command::Backup(args) => {
+            let db = args.database.connect_existing().await?;
+            let bytes = twofold_store::backup_sqlite(&db, &args.to).await?;
+            println!(
+                "wrote {} ({bytes} bytes); the master key is not in it",
+                args.to.display()
+            );
+            Ok(())
+        }
+        Command::MasterKey {
+            action: MasterKeyAction::Rotate(args),
+        } => {
+            let db = args.database.connect_existing().await?;
+            let resealed =
+                twofold_app::master_key::rotate(&db, &args.master_key_file, &args.new_key_file)
+                    .await?;
+            println!(
+                "sealed {resealed} secrets again under {}; start with --master-key-file {}",
+                args.new_key_file.display(),
+                args.new_key_file.display()
+            );
+            Ok(())
+        }
         Command::Audit { action } => audit(action).await,
     }
 }
@@ -102,7 +186,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
 async fn audit(action: AuditAction) -> anyhow::Result<()> {
     match action {
         AuditAction::Verify(args) => {
-            let db = args.database.connect().await?;
+            let db = args.database.connect_existing().await?;
             let progress = progress_bar("verifying the audit trail");
             let report = twofold_projections::ReadModels::new(db)
                 .verify_audit_trail(args.expect_head.as_ref(), |count| {
@@ -118,7 +202,7 @@ async fn audit(action: AuditAction) -> anyhow::Result<()> {
             use futures::TryStreamExt;
             use tokio::io::AsyncWriteExt;
 
-            let db = args.database.connect().await?;
+            let db = args.database.connect_existing().await?;
             let format = match args.format {
                 ExportFormat::Csv => export::AuditFormat::Csv,
                 ExportFormat::Jsonl => export::AuditFormat::JsonLines,

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use serde::Serialize;
 use twofold_domain::{Role, SecondFactorMethod, TwoFactorStatus};
+use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::RefOr;
@@ -162,6 +163,51 @@ pub enum Unavailable {
 }
 
 /// `{"status": "ok"}` and the like.
+/// Declares the response headers the service sets on whole classes of
+/// answers, where the routes' annotations would repeat them: `Retry-After`
+/// on 423, 429 and 503, `Twofold-Position` on the successful answers of
+/// requests that may store events (every method but GET).
+pub fn declare_headers(openapi: &mut utoipa::openapi::OpenApi) {
+    let header = |description: &str| {
+        HeaderBuilder::new()
+            .schema(ObjectBuilder::new().schema_type(Type::Integer))
+            .description(Some(description))
+            .build()
+    };
+    let retry_after = header("Seconds to wait before trying again.");
+    let position = header(
+        "The position of the last event this request stored; pass it as \
+         `min_position` to a read that must see it.",
+    );
+    for item in openapi.paths.paths.values_mut() {
+        let operations = [
+            (false, &mut item.get),
+            (true, &mut item.post),
+            (true, &mut item.put),
+            (true, &mut item.patch),
+            (true, &mut item.delete),
+        ];
+        for (writes, operation) in operations {
+            let Some(operation) = operation else { continue };
+            for (status, response) in &mut operation.responses.responses {
+                let RefOr::T(response) = response else {
+                    continue;
+                };
+                if matches!(status.as_str(), "423" | "429" | "503") {
+                    response
+                        .headers
+                        .insert("Retry-After".into(), retry_after.clone());
+                }
+                if writes && status.starts_with('2') {
+                    response
+                        .headers
+                        .insert("Twofold-Position".into(), position.clone());
+                }
+            }
+        }
+    }
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct Status {
     #[schema(example = "ok")]
@@ -202,5 +248,39 @@ mod tests {
         }
         assert_eq!(names("Role").len(), 4);
         assert_eq!(spec["openapi"], "3.1.0");
+    }
+
+    #[test]
+    fn the_login_answer_names_its_three_shapes_by_status() {
+        let spec = serde_json::to_value(crate::app::openapi()).unwrap();
+        let answer = &spec["components"]["schemas"]["LoginAnswer"];
+        assert_eq!(answer["discriminator"]["propertyName"], "status");
+        let mapping = answer["discriminator"]["mapping"].as_object().unwrap();
+        for (status, schema) in [
+            ("authenticated", "Authenticated"),
+            ("two_factor_required", "TwoFactorRequired"),
+            ("enrollment_required", "EnrollmentRequired"),
+        ] {
+            let reference = format!("#/components/schemas/{schema}");
+            assert_eq!(mapping[status], reference.as_str());
+            assert!(answer["oneOf"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|variant| variant["$ref"] == reference.as_str()));
+            let pattern = &spec["components"]["schemas"][schema]["properties"]["status"]["pattern"];
+            assert_eq!(pattern.as_str().unwrap(), format!("^{status}$"));
+        }
+    }
+
+    #[test]
+    fn waits_and_positions_are_declared_as_response_headers() {
+        let spec = serde_json::to_value(crate::app::openapi()).unwrap();
+        let login = &spec["paths"]["/api/v1/login"]["post"]["responses"];
+        assert!(login["423"]["headers"]["Retry-After"].is_object());
+        assert!(login["429"]["headers"]["Retry-After"].is_object());
+        assert!(login["200"]["headers"]["Twofold-Position"].is_object());
+        let me = &spec["paths"]["/api/v1/me"]["get"]["responses"]["200"];
+        assert!(me["headers"]["Twofold-Position"].is_null());
     }
 }

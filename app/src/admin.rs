@@ -88,7 +88,7 @@ impl App {
     /// `TWOFOLD_BOOTSTRAP_ADMIN=username:password`: the first super admin,
     /// when the store has none. Whether it created one.
     pub async fn bootstrap_admin(&self, spec: &str) -> anyhow::Result<bool> {
-        if self.read_models().users_with_role(Role::SuperAdmin).await? > 0 {
+        if self.has_super_admin().await? {
             return Ok(false);
         }
         let (username, password) = spec
@@ -114,6 +114,12 @@ impl App {
             Err(AppError::Conflict(_)) => Ok(false),
             Err(error) => Err(anyhow::anyhow!("bootstrap admin: {error}")),
         }
+    }
+
+    /// Whether the store has a super admin yet (the first one comes from
+    /// `TWOFOLD_BOOTSTRAP_ADMIN`).
+    pub async fn has_super_admin(&self) -> Result<bool, AppError> {
+        Ok(self.read_models().users_with_role(Role::SuperAdmin).await? > 0)
     }
 
     /// One user, as the search shows it.

@@ -11,6 +11,7 @@ pub mod error;
 mod limits;
 pub mod mail;
 pub mod master_key;
+pub mod metrics;
 pub mod passwords;
 pub mod secrets;
 
@@ -166,6 +167,15 @@ impl App {
             .map_err(|error| AppError::from(twofold_store::StoreError::from(error)))
     }
 
+    /// What a scrape of the metrics reports beside the counters: how far
+    /// this process's read models are behind the store.
+    pub async fn measure(&self) {
+        match twofold_store::last_position(self.store.db()).await {
+            Ok(last) => metrics::projection_lag(last - self.projector.applied().position),
+            Err(error) => tracing::warn!(%error, "the projection lag could not be measured"),
+        }
+    }
+
     async fn load(&self, user_id: Uuid) -> Result<Loaded, AppError> {
         Ok(self.store.load(user_id).await?)
     }
@@ -184,6 +194,7 @@ impl App {
             .execute(loaded, metadata, command)
             .await
             .map_err(|error| AppError::from_store(error, now))?;
+        crate::metrics::committed(&committed.events);
         self.settle(committed.last_position).await;
         Ok(committed)
     }

@@ -59,6 +59,12 @@ impl Mailer {
     }
 
     pub async fn send(&self, mail: &OutgoingMail) -> Result<(), MailError> {
+        let sent = self.deliver(mail).await;
+        crate::metrics::email(sent.is_ok());
+        sent
+    }
+
+    async fn deliver(&self, mail: &OutgoingMail) -> Result<(), MailError> {
         let to: Mailbox = mail
             .to
             .parse()

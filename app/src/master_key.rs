@@ -82,3 +82,44 @@ fn create_master_key(path: &Path) -> anyhow::Result<MasterKey> {
     tracing::info!(path = %path.display(), "created a new master key");
     MasterKey::from_bytes(&bytes).map_err(|_| anyhow::anyhow!("master key must be 32 bytes"))
 }
+
+/// Seals every secret of the store `db` again under a new key, written to
+/// `new_path` (which must not exist; created 0600), and returns how many
+/// it sealed again. With the service stopped: a running one still holds
+/// the old key.
+///
+/// Safe to interrupt and run again: the new key is first written beside
+/// `new_path` (`.NAME.rotating`), the secrets change in one transaction,
+/// and only then is the key file renamed to `new_path`. A run that finds
+/// that file takes its key: before the commit nothing had changed, after
+/// it the secrets already open with it and only the rename is left.
+pub async fn rotate(db: &Db, old_path: &Path, new_path: &Path) -> anyhow::Result<u64> {
+    anyhow::ensure!(
+        !new_path
+            .try_exists()
+            .with_context(|| format!("cannot look for {}", new_path.display()))?,
+        "the new key file {} exists already: name a file that does not",
+        new_path.display()
+    );
+    let old = read_master_key(old_path)?;
+    let name = new_path
+        .file_name()
+        .with_context(|| format!("{} names no file", new_path.display()))?;
+    let rotating = new_path.with_file_name(format!(".{}.rotating", name.to_string_lossy()));
+    let new = if rotating.exists() {
+        read_master_key(&rotating)?
+    } else {
+        create_master_key(&rotating)?
+    };
+    let resealed = SecretVault::reseal_all(db, &old, &new)
+        .await
+        .context("cannot seal the secrets again")?;
+    std::fs::rename(&rotating, new_path).with_context(|| {
+        format!(
+            "the secrets are sealed with the key in {}, which could not be renamed to {}",
+            rotating.display(),
+            new_path.display()
+        )
+    })?;
+    Ok(resealed)
+}

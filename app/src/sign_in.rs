@@ -75,6 +75,20 @@ impl App {
         password: String,
         device_token: Option<&str>,
     ) -> Result<Written<SignInAnswer>, AppError> {
+        let answer = self
+            .decide_sign_in(origin, username, password, device_token)
+            .await;
+        crate::metrics::sign_in(&answer, |written| &written.value);
+        answer
+    }
+
+    async fn decide_sign_in(
+        &self,
+        origin: &RequestOrigin,
+        username: &str,
+        password: String,
+        device_token: Option<&str>,
+    ) -> Result<Written<SignInAnswer>, AppError> {
         // Refused for want of capacity before the address's quota is
         // counted: such a request made no guess.
         let turn = self.passwords.admit()?;

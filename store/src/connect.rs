@@ -1,5 +1,6 @@
 //! Opening the store named by a URL, and its schema migrations.
 
+use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -113,6 +114,16 @@ pub async fn ping(db: &Db) -> Result<(), sqlx::Error> {
     })
 }
 
+/// The position of the last event stored (0 when there is none).
+pub async fn last_position(db: &Db) -> Result<i64, sqlx::Error> {
+    crate::on_pool!(db, pool => {
+        sqlx::query_scalar::<_, Option<i64>>("SELECT max(position) FROM events")
+            .fetch_one(pool)
+            .await
+            .map(Option::unwrap_or_default)
+    })
+}
+
 /// Every migration already applied, unchanged. Checked with a SELECT first
 /// because sqlx's runner starts with CREATE TABLE IF NOT EXISTS, which a
 /// PostgreSQL service role without CREATE on the schema may not run even
@@ -135,8 +146,41 @@ async fn up_to_date(db: &Db, migrator: &sqlx::migrate::Migrator) -> bool {
     })
 }
 
-/// The SQLite file behind a URL, for keeping the master key beside it.
+/// Writes a consistent copy of the SQLite store `db` to `to` while the
+/// service keeps writing: `VACUUM INTO` reads the store in one transaction,
+/// so the copy is the store as of one instant (compacted). It is written
+/// beside `to` under a temporary name, synced, then renamed: `to` is either
+/// absent or whole. Returns its size in bytes.
+pub async fn backup_sqlite(db: &Db, to: &Path) -> anyhow::Result<u64> {
+    let Db::Sqlite(pool) = db else {
+        anyhow::bail!(
+            "twofold backup copies a SQLite store; back PostgreSQL up with pg_dump \
+             or continuous archiving (docs/operations.md)"
+        )
+    };
+    anyhow::ensure!(!to.exists(), "{} exists already", to.display());
+    let name = to
+        .file_name()
+        .with_context(|| format!("{} names no file", to.display()))?;
+    let partial = to.with_file_name(format!(".{}.partial", name.to_string_lossy()));
+    // Left by an interrupted backup: never a copy to keep.
+    drop(std::fs::remove_file(&partial));
+    sqlx::query("VACUUM INTO $1")
+        .bind(partial.to_string_lossy().into_owned())
+        .execute(pool)
+        .await
+        .with_context(|| format!("cannot write {}", partial.display()))?;
+    std::fs::File::open(&partial)?.sync_all()?;
+    std::fs::rename(&partial, to)
+        .with_context(|| format!("cannot rename {} to {}", partial.display(), to.display()))?;
+    Ok(std::fs::metadata(to)?.len())
+}
+
+/// The SQLite file behind a URL (none for another kind of store).
 pub fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    if !url.starts_with("sqlite:") {
+        return None;
+    }
     SqliteConnectOptions::from_str(url)
         .ok()
         .map(|options| options.get_filename().to_path_buf())

@@ -14,7 +14,7 @@ mod vault;
 pub use access::{
     listed, Column, Dialect, FeedColumns, Row, UpsertRow, Write, WriteTx, ROWS_PER_STATEMENT,
 };
-pub use connect::{connect, migrate, ping, sqlite_file};
+pub use connect::{backup_sqlite, connect, last_position, migrate, ping, sqlite_file};
 pub(crate) use db::on_pool;
 pub use db::Db;
 pub use events::{

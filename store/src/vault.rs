@@ -20,6 +20,11 @@ fn associated_data(user_id: Uuid, enrollment_id: Uuid) -> Vec<u8> {
     format!("twofold/totp/{user_id}/{enrollment_id}").into_bytes()
 }
 
+fn stored_id(text: &str) -> Result<Uuid, StoreError> {
+    Uuid::parse_str(text)
+        .map_err(|_| StoreError::Failed("a sealed secret's ids are no UUIDs".into()))
+}
+
 /// One sealed secret of a store, to try a key on.
 pub struct SealedSample {
     user_id: Uuid,
@@ -61,15 +66,59 @@ impl SecretVault {
         let Some((user_id, enrollment_id, nonce, ciphertext)) = row else {
             return Ok(None);
         };
-        let id = |text: &str| {
-            Uuid::parse_str(text)
-                .map_err(|_| StoreError::Failed("a sealed secret's ids are no UUIDs".into()))
-        };
         Ok(Some(SealedSample {
-            user_id: id(&user_id)?,
-            enrollment_id: id(&enrollment_id)?,
+            user_id: stored_id(&user_id)?,
+            enrollment_id: stored_id(&enrollment_id)?,
             secret: SealedSecret { nonce, ciphertext },
         }))
+    }
+
+    /// Seals every secret of the store again, under `new`, in one
+    /// transaction (an interrupted run changes nothing). A secret that
+    /// `new` already opens is left as it is, so a run after one that
+    /// committed finds nothing to do; one that neither key opens stops it.
+    /// Returns how many were sealed again.
+    pub async fn reseal_all(db: &Db, old: &MasterKey, new: &MasterKey) -> Result<u64, StoreError> {
+        let _turn = db.write_turn().await;
+        on_pool!(db, pool => {
+            let mut tx = pool.begin().await?;
+            let rows: Vec<(String, String, Vec<u8>, Vec<u8>)> = sqlx::query_as(
+                "SELECT user_id, enrollment_id, nonce, ciphertext FROM totp_secrets",
+            )
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut resealed = 0;
+            for (user_id, enrollment_id, nonce, ciphertext) in rows {
+                let aad = associated_data(stored_id(&user_id)?, stored_id(&enrollment_id)?);
+                let sealed = SealedSecret { nonce, ciphertext };
+                if new.open(&sealed, &aad).is_ok() {
+                    continue;
+                }
+                let plain = old.open(&sealed, &aad).map_err(|_| {
+                    StoreError::Failed(format!(
+                        "the secret of enrollment {enrollment_id} opens with neither key"
+                    ))
+                })?;
+                let mut nonce = [0u8; 12];
+                OsRng.fill_bytes(&mut nonce);
+                let again = new
+                    .seal(&plain, nonce, &aad)
+                    .map_err(|_| StoreError::Failed("sealing a TOTP secret failed".into()))?;
+                sqlx::query(
+                    "UPDATE totp_secrets SET nonce = $1, ciphertext = $2
+                      WHERE enrollment_id = $3 AND user_id = $4",
+                )
+                .bind(again.nonce)
+                .bind(again.ciphertext)
+                .bind(&enrollment_id)
+                .bind(&user_id)
+                .execute(&mut *tx)
+                .await?;
+                resealed += 1;
+            }
+            tx.commit().await?;
+            Ok(resealed)
+        })
     }
 
     /// Erases every sealed TOTP secret of the user: once 2FA is off or

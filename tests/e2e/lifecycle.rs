@@ -14,8 +14,8 @@ use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
 use crate::helpers::{
-    binary, default_settings, fresh_postgres_database, spawn_app, spawn_app_configured, Backend,
-    ADMIN,
+    binary, default_settings, fresh_postgres_database, oathtool_code, spawn_app,
+    spawn_app_configured, Backend, ADMIN,
 };
 use crate::on_both_backends;
 use crate::processes::free_port;
@@ -24,6 +24,7 @@ on_both_backends!(
     a_store_restored_without_its_master_key_refuses_to_start_and_writes_no_key,
     a_master_key_that_does_not_open_the_stored_secrets_is_refused,
     a_start_that_cannot_listen_leaves_no_new_file_behind,
+    a_rotated_master_key_opens_every_secret_and_the_old_one_is_refused,
     a_connection_that_sends_half_its_headers_is_closed_after_the_header_timeout,
     sigterm_stops_the_process_within_the_grace_period_whatever_slow_clients_do,
     a_request_in_flight_at_sigterm_still_gets_its_answer,
@@ -429,4 +430,448 @@ async fn a_body_that_does_not_arrive_in_time_is_answered_408_and_the_connection_
     assert!(answer.contains("connection: close"), "{answer}");
     assert!(closed - sent >= Duration::from_millis(1500));
     app.stop().await;
+}
+
+/// `twofold ARGS` with no `TWOFOLD_` variable of the caller's: exit status,
+/// standard output, standard error.
+fn twofold(args: &[&str], env: &[(&str, &str)]) -> (std::process::ExitStatus, String, String) {
+    let mut command = std::process::Command::new(binary());
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("TWOFOLD_") {
+            command.env_remove(name);
+        }
+    }
+    let output = command
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// A store URL of another kind, or a bare path, is a usage error said in
+/// one line (one JSON object under `--log-format json`), exit code 2,
+/// before anything is written.
+#[test]
+fn a_database_url_twofold_cannot_use_is_one_line_and_exit_code_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("master.key");
+    for url in ["mysql://root@localhost/twofold", "twofold.db"] {
+        let (status, _, stderr) = twofold(
+            &[
+                "serve",
+                "--database-url",
+                url,
+                "--master-key-file",
+                key.to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert_eq!(status.code(), Some(2), "{stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("sqlite://PATH or postgres://"), "{stderr}");
+        assert!(!stderr.contains("master-key"), "{stderr}");
+        let (status, _, stderr) = twofold(
+            &["--log-format", "json", "serve", "--database-url", url],
+            &[],
+        );
+        assert_eq!(status.code(), Some(2));
+        let line: serde_json::Value = serde_json::from_str(stderr.trim()).unwrap();
+        assert_eq!(line["level"], "ERROR", "{line}");
+        assert!(
+            line["message"].as_str().unwrap().contains("--database-url"),
+            "{line}"
+        );
+    }
+    assert!(!key.exists());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+/// A runtime failure is one line too, exit code 1; a read-only command on
+/// a SQLite path that holds no store says so and creates nothing there.
+#[test]
+fn audit_verify_on_a_mistyped_sqlite_path_creates_nothing_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("mistyped.db");
+    let url = format!("sqlite://{}", missing.display());
+    for command in [
+        &["audit", "verify", "--database-url", url.as_str()][..],
+        &[
+            "audit",
+            "export",
+            "--format",
+            "csv",
+            "--database-url",
+            url.as_str(),
+        ][..],
+    ] {
+        let (status, _, stderr) = twofold(command, &[]);
+        assert_eq!(status.code(), Some(1), "{stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("no SQLite store at"), "{stderr}");
+        assert!(!missing.exists());
+    }
+}
+
+/// Every flag of `serve` has its help, and the settings read from the
+/// environment only are listed there too.
+#[test]
+fn help_explains_every_flag_and_the_environment_only_settings() {
+    let (status, help, _) = twofold(&["serve", "--help"], &[]);
+    assert!(status.success());
+    for said in [
+        "TWOFOLD_BOOTSTRAP_ADMIN=username:password",
+        "RUST_LOG",
+        "Address to serve HTTP on",
+        "Hours a device the user asked to remember",
+        "Digits of a TOTP code",
+    ] {
+        assert!(help.contains(said), "{said} is not in:\n{help}");
+    }
+    let (status, help, _) = twofold(&["audit", "export", "--help"], &[]);
+    assert!(status.success());
+    assert!(help.contains("one JSON object per line"), "{help}");
+}
+
+/// `--listen localhost:PORT` serves; once a super admin exists the start-up
+/// line stops telling how to create the first one; an export whose reader
+/// went away (`| head`) ends quietly with exit code 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_name_listens_and_an_export_into_a_closed_pipe_ends_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = store_url(Backend::Sqlite, dir.path()).await;
+    let key = dir.path().join("master.key");
+    let port = free_port();
+    let log = dir.path().join("serve.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let mut child = serve_command(&url, dir.path(), &key, &format!("localhost:{port}"), &[])
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let ready = client
+            .get(format!("http://localhost:{port}/readyz"))
+            .send()
+            .await;
+        if ready.is_ok_and(|answer| answer.status() == StatusCode::OK) {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        assert!(Instant::now() < deadline, "not ready in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("created the bootstrap super admin"), "{text}");
+    assert!(!text.contains("create the first super admin"), "{text}");
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+
+    let mut export = std::process::Command::new(binary())
+        .args([
+            "audit",
+            "export",
+            "--format",
+            "jsonl",
+            "--database-url",
+            &url,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes before the first row is written.
+    drop(export.stdout.take());
+    let output = export.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{}: {stderr}", output.status);
+    assert!(!stderr.contains("ERROR"), "{stderr}");
+}
+
+/// The admin's session token on the server at `addr`.
+async fn admin_session(client: &reqwest::Client, addr: &str) -> String {
+    let answer: serde_json::Value = client
+        .post(format!("http://{addr}/api/v1/login"))
+        .json(&json!({ "username": ADMIN.0, "password": ADMIN.1 }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    answer["session_token"].as_str().unwrap().to_string()
+}
+
+async fn create_user(client: &reqwest::Client, addr: &str, token: &str, username: &str) {
+    let created = client
+        .post(format!("http://{addr}/api/v1/users"))
+        .bearer_auth(token)
+        .json(&json!({ "username": username, "password": format!("{username}-password") }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+}
+
+/// A backup taken while the service writes is a store of its own: served
+/// with the same key it holds what was there, and its audit trail
+/// verifies. The runbook's restore drill, in docs/operations.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_taken_while_serving_restores_and_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = store_url(Backend::Sqlite, dir.path()).await;
+    let key = dir.path().join("master.key");
+    let server = Server::start(&url, dir.path(), &key, &[]).await;
+    let client = reqwest::Client::new();
+    let token = admin_session(&client, &server.addr).await;
+    create_user(&client, &server.addr, &token, "kept").await;
+    let writes = {
+        let (client, addr, token) = (client.clone(), server.addr.clone(), token.clone());
+        tokio::spawn(async move {
+            for i in 0..5 {
+                create_user(&client, &addr, &token, &format!("during-{i}")).await;
+            }
+        })
+    };
+    std::fs::create_dir(dir.path().join("backups")).unwrap();
+    let copy = dir.path().join("backups").join("copy.db");
+    let backup = |copy: PathBuf, url: String| {
+        tokio::task::spawn_blocking(move || {
+            twofold(
+                &[
+                    "backup",
+                    "--database-url",
+                    &url,
+                    "--to",
+                    copy.to_str().unwrap(),
+                ],
+                &[],
+            )
+        })
+    };
+    let (status, stdout, stderr) = backup(copy.clone(), url.clone()).await.unwrap();
+    assert!(status.success(), "{stderr}");
+    assert!(stdout.contains("the master key is not in it"), "{stdout}");
+    writes.await.unwrap();
+    server.stop().await;
+    let (status, _, stderr) = backup(copy.clone(), url.clone()).await.unwrap();
+    assert_eq!(status.code(), Some(1));
+    assert!(stderr.contains("exists already"), "{stderr}");
+
+    let restored_url = format!("sqlite://{}", copy.display());
+    let restored = Server::start(&restored_url, dir.path(), &key, &[]).await;
+    let token = admin_session(&client, &restored.addr).await;
+    let found: serde_json::Value = client
+        .get(format!("http://{}/api/v1/users?q=kept", restored.addr))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(found["users"][0]["username"], "kept", "{found}");
+    restored.stop().await;
+    let (status, report, stderr) = tokio::task::spawn_blocking(move || {
+        twofold(&["audit", "verify", "--database-url", &restored_url], &[])
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(report.trim()).unwrap();
+    assert_eq!(report["ok"], true, "{report}");
+}
+
+/// The contract's rotation: every secret sealed again under a new key file
+/// (created 0600; one that exists is refused), the old key refused at
+/// start, and a TOTP sign-in through the new one.
+async fn a_rotated_master_key_opens_every_secret_and_the_old_one_is_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let admin = app.admin_token().await;
+    let (secret, _) = app.enroll_totp(&admin).await;
+    let database_url = app.database_url.clone();
+    let dir = app.stop_keeping_files().await;
+    let old_key = dir.path().join("master.key");
+    let new_key = dir.path().join("rotated.key");
+    let rotate = |new_key: PathBuf| {
+        let (database_url, old_key) = (database_url.clone(), old_key.clone());
+        tokio::task::spawn_blocking(move || {
+            twofold(
+                &[
+                    "master-key",
+                    "rotate",
+                    "--database-url",
+                    &database_url,
+                    "--master-key-file",
+                    old_key.to_str().unwrap(),
+                    "--new-key-file",
+                    new_key.to_str().unwrap(),
+                ],
+                &[],
+            )
+        })
+    };
+    let (status, stdout, stderr) = rotate(new_key.clone()).await.unwrap();
+    assert!(status.success(), "{stderr}");
+    assert!(stdout.contains("sealed 1 secrets again"), "{stdout}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&new_key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let kept = std::fs::read_to_string(&new_key).unwrap();
+    let (status, _, stderr) = rotate(new_key.clone()).await.unwrap();
+    assert_eq!(status.code(), Some(1));
+    assert!(stderr.contains("exists already"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&new_key).unwrap(),
+        kept,
+        "left as it was"
+    );
+
+    let listen = format!("127.0.0.1:{}", free_port());
+    let (status, output) = failed_start(&database_url, dir.path(), &old_key, &listen).await;
+    assert!(!status.success(), "{output}");
+    assert!(
+        output.contains("does not open the TOTP secrets"),
+        "{output}"
+    );
+
+    let server = Server::start(&database_url, dir.path(), &new_key, &[]).await;
+    let client = reqwest::Client::new();
+    let login: serde_json::Value = client
+        .post(format!("http://{}/api/v1/login", server.addr))
+        .json(&json!({ "username": ADMIN.0, "password": ADMIN.1 }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(login["status"], "two_factor_required", "{login}");
+    // The next step's code: the enrollment spent this one.
+    let code = oathtool_code(&secret, chrono::Utc::now() + chrono::Duration::seconds(30));
+    let verified = client
+        .post(format!(
+            "http://{}/api/v1/login/challenges/{}/verify",
+            server.addr,
+            login["challenge_id"].as_str().unwrap()
+        ))
+        .json(&json!({ "method": "totp", "code": code, "remember_device": false }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(verified.status(), StatusCode::OK);
+    server.stop().await;
+}
+
+/// Sign-ins from this test's address until one is refused for the rate:
+/// how many were let through (at most `most` tries).
+async fn sign_ins_admitted(client: &reqwest::Client, addr: &str, most: usize) -> usize {
+    for tried in 0..most {
+        let answer = client
+            .post(format!("http://{addr}/api/v1/login"))
+            .json(&json!({ "username": "nobody", "password": "wrong password" }))
+            .send()
+            .await
+            .unwrap();
+        if answer.status() == StatusCode::TOO_MANY_REQUESTS {
+            return tried;
+        }
+    }
+    most
+}
+
+/// `--config FILE`: its settings apply where neither a flag nor the
+/// environment gave one (a flag's `--listen` wins over the file's, which
+/// is then not even read; the environment's rate wins over the file's; the
+/// file's wins over the default), a secret comes from a file it names, and
+/// an unknown key is a usage error naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settings_file_gives_what_flags_and_the_environment_leave_unset() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = store_url(Backend::Sqlite, dir.path()).await;
+    let key = dir.path().join("master.key");
+    let admin_file = dir.path().join("bootstrap-admin");
+    std::fs::write(&admin_file, format!("{}:from-the-file-password\n", ADMIN.0)).unwrap();
+    let settings = dir.path().join("twofold.toml");
+    std::fs::write(
+        &settings,
+        format!(
+            "listen = \"not an address\"\nlogin-rate-per-ip = 2\nbootstrap-admin-file = \"{}\"\n",
+            admin_file.display()
+        ),
+    )
+    .unwrap();
+    let client = reqwest::Client::new();
+    for (env_rate, admitted) in [(Some("3"), 3), (None, 2)] {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let log = dir.path().join("serve.log");
+        let file = std::fs::File::create(&log).unwrap();
+        let mut command = serve_command(&url, dir.path(), &key, &addr, &["--config"]);
+        command
+            .arg(&settings)
+            .env_remove("TWOFOLD_BOOTSTRAP_ADMIN")
+            .stdout(file.try_clone().unwrap())
+            .stderr(file);
+        if let Some(rate) = env_rate {
+            command.env("TWOFOLD_LOGIN_RATE_PER_IP", rate);
+        }
+        let mut child = command.spawn().unwrap();
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let ready = client.get(format!("http://{addr}/readyz")).send().await;
+            if ready.is_ok_and(|answer| answer.status() == StatusCode::OK) {
+                break;
+            }
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "{}",
+                std::fs::read_to_string(&log).unwrap()
+            );
+            assert!(Instant::now() < deadline, "not ready in time");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(sign_ins_admitted(&client, &addr, 6).await, admitted);
+        child.start_kill().unwrap();
+        child.wait().await.unwrap();
+    }
+    // The admin came from the file the settings named (the environment's
+    // bootstrap admin, with another password, found one there).
+    let server = Server::start(&url, dir.path(), &key, &[]).await;
+    let signed_in = client
+        .post(format!("http://{}/api/v1/login", server.addr))
+        .json(&json!({ "username": ADMIN.0, "password": "from-the-file-password" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), StatusCode::OK);
+    server.stop().await;
+
+    std::fs::write(&settings, "listen-to = \"127.0.0.1:8080\"\n").unwrap();
+    let (status, _, stderr) = twofold(
+        &[
+            "serve",
+            "--config",
+            settings.to_str().unwrap(),
+            "--database-url",
+            &url,
+        ],
+        &[],
+    );
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("unknown setting `listen-to`"), "{stderr}");
 }

@@ -167,7 +167,7 @@ fn every_annotated_handler_is_served() {
         );
     }
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("api/src");
-    let mut files = vec![root.join("openapi.rs")];
+    let mut files = vec![root.join("openapi.rs"), root.join("api_docs.rs")];
     for entry in std::fs::read_dir(root.join("routes")).unwrap() {
         files.push(entry.unwrap().path());
     }
@@ -239,4 +239,57 @@ fn every_operation_documents_its_answers() {
         .collect();
     assert_eq!(required, ["error", "message"]);
     assert!(error["properties"]["attempts_remaining"].is_object());
+}
+
+/// The API reference is one page of this service: every operation of the
+/// document is on it, and it loads no script at all and nothing (style,
+/// font, image) from another host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_reference_is_a_page_with_nothing_from_another_host() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let response = app
+        .client
+        .get(format!("{}/api/docs", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let headers = response.headers().clone();
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(headers["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .starts_with("default-src 'self'"));
+    let html = response.text().await.unwrap();
+    assert!(!html.to_ascii_lowercase().contains("<script"), "{html}");
+    for attribute in ["src=\"", "href=\""] {
+        for (at, _) in html.match_indices(attribute) {
+            let value = &html[at + attribute.len()..];
+            assert!(
+                value.starts_with('/') && !value.starts_with("//")
+                    || value.starts_with('#')
+                    || value.starts_with("data:"),
+                "{attribute}{}",
+                &value[..value.len().min(60)]
+            );
+        }
+    }
+    for (method, path) in operations(&document()) {
+        let shown = format!(
+            "{} <span class=\"path\">{path}</span>",
+            method.to_ascii_uppercase()
+        );
+        assert!(html.contains(&shown), "{shown} is not on the page");
+    }
+    let stylesheet = app
+        .client
+        .get(format!("{}/static/app.css", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stylesheet.status(), StatusCode::OK);
+    app.stop().await;
 }

@@ -1981,3 +1981,176 @@ async fn two_servers_on_one_database_retry_conflicting_commands(backend: Backend
     second.stop().await.unwrap();
     first.stop().await;
 }
+
+/// The value of one series (`name{labels}` as the exposition writes it) in
+/// a Prometheus text exposition; 0 when absent.
+fn sample(exposition: &str, series: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |value| value.trim().parse().unwrap())
+}
+
+async fn scrape(cluster: &Processes) -> String {
+    let answer = cluster
+        .client
+        .get(format!("{}/metrics", cluster.bases[0]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    answer.text().await.unwrap()
+}
+
+/// Design: one process of its own (the counters are per process), a
+/// scripted mix of sign-ins, and the exposition parsed before and after:
+/// every family declared, each outcome there from the start at 0, and
+/// each counter moved by exactly what the mix did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_sign_ins_second_factors_and_lockouts_by_outcome() {
+    let _one_at_a_time = MULTI_PROCESS.lock().await;
+    let cluster = Processes::start(1).await;
+    let before = scrape(&cluster).await;
+    for (family, kind) in [
+        ("twofold_sign_ins_total", "counter"),
+        ("twofold_second_factor_checks_total", "counter"),
+        ("twofold_lockouts_total", "counter"),
+        ("twofold_emails_total", "counter"),
+        ("twofold_projection_lag_events", "gauge"),
+        ("twofold_build_info", "gauge"),
+        ("twofold_http_requests_total", "counter"),
+        ("twofold_http_request_seconds", "histogram"),
+    ] {
+        assert!(
+            before.contains(&format!("# HELP {family} ")),
+            "{family}:\n{before}"
+        );
+        assert!(
+            before.contains(&format!("# TYPE {family} {kind}\n")),
+            "{family}:\n{before}"
+        );
+    }
+    assert!(
+        before.contains("twofold_http_request_seconds_bucket{"),
+        "{before}"
+    );
+    let invalid = r#"twofold_sign_ins_total{outcome="invalid_credentials"}"#;
+    assert!(before.contains(&format!("{invalid} 0\n")), "{before}");
+    let version = format!(
+        r#"twofold_build_info{{version="{}"}}"#,
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(sample(&before, &version), 1.0);
+
+    let admin = cluster.admin_token().await;
+    let user = enroll(&cluster, &admin, 0).await;
+    assert_eq!(
+        cluster
+            .login(0, &user.username, "wrong password")
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        cluster
+            .login(0, "nobody-by-that-name", "a password")
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    // One wrong code, then a recovery code (the enrollment's TOTP step is
+    // spent: its code would be a replay).
+    let verify = |challenge: String, method: &'static str, code: String| {
+        let cluster = &cluster;
+        async move {
+            cluster
+                .call(
+                    0,
+                    Method::POST,
+                    &format!("/api/v1/login/challenges/{challenge}/verify"),
+                    None,
+                    Some(json!({ "method": method, "code": code, "remember_device": false })),
+                )
+                .await
+                .status
+        }
+    };
+    let wrong = wrong_code(&user.secret).await;
+    let challenge = open_challenge(&cluster, 0, &user).await;
+    assert_eq!(
+        verify(challenge.clone(), "totp", wrong.clone()).await,
+        StatusCode::UNAUTHORIZED
+    );
+    let recovery = user.recovery_codes[0].clone();
+    assert_eq!(
+        verify(challenge, "recovery_code", recovery).await,
+        StatusCode::OK
+    );
+    // A challenge locked by its wrong codes.
+    let challenge = open_challenge(&cluster, 0, &user).await;
+    for _ in 0..policy::CHALLENGE_ATTEMPTS {
+        assert_eq!(
+            verify(challenge.clone(), "totp", wrong.clone()).await,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    // An account locked by wrong passwords.
+    let created = cluster
+        .call(
+            0,
+            Method::POST,
+            "/api/v1/users",
+            Some(&admin),
+            Some(json!({ "username": "locked-out", "password": "locked-out-password" })),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{created:?}");
+    for _ in 0..policy::PASSWORD_FAILURES_BEFORE_LOCK {
+        assert_eq!(
+            cluster
+                .login(0, "locked-out", "wrong password")
+                .await
+                .status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(
+        cluster
+            .login(0, "locked-out", "locked-out-password")
+            .await
+            .status,
+        StatusCode::LOCKED
+    );
+
+    let after = scrape(&cluster).await;
+    let moved = |series: &str| sample(&after, series) - sample(&before, series);
+    let sign_ins =
+        |outcome: &str| moved(&format!(r#"twofold_sign_ins_total{{outcome="{outcome}"}}"#));
+    assert_eq!(
+        sign_ins("authenticated"),
+        2.0,
+        "the admin and the user before enrolling"
+    );
+    assert_eq!(sign_ins("second_factor_required"), 2.0);
+    let wrong_passwords = 2.0 + f64::from(policy::PASSWORD_FAILURES_BEFORE_LOCK);
+    assert_eq!(sign_ins("invalid_credentials"), wrong_passwords);
+    assert_eq!(sign_ins("locked"), 1.0);
+    let checks = |method: &str, outcome: &str| {
+        moved(&format!(
+            r#"twofold_second_factor_checks_total{{method="{method}",outcome="{outcome}"}}"#
+        ))
+    };
+    assert_eq!(
+        checks("totp", "rejected"),
+        1.0 + f64::from(policy::CHALLENGE_ATTEMPTS)
+    );
+    assert_eq!(checks("recovery_code", "accepted"), 1.0);
+    assert_eq!(checks("totp", "accepted"), 0.0);
+    let lockouts = |kind: &str| moved(&format!(r#"twofold_lockouts_total{{kind="{kind}"}}"#));
+    assert_eq!(lockouts("challenge"), 1.0);
+    assert_eq!(lockouts("password"), 1.0);
+    assert_eq!(lockouts("second_factor"), 0.0);
+    assert_eq!(sample(&after, "twofold_projection_lag_events"), 0.0);
+    let answered = r#"twofold_http_request_seconds_count{route="/api/v1/login"}"#;
+    assert!(moved(answered) >= wrong_passwords + 5.0, "{after}");
+}

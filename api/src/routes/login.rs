@@ -26,27 +26,52 @@ pub struct LoginRequest {
     device_token: Option<String>,
 }
 
-/// What `POST /login` answers, by `status`.
+/// What `POST /login` answers; its `status` says which.
 #[derive(Serialize, Deserialize, ToSchema)]
-#[serde(tag = "status", rename_all = "snake_case")]
+#[serde(untagged)]
+#[schema(discriminator(property_name = "status", mapping(
+    ("authenticated" = "#/components/schemas/Authenticated"),
+    ("two_factor_required" = "#/components/schemas/TwoFactorRequired"),
+    ("enrollment_required" = "#/components/schemas/EnrollmentRequired")
+)))]
 pub enum LoginAnswer {
-    /// No second factor is due: a full session.
-    Authenticated {
-        session_token: String,
-        expires_at: DateTime<Utc>,
-    },
-    /// Verify a second factor on this challenge.
-    TwoFactorRequired {
-        challenge_id: Uuid,
-        #[schema(value_type = Vec<MethodSchema>)]
-        methods: Vec<SecondFactorMethod>,
-        expires_at: DateTime<Utc>,
-    },
-    /// 2FA is required and not active: this session may only enroll.
-    EnrollmentRequired {
-        session_token: String,
-        expires_at: DateTime<Utc>,
-    },
+    Authenticated(Authenticated),
+    TwoFactorRequired(TwoFactorRequired),
+    EnrollmentRequired(EnrollmentRequired),
+}
+
+/// The `status` of a sign-in that waits for its second factor.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecondFactorDue {
+    TwoFactorRequired,
+}
+
+/// Verify a second factor on this challenge.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct TwoFactorRequired {
+    #[schema(value_type = String, pattern = "^two_factor_required$")]
+    pub status: SecondFactorDue,
+    pub challenge_id: Uuid,
+    #[schema(value_type = Vec<MethodSchema>)]
+    pub methods: Vec<SecondFactorMethod>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The `status` of a sign-in held on the enrollment step.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnrollmentDue {
+    EnrollmentRequired,
+}
+
+/// 2FA is required and not active: this session may only enroll.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct EnrollmentRequired {
+    #[schema(value_type = String, pattern = "^enrollment_required$")]
+    pub status: EnrollmentDue,
+    pub session_token: String,
+    pub expires_at: DateTime<Utc>,
 }
 
 impl From<SignInAnswer> for LoginAnswer {
@@ -55,26 +80,31 @@ impl From<SignInAnswer> for LoginAnswer {
             SignInAnswer::Authenticated {
                 session_token,
                 expires_at,
-            } => LoginAnswer::Authenticated {
+            } => LoginAnswer::Authenticated(Authenticated {
+                status: Finished::Authenticated,
                 session_token,
                 expires_at,
-            },
+                device_token: None,
+                device_expires_at: None,
+            }),
             SignInAnswer::TwoFactorRequired {
                 challenge_id,
                 methods,
                 expires_at,
-            } => LoginAnswer::TwoFactorRequired {
+            } => LoginAnswer::TwoFactorRequired(TwoFactorRequired {
+                status: SecondFactorDue::TwoFactorRequired,
                 challenge_id,
                 methods,
                 expires_at,
-            },
+            }),
             SignInAnswer::EnrollmentRequired {
                 session_token,
                 expires_at,
-            } => LoginAnswer::EnrollmentRequired {
+            } => LoginAnswer::EnrollmentRequired(EnrollmentRequired {
+                status: EnrollmentDue::EnrollmentRequired,
                 session_token,
                 expires_at,
-            },
+            }),
         }
     }
 }
@@ -174,6 +204,8 @@ pub enum Finished {
     Authenticated,
 }
 
+/// Signed in: a full session (and, after a second factor, the remembered
+/// device's token when asked for).
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct Authenticated {
     #[schema(value_type = String, pattern = "^authenticated$")]

@@ -114,20 +114,16 @@ pub async fn sign_in(
         );
     }
     match answer.parse()? {
-        LoginAnswer::Authenticated { session_token, .. } => {
-            Ok(start_session(&visitor, &session_token, "/home"))
+        LoginAnswer::Authenticated(signed_in) => {
+            Ok(start_session(&visitor, &signed_in.session_token, "/home"))
         }
-        LoginAnswer::EnrollmentRequired { session_token, .. } => {
-            Ok(start_session(&visitor, &session_token, "/enroll"))
+        LoginAnswer::EnrollmentRequired(held) => {
+            Ok(start_session(&visitor, &held.session_token, "/enroll"))
         }
-        LoginAnswer::TwoFactorRequired {
-            challenge_id,
-            methods,
-            ..
-        } => {
+        LoginAnswer::TwoFactorRequired(due) => {
             let challenge = Challenge {
-                id: challenge_id,
-                methods,
+                id: due.challenge_id,
+                methods: due.methods,
             };
             Ok(Reply::redirect("/login/code").cookie(cookies::set(
                 cookies::CHALLENGE,
