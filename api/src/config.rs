@@ -60,6 +60,11 @@ pub enum Command {
     /// The copy holds no master key: keep the key file apart from the data
     /// (docs/operations.md, Backup and restore).
     Backup(BackupArgs),
+    /// Check the settings `serve` would run with.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
     /// Manage the master key that seals the TOTP secrets.
     MasterKey {
         #[command(subcommand)]
@@ -95,6 +100,14 @@ pub struct VerifyArgs {
     /// report (`head_position`:`head`): the history must still give it.
     #[arg(long)]
     pub expect_head: Option<twofold_projections::ExpectedHead>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// Print every setting in effect (from the flags, the environment, the
+    /// --config file or the default, as each line says), secrets masked;
+    /// exits non-zero where `serve` would refuse to start on them.
+    Check(Box<ServeArgs>),
 }
 
 #[derive(Debug, Subcommand)]

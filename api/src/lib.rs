@@ -31,15 +31,17 @@ pub use client_address::TrustedProxies;
 pub use serve::ConnectionLimits;
 pub use twofold_app::{Clock, Settings};
 
-use config::{AuditAction, Cli, Command, ExportFormat, MasterKeyAction, ProjectionsAction};
+use config::{
+    AuditAction, Cli, Command, ConfigAction, ExportFormat, MasterKeyAction, ProjectionsAction,
+};
 
 /// How long the exit waits for tasks that outlived the serve loop.
 const LEFTOVER_TASKS_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The `twofold` binary.
 pub fn main() -> ExitCode {
-    let cli = match parse_command_line() {
-        Ok(cli) => cli,
+    let CommandLine { cli, settings } = match parse_command_line() {
+        Ok(command_line) => command_line,
         Err(refused) => {
             telemetry::init(telemetry::format_asked_for());
             tracing::error!("{refused}");
@@ -54,7 +56,7 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let outcome = runtime.block_on(run(cli.command));
+    let outcome = runtime.block_on(run(cli.command, settings));
     // The serve loop has already waited its grace period: tasks still
     // running (a client's abandoned request) do not hold the exit up.
     runtime.shutdown_timeout(LEFTOVER_TASKS_WAIT);
@@ -74,7 +76,7 @@ pub fn main() -> ExitCode {
 /// The command line, with what `serve --config FILE` sets for the settings
 /// that neither the command line nor the environment gave; a usage error
 /// as one line. `--help` and `--version` print and exit here.
-fn parse_command_line() -> Result<Cli, String> {
+fn parse_command_line() -> Result<CommandLine, String> {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let parse = |args: Vec<std::ffi::OsString>| {
         Cli::command().try_get_matches_from(args).map_err(|error| {
@@ -85,15 +87,40 @@ fn parse_command_line() -> Result<Cli, String> {
         })
     };
     let mut matches = parse(args.clone())?;
-    if let Some(("serve", serve)) = matches.subcommand() {
+    let mut from_file = Vec::new();
+    if let Some(serve) = serve_matches(&matches) {
         if let Some(file) = serve.get_one::<std::path::PathBuf>("config") {
             let flags = settings_file::flags(file, serve)?;
             if !flags.is_empty() {
+                from_file = settings_file::names(&flags);
                 matches = parse(args.into_iter().chain(flags).collect())?;
             }
         }
     }
-    Cli::from_arg_matches(&matches).map_err(|error| usage_error_line(&error))
+    let settings = serve_matches(&matches)
+        .map(|serve| settings_file::effective(serve, &from_file))
+        .unwrap_or_default();
+    let cli = Cli::from_arg_matches(&matches).map_err(|error| usage_error_line(&error))?;
+    Ok(CommandLine { cli, settings })
+}
+
+/// What the command line asked for, and (for `serve` and `config check`)
+/// every setting in effect with where it came from.
+struct CommandLine {
+    cli: Cli,
+    settings: Vec<settings_file::Setting>,
+}
+
+/// The matches of `serve`'s flags: `serve`'s own or `config check`'s.
+fn serve_matches(matches: &clap::ArgMatches) -> Option<&clap::ArgMatches> {
+    match matches.subcommand()? {
+        ("serve", serve) => Some(serve),
+        ("config", config) => match config.subcommand()? {
+            ("check", check) => Some(check),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 /// clap's message on one line: what was wrong, without its advice to try
@@ -116,8 +143,19 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
     })
 }
 
-async fn run(command: Command) -> anyhow::Result<()> {
+async fn run(command: Command, settings: Vec<settings_file::Setting>) -> anyhow::Result<()> {
     match command {
+        Command::Config {
+            action: ConfigAction::Check(args),
+        } => {
+            // Refused as `serve` would refuse it (a secret file that cannot
+            // be read, a bad key URI issuer...).
+            ServeConfig::from_args(*args)?;
+            for setting in settings {
+                println!("{setting}");
+            }
+            Ok(())
+        }
         Command::Serve(args) => {
             let config = ServeConfig::from_args(*args)?;
             let running = start(config).await?;

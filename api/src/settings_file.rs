@@ -69,3 +69,87 @@ fn scalar(key: &str, value: Value, file: &str) -> Result<String, String> {
         )),
     }
 }
+
+/// The long flags among `flags` (`--key=value` each).
+pub fn names(flags: &[OsString]) -> Vec<String> {
+    flags
+        .iter()
+        .filter_map(|flag| {
+            let flag = flag.to_str()?.strip_prefix("--")?;
+            Some(
+                flag.split_once('=')
+                    .map_or(flag, |(name, _)| name)
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
+/// One setting in effect, as `twofold config check` prints it.
+pub struct Setting {
+    name: String,
+    value: String,
+    source: &'static str,
+}
+
+impl std::fmt::Display for Setting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let value = Value::String(self.value.clone());
+        write!(f, "{} = {value}  # {}", self.name, self.source)
+    }
+}
+
+/// Every flag of `serve` that has a value, with where it came from
+/// (`from_file`: the flags the settings file gave); secrets masked.
+pub fn effective(matches: &ArgMatches, from_file: &[String]) -> Vec<Setting> {
+    let command = Cli::command();
+    let Some(serve) = command.find_subcommand("serve") else {
+        return Vec::new();
+    };
+    let mut settings = Vec::new();
+    for arg in serve.get_arguments() {
+        let (Some(name), id) = (arg.get_long(), arg.get_id().as_str()) else {
+            continue;
+        };
+        let Some(values) = matches.get_raw(id) else {
+            continue;
+        };
+        let value: Vec<String> = values
+            .map(|value| value.to_string_lossy().into_owned())
+            .collect();
+        let source = match matches.value_source(id) {
+            Some(ValueSource::CommandLine) if from_file.iter().any(|file| file == name) => "file",
+            Some(ValueSource::CommandLine) => "command line",
+            Some(ValueSource::EnvVariable) => "environment",
+            _ => "default",
+        };
+        settings.push(Setting {
+            name: name.to_string(),
+            value: masked(name, &value.join(",")),
+            source,
+        });
+    }
+    settings
+}
+
+/// A secret's value with its secret part hidden: the password of
+/// `username:password` and of a URL's user info.
+fn masked(name: &str, value: &str) -> String {
+    match name {
+        "bootstrap-admin" => match value.split_once(':') {
+            Some((username, _)) => format!("{username}:********"),
+            None => "********".to_string(),
+        },
+        "smtp-url" => match value.split_once("://") {
+            Some((scheme, rest)) => match rest.split_once('@') {
+                Some((user_info, host)) => {
+                    let user = user_info.split(':').next().unwrap_or_default();
+                    format!("{scheme}://{user}:********@{host}")
+                }
+                None => value.to_string(),
+            },
+            None => "********".to_string(),
+        },
+        _ => value.to_string(),
+    }
+}

@@ -432,6 +432,26 @@ async fn a_body_that_does_not_arrive_in_time_is_answered_408_and_the_connection_
     app.stop().await;
 }
 
+/// Returns once `child` answers `/readyz` at `base`; fails with its `log`
+/// if it exits first.
+async fn until_ready(child: &mut Child, base: &str, log: &Path) {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let ready = client.get(format!("{base}/readyz")).send().await;
+        if ready.is_ok_and(|answer| answer.status() == StatusCode::OK) {
+            return;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{}",
+            std::fs::read_to_string(log).unwrap()
+        );
+        assert!(Instant::now() < deadline, "not ready in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// `twofold ARGS` with no `TWOFOLD_` variable of the caller's: exit status,
 /// standard output, standard error.
 fn twofold(args: &[&str], env: &[(&str, &str)]) -> (std::process::ExitStatus, String, String) {
@@ -554,24 +574,7 @@ async fn a_host_name_listens_and_an_export_into_a_closed_pipe_ends_quietly() {
         .stderr(file)
         .spawn()
         .unwrap();
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let ready = client
-            .get(format!("http://localhost:{port}/readyz"))
-            .send()
-            .await;
-        if ready.is_ok_and(|answer| answer.status() == StatusCode::OK) {
-            break;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "{}",
-            std::fs::read_to_string(&log).unwrap()
-        );
-        assert!(Instant::now() < deadline, "not ready in time");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_ready(&mut child, &format!("http://localhost:{port}"), &log).await;
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("created the bootstrap super admin"), "{text}");
     assert!(!text.contains("create the first super admin"), "{text}");
@@ -830,20 +833,7 @@ async fn a_settings_file_gives_what_flags_and_the_environment_leave_unset() {
             command.env("TWOFOLD_LOGIN_RATE_PER_IP", rate);
         }
         let mut child = command.spawn().unwrap();
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let ready = client.get(format!("http://{addr}/readyz")).send().await;
-            if ready.is_ok_and(|answer| answer.status() == StatusCode::OK) {
-                break;
-            }
-            assert!(
-                child.try_wait().unwrap().is_none(),
-                "{}",
-                std::fs::read_to_string(&log).unwrap()
-            );
-            assert!(Instant::now() < deadline, "not ready in time");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        until_ready(&mut child, &format!("http://{addr}"), &log).await;
         assert_eq!(sign_ins_admitted(&client, &addr, 6).await, admitted);
         child.start_kill().unwrap();
         child.wait().await.unwrap();
@@ -874,4 +864,58 @@ async fn a_settings_file_gives_what_flags_and_the_environment_leave_unset() {
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("unknown setting `listen-to`"), "{stderr}");
+}
+
+/// `twofold config check` prints every setting `serve` would use with
+/// where it came from (flag, environment, file, default), the secrets
+/// masked, and refuses what `serve` would refuse.
+#[test]
+fn config_check_prints_the_settings_in_effect_with_their_sources_and_no_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = dir.path().join("twofold.toml");
+    std::fs::write(
+        &settings,
+        "login-rate-per-ip = 2\nlisten = \"127.0.0.1:7000\"\n\
+         smtp-url = \"smtp://mailer:smtp-secret@mail.example.com:587\"\n",
+    )
+    .unwrap();
+    let (status, stdout, stderr) = twofold(
+        &[
+            "config",
+            "check",
+            "--config",
+            settings.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:9999",
+            "--master-key-file",
+            "/nonexistent/master.key",
+        ],
+        &[("TWOFOLD_BOOTSTRAP_ADMIN", "root:root-secret")],
+    );
+    assert!(status.success(), "{stderr}");
+    for line in [
+        "listen = \"127.0.0.1:9999\"  # command line",
+        "login-rate-per-ip = \"2\"  # file",
+        "smtp-url = \"smtp://mailer:********@mail.example.com:587\"  # file",
+        "bootstrap-admin = \"root:********\"  # environment",
+        "remember-device-hours = \"23\"  # default",
+    ] {
+        assert!(
+            stdout.lines().any(|printed| printed == line),
+            "{line} not in:\n{stdout}"
+        );
+    }
+    assert!(!stdout.contains("secret"), "{stdout}");
+
+    let (status, _, stderr) = twofold(
+        &[
+            "config",
+            "check",
+            "--bootstrap-admin-file",
+            "/nonexistent/admin",
+        ],
+        &[],
+    );
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot read the secret file"), "{stderr}");
 }
