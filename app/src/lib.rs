@@ -168,12 +168,16 @@ impl App {
     }
 
     /// What a scrape of the metrics reports beside the counters: how far
-    /// this process's read models are behind the store.
+    /// this process's read models are behind the store, its connections
+    /// to the store, its CPU, memory and open files.
     pub async fn measure(&self) {
         match twofold_store::last_position(self.store.db()).await {
             Ok(last) => metrics::projection_lag(last - self.projector.applied().position),
             Err(error) => tracing::warn!(%error, "the projection lag could not be measured"),
         }
+        let (open, idle) = self.store.db().connections();
+        metrics::connections(open, idle);
+        metrics::process().collect();
     }
 
     async fn load(&self, user_id: Uuid) -> Result<Loaded, AppError> {

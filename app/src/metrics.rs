@@ -15,6 +15,7 @@ pub const LOCKOUTS: &str = "twofold_lockouts_total";
 pub const EMAILS: &str = "twofold_emails_total";
 pub const PROJECTION_LAG: &str = "twofold_projection_lag_events";
 pub const BUILD_INFO: &str = "twofold_build_info";
+pub const DB_CONNECTIONS: &str = "twofold_db_connections";
 
 /// How a password step ended.
 const SIGN_IN_OUTCOMES: [&str; 8] = [
@@ -65,6 +66,11 @@ pub fn describe() {
         "Events stored but not yet applied to this process's read models, at the last scrape."
     );
     describe_gauge!(BUILD_INFO, "Always 1; the version is a label.");
+    describe_gauge!(
+        DB_CONNECTIONS,
+        "Connections of this process to the store, by state (in_use, idle), at the last scrape."
+    );
+    process().describe();
     describe_counter!(
         "twofold_http_requests_total",
         "HTTP requests answered, by route, method and status."
@@ -103,6 +109,9 @@ pub fn describe() {
         counter!(EMAILS, "outcome" => outcome).absolute(0);
     }
     gauge!(PROJECTION_LAG).set(0.0);
+    for state in ["in_use", "idle"] {
+        gauge!(DB_CONNECTIONS, "state" => state).set(0.0);
+    }
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
@@ -180,4 +189,19 @@ pub(crate) fn email(sent: bool) {
 /// How far this process's read models are behind the store.
 pub(crate) fn projection_lag(events: i64) {
     gauge!(PROJECTION_LAG).set(events.max(0) as f64);
+}
+
+/// The store's connections: `open` of them, `idle` unused.
+pub(crate) fn connections(open: u32, idle: usize) {
+    let idle = idle.min(open as usize);
+    gauge!(DB_CONNECTIONS, "state" => "in_use").set((open as usize - idle) as f64);
+    gauge!(DB_CONNECTIONS, "state" => "idle").set(idle as f64);
+}
+
+/// The process's own figures (`process_cpu_seconds_total`,
+/// `process_resident_memory_bytes`, `process_open_fds`, ...), read at
+/// each scrape.
+pub(crate) fn process() -> &'static metrics_process::Collector {
+    static COLLECTOR: std::sync::OnceLock<metrics_process::Collector> = std::sync::OnceLock::new();
+    COLLECTOR.get_or_init(metrics_process::Collector::default)
 }

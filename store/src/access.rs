@@ -283,6 +283,15 @@ impl Db {
         Ok(())
     }
 
+    /// How many connections the pool holds open, and how many of those
+    /// are idle.
+    pub fn connections(&self) -> (u32, usize) {
+        match self {
+            Db::Sqlite(pool) => (pool.size(), pool.num_idle()),
+            Db::Postgres(pool) => (pool.size(), pool.num_idle()),
+        }
+    }
+
     /// Closes every connection, waiting for those in use to come back;
     /// later uses fail with `PoolClosed`.
     pub async fn close(&self) {

@@ -2020,6 +2020,8 @@ async fn metrics_count_sign_ins_second_factors_and_lockouts_by_outcome() {
         ("twofold_build_info", "gauge"),
         ("twofold_http_requests_total", "counter"),
         ("twofold_http_request_seconds", "histogram"),
+        ("twofold_db_connections", "gauge"),
+        ("process_resident_memory_bytes", "gauge"),
     ] {
         assert!(
             before.contains(&format!("# HELP {family} ")),
@@ -2151,6 +2153,13 @@ async fn metrics_count_sign_ins_second_factors_and_lockouts_by_outcome() {
     assert_eq!(lockouts("password"), 1.0);
     assert_eq!(lockouts("second_factor"), 0.0);
     assert_eq!(sample(&after, "twofold_projection_lag_events"), 0.0);
+    assert!(
+        sample(&after, "process_resident_memory_bytes") > 0.0,
+        "{after}"
+    );
+    let connections = sample(&after, r#"twofold_db_connections{state="in_use"}"#)
+        + sample(&after, r#"twofold_db_connections{state="idle"}"#);
+    assert!(connections >= 1.0, "{after}");
     let answered = r#"twofold_http_request_seconds_count{route="/api/v1/login"}"#;
     assert!(moved(answered) >= wrong_passwords + 5.0, "{after}");
 }
