@@ -602,9 +602,9 @@ async fn a_host_name_listens_and_an_export_into_a_closed_pipe_ends_quietly() {
     assert!(!stderr.contains("ERROR"), "{stderr}");
 }
 
-/// The admin's session token on the server at `addr`.
-async fn admin_session(client: &reqwest::Client, addr: &str) -> String {
-    let answer: serde_json::Value = client
+/// The admin's password step on the server at `addr`: its answer.
+async fn admin_login(client: &reqwest::Client, addr: &str) -> serde_json::Value {
+    client
         .post(format!("http://{addr}/api/v1/login"))
         .json(&json!({ "username": ADMIN.0, "password": ADMIN.1 }))
         .send()
@@ -612,7 +612,12 @@ async fn admin_session(client: &reqwest::Client, addr: &str) -> String {
         .unwrap()
         .json()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// The admin's session token on the server at `addr`.
+async fn admin_session(client: &reqwest::Client, addr: &str) -> String {
+    let answer = admin_login(client, addr).await;
     answer["session_token"].as_str().unwrap().to_string()
 }
 
@@ -754,15 +759,7 @@ async fn a_rotated_master_key_opens_every_secret_and_the_old_one_is_refused(back
 
     let server = Server::start(&database_url, dir.path(), &new_key, &[]).await;
     let client = reqwest::Client::new();
-    let login: serde_json::Value = client
-        .post(format!("http://{}/api/v1/login", server.addr))
-        .json(&json!({ "username": ADMIN.0, "password": ADMIN.1 }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let login = admin_login(&client, &server.addr).await;
     assert_eq!(login["status"], "two_factor_required", "{login}");
     // The next step's code: the enrollment spent this one.
     let code = oathtool_code(&secret, chrono::Utc::now() + chrono::Duration::seconds(30));
