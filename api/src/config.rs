@@ -175,17 +175,9 @@ impl DatabaseArgs {
         twofold_store::connect(&self.database_url, self.database_max_connections).await
     }
 
-    /// For commands that only read: a SQLite file that is not there is an
-    /// error (a mistyped path), not a new empty store.
+    /// For commands that only use a store that exists.
     pub async fn connect_existing(&self) -> anyhow::Result<twofold_projections::Db> {
-        if let Some(file) = twofold_store::sqlite_file(&self.database_url) {
-            anyhow::ensure!(
-                file.exists(),
-                "no SQLite store at {} (from --database-url)",
-                file.display()
-            );
-        }
-        self.connect().await
+        twofold_store::connect_existing(&self.database_url, self.database_max_connections).await
     }
 }
 

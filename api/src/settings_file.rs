@@ -2,7 +2,9 @@
 //! as the long flag without `--` (`listen = "0.0.0.0:8080"`,
 //! `remember-device-hours = 12`, `trusted-proxies = ["10.0.0.0/8"]`). A
 //! flag or an environment variable overrides the file: the file's settings
-//! become flags only for what neither gave.
+//! become flags only for what neither gave. `log-format` may be set here
+//! too; lines logged before the file is read (a refused command line) use
+//! the command line's or the environment's.
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -27,10 +29,15 @@ pub fn flags(path: &Path, given: &ArgMatches) -> Result<Vec<OsString>, String> {
     let serve = command
         .find_subcommand("serve")
         .ok_or("twofold has no serve command")?;
+    // `serve`'s own flags and the global ones (`log-format`).
+    let arguments: Vec<&clap::Arg> = serve
+        .get_arguments()
+        .chain(command.get_arguments().filter(|arg| arg.is_global_set()))
+        .collect();
     let mut flags = Vec::new();
     for (key, value) in table {
-        let known = serve
-            .get_arguments()
+        let known = arguments
+            .iter()
             .find(|arg| arg.get_long() == Some(key.as_str()) && key != "config");
         let Some(arg) = known else {
             return Err(format!(

@@ -8,6 +8,7 @@ use twofold_domain::{SecondFactorMethod, UserEvent};
 
 use crate::error::AppError;
 use crate::sign_in::SignInAnswer;
+use crate::Written;
 
 pub const SIGN_INS: &str = "twofold_sign_ins_total";
 pub const SECOND_FACTOR_CHECKS: &str = "twofold_second_factor_checks_total";
@@ -116,9 +117,9 @@ pub fn describe() {
 }
 
 /// The password step's outcome.
-pub(crate) fn sign_in<T>(answer: &Result<T, AppError>, decided: impl Fn(&T) -> &SignInAnswer) {
+pub(crate) fn sign_in(answer: &Result<Written<SignInAnswer>, AppError>) {
     let outcome = match answer {
-        Ok(answer) => match decided(answer) {
+        Ok(answer) => match answer.value {
             SignInAnswer::Authenticated { .. } => "authenticated",
             SignInAnswer::TwoFactorRequired { .. } => "second_factor_required",
             SignInAnswer::EnrollmentRequired { .. } => "enrollment_required",

@@ -78,7 +78,7 @@ impl App {
         let answer = self
             .decide_sign_in(origin, username, password, device_token)
             .await;
-        crate::metrics::sign_in(&answer, |written| &written.value);
+        crate::metrics::sign_in(&answer);
         answer
     }
 

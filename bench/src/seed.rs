@@ -16,7 +16,7 @@ use serde_json::json;
 use twofold_domain::PasswordHash;
 use twofold_projections::{Db, Projector};
 use twofold_store::sql::Arg;
-use twofold_store::{Dialect, EVENT_COLUMNS};
+use twofold_store::{event_row, Dialect, EVENT_COLUMNS};
 
 use crate::model::{SeedUser, Timeline, PASSWORD};
 
@@ -368,15 +368,13 @@ struct Producer<'a> {
 
 impl Producer<'_> {
     fn emit(&mut self, event: &crate::model::SeedEvent) -> anyhow::Result<()> {
-        self.batch.events.push(vec![
-            "user".into(),
-            event.user_id.to_string().into(),
-            i64::from(event.sequence).into(),
-            event.event.name().into(),
-            "1".into(),
-            serde_json::to_value(&event.event)?.to_string().into(),
-            event.metadata.to_string().into(),
-        ]);
+        self.batch.events.push(event_row(
+            &event.user_id.to_string(),
+            i64::from(event.sequence),
+            event.event.name(),
+            serde_json::to_value(&event.event)?.to_string(),
+            event.metadata.to_string(),
+        ));
         self.position += 1;
         if self.batch.events.len() >= self.batch_size {
             self.flush()?;

@@ -12,6 +12,9 @@ use crate::values::{
     Username,
 };
 
+/// The version of every event's stored form (`event_version`).
+pub const EVENT_VERSION: &str = "1";
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum UserEvent {
     UserRegistered {
@@ -211,6 +214,6 @@ impl DomainEvent for UserEvent {
     }
 
     fn event_version(&self) -> String {
-        "1".to_string()
+        EVENT_VERSION.to_string()
     }
 }

@@ -12,7 +12,7 @@ pub mod values;
 
 pub use command::{NewDevice, NewSession, PasswordCheck, TwoFactorOffProof, UserCommand};
 pub use error::UserError;
-pub use event::{ImpersonationRevocation, UserEvent};
+pub use event::{ImpersonationRevocation, UserEvent, EVENT_VERSION};
 pub use policy::TwoFactorPolicy;
 pub use user::User;
 pub use values::{

@@ -63,15 +63,13 @@ impl History {
         tx.load(
             "events",
             &twofold_store::EVENT_COLUMNS,
-            vec![vec![
-                "user".into(),
-                user.id.to_string().into(),
-                user.sequence.into(),
-                event.name().into(),
-                "1".into(),
-                payload.to_string().into(),
-                metadata.to_string().into(),
-            ]],
+            vec![twofold_store::event_row(
+                &user.id.to_string(),
+                user.sequence,
+                event.name(),
+                payload.to_string(),
+                metadata.to_string(),
+            )],
             false,
         )
         .await

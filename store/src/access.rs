@@ -1045,15 +1045,7 @@ mod tests {
         let columns = crate::EVENT_COLUMNS;
         let rows = (1..=3_i64)
             .map(|sequence| {
-                vec![
-                    "user".into(),
-                    "someone".into(),
-                    sequence.into(),
-                    "Happened".into(),
-                    "1".into(),
-                    "{}".into(),
-                    "{}".into(),
-                ]
+                crate::event_row("someone", sequence, "Happened", "{}".into(), "{}".into())
             })
             .collect();
         tx.load("events", &columns, rows, false).await.unwrap();

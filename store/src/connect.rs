@@ -56,6 +56,19 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Db> {
     }
 }
 
+/// Opens a store that exists: a SQLite path with no file there is an error
+/// (a mistyped path), not a new empty store.
+pub async fn connect_existing(url: &str, max_connections: u32) -> anyhow::Result<Db> {
+    if let Some(file) = sqlite_file(url) {
+        anyhow::ensure!(
+            file.exists(),
+            "no SQLite store at {} (from --database-url)",
+            file.display()
+        );
+    }
+    connect(url, max_connections).await
+}
+
 /// SQLite opens a file it may not write read-only instead of failing, and
 /// such a connection goes on refusing writes after the file is writable
 /// again. Setting the user version to itself in a transaction that is

@@ -10,9 +10,10 @@ use hashlink::LruCache;
 use postgres_es::PostgresEventRepository;
 use serde::Serialize;
 use sqlite_es::SqliteEventRepository;
-use twofold_domain::{User, UserCommand, UserError, UserEvent, Username};
+use twofold_domain::{User, UserCommand, UserError, UserEvent, Username, EVENT_VERSION};
 
 use crate::feed::EventPosition;
+use crate::sql::Arg;
 use crate::{on_pool, Db};
 use uuid::Uuid;
 
@@ -27,6 +28,26 @@ pub const EVENT_COLUMNS: [&str; 7] = [
     "payload",
     "metadata",
 ];
+
+/// A user's event as a row of `EVENT_COLUMNS`, as an append stores it, for
+/// writers that load events in bulk (the seed, tests).
+pub fn event_row(
+    user_id: &str,
+    sequence: i64,
+    event_type: &str,
+    payload: String,
+    metadata: String,
+) -> Vec<Arg> {
+    vec![
+        User::TYPE.into(),
+        user_id.into(),
+        sequence.into(),
+        event_type.into(),
+        EVENT_VERSION.into(),
+        payload.into(),
+        metadata.into(),
+    ]
+}
 
 /// A command's aggregate is reloaded and retried this many times when
 /// another writer appended first.

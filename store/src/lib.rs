@@ -14,11 +14,14 @@ mod vault;
 pub use access::{
     listed, Column, Dialect, FeedColumns, Row, UpsertRow, Write, WriteTx, ROWS_PER_STATEMENT,
 };
-pub use connect::{backup_sqlite, connect, last_position, migrate, ping, sqlite_file};
+pub use connect::{
+    backup_sqlite, connect, connect_existing, last_position, migrate, ping, sqlite_file,
+};
 pub(crate) use db::on_pool;
 pub use db::Db;
 pub use events::{
-    is_unavailable, Committed, EventMetadata, EventStore, Loaded, StoreError, EVENT_COLUMNS,
+    event_row, is_unavailable, Committed, EventMetadata, EventStore, Loaded, StoreError,
+    EVENT_COLUMNS,
 };
 pub use feed::EventPosition;
 pub use vault::SecretVault;

@@ -810,7 +810,8 @@ async fn a_settings_file_gives_what_flags_and_the_environment_leave_unset() {
     std::fs::write(
         &settings,
         format!(
-            "listen = \"not an address\"\nlogin-rate-per-ip = 2\nbootstrap-admin-file = \"{}\"\n",
+            "listen = \"not an address\"\nlogin-rate-per-ip = 2\nlog-format = \"json\"\n\
+             bootstrap-admin-file = \"{}\"\n",
             admin_file.display()
         ),
     )
@@ -834,6 +835,11 @@ async fn a_settings_file_gives_what_flags_and_the_environment_leave_unset() {
         assert_eq!(sign_ins_admitted(&client, &addr, 6).await, admitted);
         child.start_kill().unwrap();
         child.wait().await.unwrap();
+    }
+    // The log's format came from the file too.
+    let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap();
+    for line in log.lines() {
+        let _: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|_| panic!("{line}"));
     }
     // The admin came from the file the settings named (the environment's
     // bootstrap admin, with another password, found one there).

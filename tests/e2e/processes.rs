@@ -1726,15 +1726,13 @@ async fn insert_registration(
     tx.load(
         "events",
         &twofold_store::EVENT_COLUMNS,
-        vec![vec![
-            "user".into(),
-            user_id.to_string().into(),
-            1_i64.into(),
-            "UserRegistered".into(),
-            "1".into(),
-            payload.to_string().into(),
-            metadata.to_string().into(),
-        ]],
+        vec![twofold_store::event_row(
+            &user_id.to_string(),
+            1,
+            "UserRegistered",
+            payload.to_string(),
+            metadata.to_string(),
+        )],
         false,
     )
     .await
