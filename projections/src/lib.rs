@@ -7,6 +7,7 @@ mod bulk;
 mod cores;
 mod data_migrations;
 mod db;
+mod describe;
 mod feed;
 mod fold;
 mod json;
@@ -20,6 +21,7 @@ mod warm;
 
 pub use audit::{AuditEntry, AuditFilter};
 pub use db::{Db, ProjectionError, ReadModels};
+pub use describe::{event_types, summary, DescribedEntry, People, Person};
 pub use feed::EventPosition;
 pub use queries::{DirectoryEntry, DirectoryFilter, SessionRecord};
 pub use report::TwoFactorCount;
