@@ -16,6 +16,7 @@ mod queries;
 mod read_models;
 mod report;
 mod runner;
+mod timeline;
 mod verify;
 mod warm;
 
@@ -26,6 +27,7 @@ pub use feed::EventPosition;
 pub use queries::{DirectoryEntry, DirectoryFilter, SessionRecord};
 pub use report::TwoFactorCount;
 pub use runner::Projector;
+pub use timeline::{cases, Case, CaseKind};
 pub use verify::{ExpectedHead, Mismatch, VerifyReport};
 
 /// An empty SQLite store with the schema, for unit tests: in memory, on
