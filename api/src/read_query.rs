@@ -4,6 +4,7 @@
 use axum::extract::{FromRequestParts, Query};
 use axum::http::request::Parts;
 use axum::http::Uri;
+use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
@@ -56,6 +57,19 @@ fn split_min_position(query: &str) -> Result<(Option<i64>, String), ApiError> {
         }
     }
     Ok((min_position, rest.join("&")))
+}
+
+/// `as_of=<RFC 3339>` (empty: now): the past instant a read answers for.
+/// Whether it has passed is the application's to say.
+pub fn parse_as_of(value: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
+    match value.filter(|value| !value.is_empty()) {
+        None => Ok(None),
+        Some(value) => DateTime::parse_from_rfc3339(value)
+            .map(|at| Some(at.with_timezone(&Utc)))
+            .map_err(|_| {
+                ApiError::invalid_request("as_of is an RFC 3339 time such as 2026-05-01T00:00:00Z")
+            }),
+    }
 }
 
 impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ReadQuery<T> {

@@ -156,10 +156,25 @@ impl App {
     }
 
     /// One user (administrators).
-    pub async fn user(&self, session: &Session, id: Uuid) -> Result<DirectoryEntry, AppError> {
+    /// One user, as they are or (`as_of`) as they stood at a past instant.
+    pub async fn user(
+        &self,
+        session: &Session,
+        id: Uuid,
+        as_of: Option<DateTime<Utc>>,
+    ) -> Result<DirectoryEntry, AppError> {
         session.full()?;
         session.require(Role::is_administrator)?;
-        self.directory_entry(id).await
+        match as_of {
+            None => self.directory_entry(id).await,
+            Some(at) => {
+                self.in_the_past(at)?;
+                self.read_models()
+                    .directory_entry_as_of(id, at)
+                    .await?
+                    .ok_or(AppError::NotFound("no such user"))
+            }
+        }
     }
 
     /// Change a user's email, role or 2FA enforcement, in one append.
@@ -213,6 +228,9 @@ impl App {
         min_position: Option<i64>,
     ) -> Result<(Vec<DirectoryEntry>, bool), AppError> {
         self.may_read_reports(session)?;
+        if let Some(at) = filter.as_of {
+            self.in_the_past(at)?;
+        }
         self.reach(min_position).await?;
         Ok(self.read_models().search_directory(filter).await?)
     }

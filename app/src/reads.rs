@@ -135,16 +135,34 @@ impl App {
         }
     }
 
+    /// An instant `as_of` may name: not one still to come.
+    pub(crate) fn in_the_past(&self, at: DateTime<Utc>) -> Result<(), AppError> {
+        if at > self.now() {
+            return Err(AppError::InvalidRequest(
+                "as_of is in the future; history answers only for instants passed".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// The 2FA report, from the counters the projection keeps (the same
-    /// cost with ten users or ten million).
+    /// cost with ten users or ten million); or (`as_of`) counted from each
+    /// user's version at a past instant.
     pub async fn two_factor_report(
         &self,
         session: &Session,
+        as_of: Option<DateTime<Utc>>,
         min_position: Option<i64>,
     ) -> Result<TwoFactorReport, AppError> {
         self.may_read_reports(session)?;
+        if let Some(at) = as_of {
+            self.in_the_past(at)?;
+        }
         self.reach(min_position).await?;
-        let counts = self.read_models().two_factor_counts().await?;
+        let counts = match as_of {
+            None => self.read_models().two_factor_counts().await?,
+            Some(at) => self.read_models().two_factor_counts_as_of(at).await?,
+        };
         let mut report = TwoFactorReport {
             total: 0,
             enabled: 0,
@@ -156,7 +174,7 @@ impl App {
                 .into_iter()
                 .map(|role| (role, RoleCount::default()))
                 .collect(),
-            as_of: self.now(),
+            as_of: as_of.unwrap_or_else(|| self.now()),
         };
         for count in &counts {
             let is_enabled = count.two_factor_status == TwoFactorStatus::Enabled;
@@ -220,7 +238,7 @@ impl App {
         session: &Session,
         min_position: Option<i64>,
     ) -> Result<Forecast, AppError> {
-        let report = self.two_factor_report(session, min_position).await?;
+        let report = self.two_factor_report(session, None, min_position).await?;
         let now = report.as_of;
         let today = now.date_naive();
         let first_day = today - chrono::Days::new(FORECAST_DAYS as u64 - 1);

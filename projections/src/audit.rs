@@ -333,15 +333,6 @@ impl From<AuditColumns<'_>> for [Arg; 6] {
     }
 }
 
-/// `AuditColumns` as the arguments of a row's insert.
-pub(crate) fn audit_columns(
-    payload: &Json,
-    metadata: &Json,
-    recorded_at: DateTime<Utc>,
-) -> [Arg; 6] {
-    AuditColumns::of(payload, metadata, recorded_at).into()
-}
-
 /// The columns of an audit row, in the order the fold fills them.
 pub(crate) const AUDIT_COLUMNS: &[&str] = &[
     "id",

@@ -18,7 +18,7 @@ use crate::feed::EventPosition;
 use crate::fold::Fold;
 use crate::read_models::{
     checkpoint_row, Table, AUDIT_LOG, CHALLENGES, CHECKPOINT, CHECKPOINTS, SESSIONS, TABLES,
-    TWO_FACTOR_COUNTS, USER_DIRECTORY,
+    TWO_FACTOR_COUNTS, USER_DIRECTORY, USER_VERSIONS,
 };
 
 /// Events per page: enough to keep every core busy, small enough that two
@@ -44,6 +44,31 @@ impl ReadModels {
     ) -> Result<u64, ProjectionError> {
         Ok(rebuild(&self.0, progress).await?.events)
     }
+}
+
+/// Writes `user_versions` again from the whole history (the versions
+/// folded from nothing), leaving every other table as it is: the trail
+/// keeps whatever it holds, edits included, for verify to judge. Returns
+/// the events folded.
+pub(crate) async fn versions_from_history(tx: &mut WriteTx) -> Result<u64, ProjectionError> {
+    tx.empty(&[USER_VERSIONS.name]).await?;
+    let mut fold = Fold::empty();
+    let mut after = EventPosition::default();
+    loop {
+        let rows = tx.feed(after, PAGE as i64).await?;
+        let Some(last) = rows.last() else {
+            break;
+        };
+        after = last.feed_columns()?.at;
+        let full = rows.len() == PAGE;
+        fold = off_the_runtime(move || fold.page(&rows).map(|_| fold)).await?;
+        if !full {
+            break;
+        }
+    }
+    let events = fold.events;
+    load_table(tx, &USER_VERSIONS, fold.into_rows().versions).await?;
+    Ok(events)
 }
 
 pub(crate) async fn rebuild(db: &Db, progress: impl Fn(u64)) -> Result<Rebuilt, ProjectionError> {
@@ -127,6 +152,7 @@ async fn load(tx: &mut WriteTx, progress: &dyn Fn(u64)) -> Result<Rebuilt, Proje
     };
     let all = fold.into_rows();
     load_table(tx, &USER_DIRECTORY, all.directory).await?;
+    load_table(tx, &USER_VERSIONS, all.versions).await?;
     load_table(tx, &SESSIONS, all.sessions).await?;
     load_table(tx, &CHALLENGES, all.challenges).await?;
     load_table(tx, &TWO_FACTOR_COUNTS, all.counts).await?;

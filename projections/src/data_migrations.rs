@@ -14,6 +14,10 @@ use crate::db::{ProjectionError, ReadModels};
 /// would read as edited. Their `data` is written again under today's rule.
 const AUDIT_DATA_WITHOUT_CHALLENGE_IDS: &str = "audit_data_without_challenge_ids";
 
+/// `user_versions` arrived after events were stored: every user's versions
+/// are written once from the whole history (the trail is left as it is).
+const USER_VERSIONS_FROM_HISTORY: &str = "user_versions_from_history";
+
 /// Rows read and rewritten per statement (the most `with_values` takes).
 const PAGE: i64 = ROWS_PER_STATEMENT as i64;
 
@@ -34,16 +38,46 @@ impl ReadModels {
     /// Runs every data migration not yet recorded as done; returns the rows
     /// each one that ran changed.
     pub async fn run_data_migrations(&self) -> Result<Vec<(&'static str, u64)>, ProjectionError> {
-        if self
+        let mut ran = Vec::new();
+        if !self
             .data_migration_done(AUDIT_DATA_WITHOUT_CHALLENGE_IDS)
             .await?
         {
-            return Ok(Vec::new());
+            if let Some(rows) = self.strip_challenge_ids_from_audit_data().await? {
+                ran.push((AUDIT_DATA_WITHOUT_CHALLENGE_IDS, rows));
+            }
         }
-        let changed = self.strip_challenge_ids_from_audit_data().await?;
-        Ok(changed
-            .map(|rows| vec![(AUDIT_DATA_WITHOUT_CHALLENGE_IDS, rows)])
-            .unwrap_or_default())
+        if !self.data_migration_done(USER_VERSIONS_FROM_HISTORY).await? {
+            if let Some(events) = self.versions_from_history().await? {
+                ran.push((USER_VERSIONS_FROM_HISTORY, events));
+            }
+        }
+        Ok(ran)
+    }
+
+    /// Writes `user_versions` from the whole history in one transaction
+    /// with the record; `None` when another process had already done it.
+    /// Returns the events folded.
+    async fn versions_from_history(&self) -> Result<Option<u64>, ProjectionError> {
+        let mut tx = self.0.begin_write().await?;
+        tx.lock_read_models().await?;
+        let done = tx
+            .fetch(
+                "SELECT count(*) AS done FROM data_migrations WHERE name = $1",
+                vec![USER_VERSIONS_FROM_HISTORY.into()],
+            )
+            .await?;
+        if done.first().map(|row| row.get::<i64>("done")).transpose()? != Some(0) {
+            return Ok(None);
+        }
+        let events = crate::bulk::versions_from_history(&mut tx).await?;
+        tx.execute(
+            "INSERT INTO data_migrations (name, rows_changed) VALUES ($1, $2)",
+            vec![USER_VERSIONS_FROM_HISTORY.into(), (events as i64).into()],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some(events))
     }
 
     /// A SELECT, so that a start with nothing to do writes nothing.
@@ -160,7 +194,10 @@ mod tests {
                 .run_data_migrations()
                 .await
                 .unwrap(),
-            [(AUDIT_DATA_WITHOUT_CHALLENGE_IDS, 1_250)]
+            [
+                (AUDIT_DATA_WITHOUT_CHALLENGE_IDS, 1_250),
+                (USER_VERSIONS_FROM_HISTORY, 0)
+            ]
         );
         let after = data(&pool).await;
         assert!(after.iter().all(|data| !data.contains("challenge")));

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use twofold_domain::{AuthenticatedBy, Role, TwoFactorStatus, UserEvent};
 use twofold_store::sql::Arg;
 
-use crate::audit::{audit_columns, hash_text, head_hash, Chains, Hash, Link, GENESIS};
+use crate::audit::{hash_text, head_hash, AuditColumns, Chains, Hash, Link, GENESIS};
 use crate::db::ProjectionError;
 use crate::feed::EventPosition;
 use crate::pages::{chain_page, corrupt};
@@ -35,6 +35,37 @@ pub(crate) struct DirectoryRow {
 impl DirectoryRow {
     fn bucket(&self) -> Bucket {
         (self.role, self.two_factor_status, self.enforced)
+    }
+
+    /// What `as_of` answers of a user: everything but the last sign-in
+    /// (which would make a version of every sign-in).
+    fn versioned(&self) -> impl PartialEq + '_ {
+        (
+            &self.username,
+            &self.email,
+            self.role,
+            self.two_factor_status,
+            self.enforced,
+            self.enabled_at,
+        )
+    }
+
+    /// The row as the version valid from the event at `position`, in the
+    /// columns of `USER_VERSIONS`.
+    fn version_args(&self, user_id: &str, position: i64, valid_from: DateTime<Utc>) -> Vec<Arg> {
+        vec![
+            user_id.into(),
+            position.into(),
+            valid_from.into(),
+            self.username.as_str().into(),
+            self.email.clone().into(),
+            self.email_key.clone().into(),
+            self.role.as_str().into(),
+            self.two_factor_status.as_str().into(),
+            self.enforced.into(),
+            self.enabled_at.into(),
+            self.registered_at.into(),
+        ]
     }
 
     /// Per column of `USER_DIRECTORY`, whether this row differs from
@@ -217,11 +248,13 @@ pub(crate) struct Changes {
     pub challenges_ended: Vec<String>,
     /// Per bucket, how many users it gained (or lost).
     pub counts: Vec<Vec<Arg>>,
+    pub versions: Vec<Vec<Arg>>,
 }
 
 /// Every row of the read models (the rebuild's), in the columns of each table.
 pub(crate) struct AllRows {
     pub directory: Vec<Vec<Arg>>,
+    pub versions: Vec<Vec<Arg>>,
     pub sessions: Vec<Vec<Arg>>,
     pub challenges: Vec<Vec<Arg>>,
     pub counts: Vec<Vec<Arg>>,
@@ -256,6 +289,9 @@ pub(crate) struct Fold {
     /// totals), since the batch on the live path. Every bucket a user
     /// entered has its entry, zero or not, so both paths leave the same rows.
     counts: BTreeMap<Bucket, i64>,
+    /// The `user_versions` rows of the events folded: one for each event
+    /// that changed what `as_of` answers of its user.
+    versions: Vec<Vec<Arg>>,
     chains: Chains,
     head: Hash,
     audit_id: i64,
@@ -275,6 +311,7 @@ impl Fold {
             challenges: Rows::new(false),
             challenges_of: HashMap::new(),
             counts: BTreeMap::new(),
+            versions: Vec::new(),
             chains: Chains::default(),
             head: GENESIS,
             audit_id: 0,
@@ -342,13 +379,29 @@ impl Fold {
         let chained = chain_page(rows, &mut self.chains, |_, event, payload, metadata| {
             let change: UserEvent =
                 serde_json::from_str(event.payload).map_err(|source| corrupt(event, source))?;
-            let columns = audit_columns(payload, metadata, event.recorded_at);
-            Ok((event.event_type.to_string(), change, columns))
+            let columns = AuditColumns::of(payload, metadata, event.recorded_at);
+            let occurred_at = columns.occurred_at;
+            Ok((
+                event.event_type.to_string(),
+                change,
+                <[Arg; 6]>::from(columns),
+                occurred_at,
+            ))
         })?;
         let mut audit_rows = Vec::with_capacity(chained.len());
         for event in chained {
-            let (event_type, change, columns) = event.derived;
+            let (event_type, change, columns, occurred_at) = event.derived;
+            let before = self.directory.get(&event.aggregate_id).cloned();
             self.apply(&event.aggregate_id, change);
+            if let Some(after) = self.directory.get(&event.aggregate_id) {
+                if before.as_ref().map(DirectoryRow::versioned) != Some(after.versioned()) {
+                    self.versions.push(after.version_args(
+                        &event.aggregate_id,
+                        event.at.position,
+                        occurred_at,
+                    ));
+                }
+            }
             self.head = head_hash(&self.head, event.at.position, &event.chain);
             self.audit_id += 1;
             self.events += 1;
@@ -657,6 +710,7 @@ impl Fold {
                 .collect(),
             challenges_ended,
             counts: Fold::count_rows(self.counts),
+            versions: self.versions,
         }
     }
 
@@ -668,6 +722,7 @@ impl Fold {
                 .into_rows()
                 .map(|(user_id, row)| row.into_args(user_id))
                 .collect(),
+            versions: self.versions,
             sessions: self
                 .sessions
                 .into_rows()

@@ -7,6 +7,7 @@ use twofold_store::{Dialect, Row};
 use uuid::Uuid;
 
 use crate::db::{ProjectionError, ReadModels};
+use crate::report::TwoFactorCount;
 
 /// A live session with what authorisation needs about its user.
 #[derive(Clone, Debug)]
@@ -52,6 +53,26 @@ pub struct DirectoryFilter {
     /// Keyset cursor: the last username of the previous page.
     pub after_username: Option<String>,
     pub limit: u32,
+    /// The directory as it stood at this instant (`user_versions`), with
+    /// `last_login_at` unknown; `None`: as it is.
+    pub as_of: Option<DateTime<Utc>>,
+}
+
+/// Each user's row as it stood at the instant bound at `$n`: their last
+/// version from before it (a user created later has none). The last
+/// sign-in is not versioned: NULL.
+fn directory_as_of(dialect: Dialect, n: usize) -> String {
+    format!(
+        "SELECT user_id, username, email, email_key, role, two_factor_status, enforced,
+                enabled_at, {} AS last_login_at, registered_at
+           FROM user_versions AS version
+          WHERE valid_from <= ${n}
+            AND NOT EXISTS (SELECT 1 FROM user_versions AS later
+                             WHERE later.user_id = version.user_id
+                               AND later.valid_from <= ${n}
+                               AND later.position > version.position)",
+        dialect.null_time()
+    )
 }
 
 const DIRECTORY_COLUMNS: &str =
@@ -113,6 +134,13 @@ impl DirectoryFilter {
             args.push(arg);
             format!("${}", args.len())
         };
+        let source = match self.as_of {
+            Some(at) => {
+                param(at.into());
+                format!("({}) AS user_directory", directory_as_of(dialect, 1))
+            }
+            None => "user_directory".to_string(),
+        };
         let prefix_range = self.query.as_ref().map(|query| {
             let prefix = query.to_lowercase();
             let upper = prefix_successor(&prefix);
@@ -167,7 +195,7 @@ impl DirectoryFilter {
             } else {
                 format!(" WHERE {}", terms.join(" AND "))
             };
-            format!("SELECT {columns} FROM user_directory{filter}")
+            format!("SELECT {columns} FROM {source}{filter}")
         };
         let sql = match prefix_range {
             None => format!("{} {order} LIMIT {limit}", select(DIRECTORY_COLUMNS, None)),
@@ -184,7 +212,7 @@ impl DirectoryFilter {
                     )),
                 );
                 format!(
-                    "SELECT {DIRECTORY_COLUMNS} FROM user_directory
+                    "SELECT {DIRECTORY_COLUMNS} FROM {source}
                       WHERE username IN (
                           SELECT username FROM (
                               SELECT username FROM ({by_username} {order} LIMIT {limit}) AS page
@@ -262,6 +290,46 @@ SELECT s.session_id, s.user_id, u.username, u.email, u.role, u.two_factor_status
             Some(row) => Ok(Some(directory_entry(&row)?)),
             None => Ok(None),
         }
+    }
+
+    /// One user as they stood at `at`; `None` when they did not exist yet.
+    pub async fn directory_entry_as_of(
+        &self,
+        user_id: Uuid,
+        at: DateTime<Utc>,
+    ) -> Result<Option<DirectoryEntry>, ProjectionError> {
+        let sql = format!(
+            "SELECT user_id, username, email, role, two_factor_status, enforced, enabled_at,
+                    {} AS last_login_at
+               FROM user_versions WHERE user_id = $1 AND valid_from <= $2
+              ORDER BY position DESC LIMIT 1",
+            self.0.dialect().null_time()
+        );
+        match self
+            .0
+            .fetch_optional(&sql, vec![user_id.to_string().into(), at.into()])
+            .await?
+        {
+            Some(row) => Ok(Some(directory_entry(&row)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The report's counters as they stood at `at`, counted from each
+    /// user's version then (a pass over the versions, not O(1)).
+    pub async fn two_factor_counts_as_of(
+        &self,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<TwoFactorCount>, ProjectionError> {
+        let sql = format!(
+            "SELECT role, two_factor_status, enforced, count(*) AS users
+               FROM ({}) AS user_directory
+              GROUP BY role, two_factor_status, enforced
+              ORDER BY role, two_factor_status, enforced",
+            directory_as_of(self.0.dialect(), 1)
+        );
+        let rows = self.0.fetch(&sql, vec![at.into()]).await?;
+        rows.iter().map(TwoFactorCount::from_row).collect()
     }
 
     /// One page of the user search, ordered by username; returns the page and
@@ -389,6 +457,7 @@ mod tests {
                             role,
                             after_username: None,
                             limit: 2,
+                            as_of: None,
                         });
                     }
                 }

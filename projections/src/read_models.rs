@@ -13,9 +13,10 @@ use crate::fold::{ChallengeRow, DirectoryRow, TrailEnd};
 pub(crate) const CHECKPOINT: &str = "read_models";
 
 /// Every table the projector owns; emptied by a rebuild.
-pub(crate) const TABLES: [&str; 5] = [
+pub(crate) const TABLES: [&str; 6] = [
     "sessions",
     "user_directory",
+    "user_versions",
     "challenges",
     "two_factor_counts",
     "audit_log",
@@ -44,6 +45,23 @@ pub(crate) const USER_DIRECTORY: Table = Table {
         "enforced",
         "enabled_at",
         "last_login_at",
+        "registered_at",
+    ],
+};
+
+pub(crate) const USER_VERSIONS: Table = Table {
+    name: "user_versions",
+    columns: &[
+        "user_id",
+        "position",
+        "valid_from",
+        "username",
+        "email",
+        "email_key",
+        "role",
+        "two_factor_status",
+        "enforced",
+        "enabled_at",
         "registered_at",
     ],
 };

@@ -15,6 +15,17 @@ pub struct TwoFactorCount {
     pub users: i64,
 }
 
+impl TwoFactorCount {
+    pub(crate) fn from_row(row: &twofold_store::Row) -> Result<Self, ProjectionError> {
+        Ok(TwoFactorCount {
+            role: row.parsed("role")?,
+            two_factor_status: row.parsed("two_factor_status")?,
+            enforced: row.get("enforced")?,
+            users: row.get("users")?,
+        })
+    }
+}
+
 /// The events that turn a user's 2FA on: an enrollment, as the trail holds it.
 const ENROLLMENTS: &[&str] = &["TotpEnrollmentConfirmed"];
 
@@ -46,15 +57,6 @@ impl ReadModels {
         const SQL: &str = "SELECT role, two_factor_status, enforced, users FROM two_factor_counts
                             WHERE users <> 0 ORDER BY role, two_factor_status, enforced";
         let rows = self.0.fetch(SQL, vec![]).await?;
-        rows.iter()
-            .map(|row| {
-                Ok(TwoFactorCount {
-                    role: row.parsed("role")?,
-                    two_factor_status: row.parsed("two_factor_status")?,
-                    enforced: row.get("enforced")?,
-                    users: row.get("users")?,
-                })
-            })
-            .collect()
+        rows.iter().map(TwoFactorCount::from_row).collect()
     }
 }

@@ -12,7 +12,7 @@ use crate::feed::EventPosition;
 use crate::fold::{reads_live_challenges, DirectoryRow, Fold};
 use crate::read_models::{
     challenge_rows, checkpoint, checkpoint_row, directory_rows, trail_end, Table, AUDIT_LOG,
-    CHALLENGES, CHECKPOINTS, SESSIONS, TWO_FACTOR_COUNTS, USER_DIRECTORY,
+    CHALLENGES, CHECKPOINTS, SESSIONS, TWO_FACTOR_COUNTS, USER_DIRECTORY, USER_VERSIONS,
 };
 use crate::warm::Warm;
 
@@ -132,6 +132,11 @@ async fn apply_batch(tx: &mut WriteTx, warm: Option<Warm>) -> Result<Round, Proj
               DO UPDATE SET users = two_factor_counts.users + excluded.users",
         ),
         insert(&AUDIT_LOG, audit_rows, " ON CONFLICT (position) DO NOTHING"),
+        insert(
+            &USER_VERSIONS,
+            changes.versions,
+            " ON CONFLICT (user_id, position) DO NOTHING",
+        ),
         insert(
             &CHECKPOINTS,
             vec![checkpoint_row(applied)],

@@ -14,7 +14,7 @@ use twofold_domain::totp::TotpParameters;
 use twofold_domain::values::SecondFactorMethod;
 use twofold_domain::values::{AuthenticatedBy, Email, PasswordHash, Role, TokenHash, Username};
 use twofold_domain::UserEvent;
-use twofold_projections::Projector;
+use twofold_projections::{DirectoryFilter, Projector, ReadModels};
 use twofold_store::Db;
 use uuid::Uuid;
 
@@ -38,11 +38,16 @@ struct User {
     challenges: Vec<Uuid>,
 }
 
+/// An event as appended: its stream, sequence, type, payload, metadata and
+/// the instant it happened.
+type Logged = (String, i64, &'static str, String, String, DateTime<Utc>);
+
 /// Appends events the way the event store does, each with its metadata.
 struct History {
     db: Db,
     now: DateTime<Utc>,
     users: Vec<User>,
+    log: Vec<Logged>,
 }
 
 impl History {
@@ -58,6 +63,14 @@ impl History {
             "occurred_at": self.now,
         });
         let payload = serde_json::to_value(&event).unwrap();
+        self.log.push((
+            user.id.to_string(),
+            user.sequence,
+            event.name(),
+            payload.to_string(),
+            metadata.to_string(),
+            self.now,
+        ));
         // COPY on PostgreSQL reads the JSON texts into `jsonb`.
         let mut tx = self.db.begin_write().await.unwrap();
         tx.load(
@@ -221,6 +234,7 @@ async fn tables(db: &Db) -> Vec<String> {
     for table in [
         "sessions",
         "user_directory",
+        "user_versions",
         "challenges",
         "two_factor_counts",
         "audit_log",
@@ -248,6 +262,7 @@ async fn rebuild_equals_the_live_projector(db: Db) {
         now: Utc.with_ymd_and_hms(2030, 1, 2, 3, 4, 5).unwrap()
             + Duration::nanoseconds(678_901_234),
         users: vec![],
+        log: vec![],
     };
     let mut dice = Dice(7);
     // Rounds of traffic, the projector catching up between them as a
@@ -271,6 +286,7 @@ async fn rebuild_equals_the_live_projector(db: Db) {
     for table in [
         "sessions",
         "user_directory",
+        "user_versions",
         "challenges",
         "two_factor_counts",
     ] {
@@ -291,6 +307,18 @@ async fn rebuild_equals_the_live_projector(db: Db) {
             .count(),
         events
     );
+
+    // A store upgraded from before `user_versions`: the data migration
+    // writes every version from the history, as the projector did.
+    let mut tx = db.begin_write().await.unwrap();
+    tx.run_sql("DELETE FROM user_versions").await.unwrap();
+    tx.run_sql("DELETE FROM data_migrations").await.unwrap();
+    tx.commit().await.unwrap();
+    twofold_projections::ReadModels::new(db.clone())
+        .run_data_migrations()
+        .await
+        .unwrap();
+    assert_eq!(tables(&db).await, live, "versions written from the history");
 
     assert_eq!(projector.rebuild(|_| {}).await.unwrap() as usize, events);
     let rebuilt = tables(&db).await;
@@ -342,4 +370,113 @@ async fn bulk_rebuild_gives_the_live_projectors_rows_on_postgres() {
         .execute(&mut admin)
         .await
         .unwrap();
+}
+
+/// The directory and the report's counts as `models` answer them, as text,
+/// without the last sign-in (not versioned).
+async fn directory_and_counts(
+    models: &ReadModels,
+    as_of: Option<DateTime<Utc>>,
+) -> (Vec<String>, Vec<String>) {
+    let filter = DirectoryFilter {
+        limit: 500,
+        as_of,
+        ..DirectoryFilter::default()
+    };
+    let (users, more) = models.search_directory(&filter).await.unwrap();
+    assert!(!more);
+    let users = users
+        .into_iter()
+        .map(|user| {
+            format!(
+                "{} {} {:?} {} {} {} {:?}",
+                user.user_id,
+                user.username,
+                user.email,
+                user.role,
+                user.two_factor_status,
+                user.enforced,
+                user.enabled_at
+            )
+        })
+        .collect();
+    let counts = match as_of {
+        Some(at) => models.two_factor_counts_as_of(at).await.unwrap(),
+        None => models.two_factor_counts().await.unwrap(),
+    };
+    (
+        users,
+        counts.iter().map(|count| format!("{count:?}")).collect(),
+    )
+}
+
+/// For random histories and random instants, what `as_of` answers (from
+/// the versions the live projector wrote) equals a fold, from nothing, of
+/// the events up to that instant: a rebuild of a store holding only them.
+#[tokio::test]
+async fn as_of_answers_equal_a_fold_of_the_events_up_to_that_instant() {
+    for seed in 1..=4 {
+        let db = Db::Sqlite(support::memory_store().await);
+        let projector = Projector::new(db.clone()).await.unwrap();
+        let start = Utc.with_ymd_and_hms(2030, 1, 2, 3, 4, 5).unwrap();
+        let mut history = History {
+            db: db.clone(),
+            now: start,
+            users: vec![],
+            log: vec![],
+        };
+        let mut dice = Dice(seed);
+        for round in 0..8 {
+            for index in 0..16 {
+                if round == 0 {
+                    history.register(index).await;
+                } else if dice.roll(2) == 0 {
+                    history.step(index, &mut dice).await;
+                }
+            }
+            projector.catch_up().await.unwrap();
+        }
+        let live = ReadModels::new(db.clone());
+        let span = (history.now - start).num_seconds();
+        for _ in 0..6 {
+            let at = start + Duration::seconds(dice.roll(span as u64 + 120) as i64 - 60);
+            let copy = Db::Sqlite(support::memory_store().await);
+            let upto: Vec<_> = history
+                .log
+                .iter()
+                .filter(|logged| logged.5 <= at)
+                .map(|(stream, sequence, kind, payload, metadata, _)| {
+                    twofold_store::event_row(
+                        stream,
+                        *sequence,
+                        kind,
+                        payload.clone(),
+                        metadata.clone(),
+                    )
+                })
+                .collect();
+            let mut tx = copy.begin_write().await.unwrap();
+            tx.load("events", &twofold_store::EVENT_COLUMNS, upto, false)
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+            Projector::new(copy.clone())
+                .await
+                .unwrap()
+                .rebuild(|_| {})
+                .await
+                .unwrap();
+            let folded = directory_and_counts(&ReadModels::new(copy), None).await;
+            let answered = directory_and_counts(&live, Some(at)).await;
+            assert_eq!(answered, folded, "seed {seed}, as of {at}");
+            if let Some(user) = history.users.first() {
+                let one = live.directory_entry_as_of(user.id, at).await.unwrap();
+                let listed = answered
+                    .0
+                    .iter()
+                    .find(|row| row.starts_with(&user.id.to_string()));
+                assert_eq!(one.is_some(), listed.is_some(), "seed {seed}, as of {at}");
+            }
+        }
+    }
 }

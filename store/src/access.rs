@@ -360,6 +360,14 @@ impl Dialect {
         }
     }
 
+    /// A time column's NULL, typed as the stores type times.
+    pub fn null_time(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "NULL",
+            Dialect::Postgres => "CAST(NULL AS timestamptz)",
+        }
+    }
+
     /// Keeps a term out of index selection. SQLite plans without statistics
     /// and may prefer a poor index; PostgreSQL weighs terms by its statistics.
     pub fn unindexed(self) -> &'static str {

@@ -409,8 +409,8 @@ async fn migrate_takes_challenge_ids_out_of_a_trail_written_the_old_way(backend:
     let clean = assert_verifies(&app, &root).await;
     assert_eq!(
         count(&app, "SELECT count(*) FROM data_migrations").await,
-        1,
-        "a new store is recorded as upgraded at its first start"
+        2,
+        "a new store is recorded as upgraded (both data migrations) at its first start"
     );
 
     let old = write_challenge_ids_the_old_way(&app).await;
@@ -498,7 +498,7 @@ async fn the_upgrade_runs_at_start_and_keeps_an_earlier_edit_evident(backend: Ba
         .await,
         0
     );
-    assert_eq!(count(&app, "SELECT count(*) FROM data_migrations").await, 1);
+    assert_eq!(count(&app, "SELECT count(*) FROM data_migrations").await, 2);
     // The edit was kept (less the challenge id): verify still names it.
     assert_row_changed(&app, &root, &edited, "edited before the upgrade").await;
     second.stop().await.unwrap();

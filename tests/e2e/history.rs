@@ -1,7 +1,7 @@
 //! History for auditors: one user's timeline, each event in a sentence and
 //! grouped into cases, and the mandatory-date forecast.
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Duration, Timelike, Utc};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use twofold_api::Clock;
@@ -13,6 +13,7 @@ use crate::on_both_backends;
 on_both_backends!(
     a_timeline_tells_each_event_and_groups_a_login_as_with_what_was_done_under_it,
     the_forecast_counts_who_is_left_and_projects_the_day_everyone_is_enrolled,
+    as_of_answers_as_things_stood_at_that_instant,
 );
 
 fn time(value: &Value) -> DateTime<Utc> {
@@ -259,5 +260,176 @@ async fn the_forecast_counts_who_is_left_and_projects_the_day_everyone_is_enroll
         Value::Null,
         "{later:?}"
     );
+    app.stop().await;
+}
+
+async fn search(app: &TestApp, token: &str, query: String) -> Answer {
+    let answer = app.get(&format!("/api/v1/users?{query}"), token).await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    answer
+}
+
+fn instant(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+async fn as_of_answers_as_things_stood_at_that_instant(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let minute = Duration::minutes(1);
+    let half = Duration::seconds(30);
+    let before_uma = app.clock.now() + half;
+    app.clock.advance(minute);
+    let uma = app
+        .create_user("uma", "uma-password", Some("uma@example.com"), "user")
+        .await;
+    let created = app.clock.now() + half;
+    app.clock.advance(minute);
+    let token = token_of(&app, "uma").await;
+    app.enroll_totp(&token).await;
+    let enrolled = app.clock.now() + half;
+    app.clock.advance(minute);
+    let root = app.admin_token().await;
+    let changed = app
+        .patch(
+            &format!("/api/v1/users/{uma}"),
+            &root,
+            json!({ "enforce_two_factor": true, "role": "auditor", "email": "u@example.org" }),
+        )
+        .await;
+    assert_eq!(changed.status, StatusCode::OK, "{changed:?}");
+    let promoted = app.clock.now() + half;
+    app.clock.advance(minute);
+    app.create_user("bob", "bob-password", None, "user").await;
+    app.clock.advance(minute);
+    let root = app.admin_token().await;
+
+    // One user, as they were.
+    let at = |when: DateTime<Utc>| format!("/api/v1/users/{uma}?as_of={}", instant(when));
+    let missing = app.get(&at(before_uma), &root).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND, "{missing:?}");
+    let new = app.get(&at(created), &root).await;
+    assert_eq!(new.status, StatusCode::OK, "{new:?}");
+    assert_eq!(new.body["role"], "user");
+    assert_eq!(new.body["email"], "uma@example.com");
+    assert_eq!(new.body["two_factor_status"], "disabled");
+    assert_eq!(new.body["enforced"], false);
+    assert_eq!(new.body["last_login_at"], Value::Null);
+    let with_totp = app.get(&at(enrolled), &root).await;
+    assert_eq!(with_totp.body["two_factor_status"], "enabled");
+    assert_eq!(with_totp.body["role"], "user");
+    let later = app.get(&at(promoted), &root).await;
+    assert_eq!(later.body["role"], "auditor");
+    assert_eq!(later.body["enforced"], true);
+    assert_eq!(later.body["email"], "u@example.org");
+
+    // The search, every filter, paged one user at a time.
+    let names = |answer: &Answer| -> Vec<String> {
+        answer.body["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|user| user["username"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        names(&search(&app, &root, format!("as_of={}", instant(created))).await),
+        ["root", "uma"]
+    );
+    assert_eq!(
+        names(
+            &search(
+                &app,
+                &root,
+                format!("as_of={}&two_factor=enabled", instant(created))
+            )
+            .await
+        ),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        names(
+            &search(
+                &app,
+                &root,
+                format!("as_of={}&two_factor=enabled", instant(enrolled))
+            )
+            .await
+        ),
+        ["uma"]
+    );
+    assert_eq!(
+        names(
+            &search(
+                &app,
+                &root,
+                format!("as_of={}&role=auditor&enforced=true&q=u", instant(promoted))
+            )
+            .await
+        ),
+        ["uma"]
+    );
+    assert_eq!(
+        names(
+            &search(
+                &app,
+                &root,
+                format!("as_of={}&role=user", instant(promoted))
+            )
+            .await
+        ),
+        Vec::<String>::new()
+    );
+    let mut pages = Vec::new();
+    let mut query = format!("as_of={}&limit=1", instant(app.clock.now()));
+    loop {
+        let page = search(&app, &root, query.clone()).await;
+        pages.extend(names(&page));
+        match page.body["next_cursor"].as_str() {
+            Some(cursor) => {
+                query = format!("as_of={}&limit=1&cursor={cursor}", instant(app.clock.now()))
+            }
+            None => break,
+        }
+    }
+    assert_eq!(pages, ["bob", "root", "uma"]);
+
+    // The report, echoing the instant.
+    let report = app
+        .get(
+            &format!("/api/v1/reports/two-factor?as_of={}", instant(enrolled)),
+            &root,
+        )
+        .await;
+    assert_eq!(report.status, StatusCode::OK, "{report:?}");
+    assert_eq!(
+        time(&report.body["as_of"]),
+        enrolled.with_nanosecond(0).unwrap()
+    );
+    assert_eq!(report.body["total"], 2);
+    assert_eq!(report.body["enabled"], 1);
+    assert_eq!(
+        report.body["by_role"]["user"],
+        json!({"total": 1, "enabled": 1})
+    );
+    let now = app.get("/api/v1/reports/two-factor", &root).await;
+    assert_eq!(now.body["total"], 3);
+
+    // Not the future, and not a time that does not parse.
+    for query in [
+        format!(
+            "/api/v1/reports/two-factor?as_of={}",
+            instant(app.clock.now() + Duration::hours(1))
+        ),
+        "/api/v1/users?as_of=yesterday".to_string(),
+        format!("/api/v1/users/{uma}?as_of=2026-13-01T00:00:00Z"),
+    ] {
+        let refused = app.get(&query, &root).await;
+        assert_eq!(
+            refused.status,
+            StatusCode::BAD_REQUEST,
+            "{query}: {refused:?}"
+        );
+        assert_eq!(refused.error(), "invalid_request");
+    }
     app.stop().await;
 }

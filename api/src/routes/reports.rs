@@ -15,7 +15,7 @@ use crate::auth::FullCaller;
 use crate::error::ApiError;
 use crate::export;
 use crate::openapi::{BadRequest, SessionErrors, Unavailable};
-use crate::read_query::{MinPosition, ReadQuery};
+use crate::read_query::{parse_as_of, MinPosition, ReadQuery};
 use crate::state::AppState;
 
 #[derive(Deserialize, IntoParams)]
@@ -25,6 +25,10 @@ pub struct ReportQuery {
     /// `json` (counts, the default) or `csv` (one row per user).
     #[param(pattern = "^(json|csv)$")]
     format: Option<String>,
+    /// The counts as they stood at this past instant (RFC 3339; JSON only),
+    /// echoed in `as_of`.
+    #[param(value_type = Option<String>, format = DateTime)]
+    as_of: Option<String>,
 }
 
 /// Users and those with 2FA enabled, for one role.
@@ -46,7 +50,7 @@ pub struct TwoFactorReport {
     /// Every role, always listed.
     #[schema(value_type = BTreeMap<String, RoleCount>)]
     pub by_role: BTreeMap<Role, RoleCount>,
-    /// When the counts were read.
+    /// When the counts were read, or the instant `as_of` asked for.
     pub as_of: chrono::DateTime<chrono::Utc>,
 }
 
@@ -73,8 +77,14 @@ pub async fn two_factor_report(
     query: ReadQuery<ReportQuery>,
 ) -> Result<Response, ApiError> {
     let (query, min_position) = query.into_parts();
+    let as_of = parse_as_of(query.as_of.as_deref())?;
     match query.format.as_deref() {
         None | Some("json") => {}
+        Some("csv") if as_of.is_some() => {
+            return Err(ApiError::invalid_request(
+                "as_of answers with counts: leave out format=csv",
+            ))
+        }
         Some("csv") => {
             let models = state.app.reports_for(&session, min_position).await?;
             return Ok((
@@ -91,7 +101,10 @@ pub async fn two_factor_report(
         }
         Some(_) => return Err(ApiError::invalid_request("format is json or csv")),
     }
-    let report = state.app.two_factor_report(&session, min_position).await?;
+    let report = state
+        .app
+        .two_factor_report(&session, as_of, min_position)
+        .await?;
     let by_role = report
         .by_role
         .into_iter()

@@ -18,7 +18,7 @@ use crate::extract::{Json, Origin, Path};
 use crate::openapi::{
     BadRequest, BodyErrors, RoleSchema, SessionErrors, TwoFactorStatusSchema, Unavailable,
 };
-use crate::read_query::{MinPosition, ReadQuery};
+use crate::read_query::{parse_as_of, MinPosition, ReadQuery};
 use crate::respond::Written;
 use crate::routes::me::DeviceList;
 use crate::state::AppState;
@@ -114,7 +114,7 @@ pub async fn create_user(
     path = "/users/{id}",
     tag = "users",
     security(("bearer" = [])),
-    params(("id" = Uuid, Path, description = "The user's id")),
+    params(("id" = Uuid, Path, description = "The user's id"), UserQuery),
     responses(
         (status = 200, description = "The user", body = UserView),
         BadRequest,
@@ -126,8 +126,21 @@ pub async fn get_user(
     State(state): State<AppState>,
     FullCaller(session): FullCaller,
     Path(id): Path<Uuid>,
+    query: ReadQuery<UserQuery>,
 ) -> Result<Json<UserView>, ApiError> {
-    Ok(Json(state.app.user(&session, id).await?.into()))
+    let (query, _) = query.into_parts();
+    let as_of = parse_as_of(query.as_of.as_deref())?;
+    Ok(Json(state.app.user(&session, id, as_of).await?.into()))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct UserQuery {
+    /// The user as they stood at this past instant (RFC 3339); 404 when
+    /// they did not exist yet; `last_login_at` is then null.
+    #[param(value_type = Option<String>, format = DateTime)]
+    as_of: Option<String>,
 }
 
 /// `"email": null` clears the address; a missing field leaves it alone.
@@ -206,6 +219,10 @@ pub struct SearchQuery {
     limit: Option<u32>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// The directory as it stood at this past instant (RFC 3339);
+    /// `last_login_at` is then null.
+    #[param(value_type = Option<String>, format = DateTime)]
+    as_of: Option<String>,
 }
 
 /// The cursor is the last username of the page; opaque to clients.
@@ -262,7 +279,9 @@ pub async fn list_users(
         .map_err(|_| ApiError::invalid_request("two_factor is enabled, pending or disabled"))?;
     let role = query.role.as_deref().map(parse_role).transpose()?;
     let after_username = query.cursor.as_deref().map(decode_cursor).transpose()?;
+    let as_of = parse_as_of(query.as_of.as_deref())?;
     let filter = DirectoryFilter {
+        as_of,
         query: query.q.filter(|q| !q.is_empty()),
         two_factor_status,
         enforced: query.enforced,
