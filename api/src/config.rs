@@ -70,7 +70,7 @@ pub enum Command {
         #[command(subcommand)]
         action: MasterKeyAction,
     },
-    /// Check or export the audit trail (reads only).
+    /// Check, export or sign the audit trail.
     Audit {
         #[command(subcommand)]
         action: AuditAction,
@@ -86,10 +86,15 @@ pub enum ProjectionsAction {
 #[derive(Debug, Subcommand)]
 pub enum AuditAction {
     /// Recompute the tamper-evidence chains from the events and compare them
-    /// with the trail; prints a JSON report, exits non-zero on a mismatch.
+    /// with the trail (and, with --public-key, with every signed
+    /// checkpoint); prints a JSON report, exits non-zero on a mismatch.
+    /// Reads only.
     Verify(VerifyArgs),
-    /// Write every audit row to standard output, oldest first.
+    /// Write every audit row to standard output, oldest first. Reads only.
     Export(ExportArgs),
+    /// Sign where the audit trail stands now (after catching the read
+    /// models up) and keep the checkpoint; prints it as JSON.
+    Checkpoint(CheckpointArgs),
 }
 
 #[derive(Clone, Debug, Args)]
@@ -100,6 +105,21 @@ pub struct VerifyArgs {
     /// report (`head_position`:`head`): the history must still give it.
     #[arg(long)]
     pub expect_head: Option<twofold_projections::ExpectedHead>,
+    /// A file holding the audit public key as GET /api/v1/audit/public-key
+    /// serves it (`public_key`): every stored checkpoint must be signed by
+    /// one of the keys given (repeat the flag after a change of key) and
+    /// name the head the history gives at its position.
+    #[arg(long = "public-key", value_name = "FILE")]
+    pub public_keys: Vec<PathBuf>,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct CheckpointArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// The service's audit signing key (it must exist).
+    #[arg(long, env = "TWOFOLD_AUDIT_SIGNING_KEY_FILE")]
+    pub audit_signing_key_file: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -153,6 +173,11 @@ pub struct ExportArgs {
     /// object per line).
     #[arg(long, value_enum)]
     pub format: ExportFormat,
+    /// With `jsonl`: add each row's `chain_hash` and `head_hash`, so that an
+    /// auditor can check the export against the signed checkpoints offline
+    /// (docs/operations.md).
+    #[arg(long)]
+    pub with_chain: bool,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -250,6 +275,22 @@ pub struct ServeArgs {
     /// Default: next to the SQLite file; required with PostgreSQL.
     #[arg(long, env = "TWOFOLD_MASTER_KEY_FILE")]
     pub master_key_file: Option<PathBuf>,
+    /// Ed25519 key that signs audit checkpoints (64 hex digits); created
+    /// (mode 0600) when missing. Its public half is served at
+    /// /api/v1/audit/public-key. Default: next to the SQLite file
+    /// (NAME.audit-signing-key); with PostgreSQL unset, and then no
+    /// checkpoint is signed.
+    #[arg(long, env = "TWOFOLD_AUDIT_SIGNING_KEY_FILE")]
+    pub audit_signing_key_file: Option<PathBuf>,
+    /// Minutes between signed audit checkpoints; 0 turns them off.
+    ///
+    /// Each interval the service signs where the audit trail stands
+    /// (position, head digest, time) with --audit-signing-key-file, if the
+    /// trail moved since the last checkpoint. `twofold audit verify
+    /// --public-key` then detects a history cut, rewritten or reordered
+    /// before any checkpoint.
+    #[arg(long, env = "TWOFOLD_AUDIT_CHECKPOINT_MINUTES", default_value_t = 60)]
+    pub audit_checkpoint_minutes: u64,
     /// Absolute lifetime of a session.
     #[arg(long, env = "TWOFOLD_SESSION_HOURS", default_value_t = 12)]
     pub session_hours: u32,

@@ -29,6 +29,10 @@ pub enum ExportError {
 pub enum AuditFormat {
     Csv,
     JsonLines,
+    /// JSON lines that also carry each row's `chain_hash` and `head_hash`
+    /// (`twofold audit export --with-chain`): what an auditor needs to
+    /// check the export against the signed checkpoints offline.
+    JsonLinesWithChain,
 }
 
 /// A spreadsheet opens a cell starting with `=`, `+`, `-` or `@` (or a tab
@@ -128,6 +132,15 @@ pub struct AuditView {
     pub data: Value,
 }
 
+/// An exported audit row with its links.
+#[derive(Serialize)]
+struct ChainedAuditView {
+    #[serde(flatten)]
+    view: AuditView,
+    chain_hash: String,
+    head_hash: String,
+}
+
 impl From<AuditEntry> for AuditView {
     fn from(entry: AuditEntry) -> Self {
         AuditView {
@@ -187,6 +200,21 @@ fn audit_chunk(
             let mut chunk = Vec::new();
             for entry in entries {
                 serde_json::to_writer(&mut chunk, &AuditView::from(entry))?;
+                chunk.push(b'\n');
+            }
+            Ok(chunk)
+        }
+        AuditFormat::JsonLinesWithChain => {
+            let mut chunk = Vec::new();
+            for mut entry in entries {
+                let chain_hash = std::mem::take(&mut entry.chain_hash);
+                let head_hash = std::mem::take(&mut entry.head_hash);
+                let row = ChainedAuditView {
+                    view: AuditView::from(entry),
+                    chain_hash,
+                    head_hash,
+                };
+                serde_json::to_writer(&mut chunk, &row)?;
                 chunk.push(b'\n');
             }
             Ok(chunk)

@@ -148,7 +148,10 @@ impl App {
     pub async fn verify_audit_trail(&self, session: &Session) -> Result<VerifyReport, AppError> {
         self.may_read_reports(session)?;
         self.projector.catch_up().await?;
-        let report = self.read_models().verify_audit_trail(None, |_| {}).await?;
+        let report = self
+            .read_models()
+            .verify_audit_trail(None, &[], |_| {})
+            .await?;
         if !report.ok {
             tracing::error!(?report.first_mismatch, "the audit trail does not match the events");
         }

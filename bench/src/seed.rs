@@ -247,7 +247,7 @@ async fn seed_into(
         let bar = progress_bar(written, "verifying the audit trail");
         let started = Instant::now();
         let report = twofold_projections::ReadModels::new(db.clone())
-            .verify_audit_trail(None, |count| bar.set_position(count))
+            .verify_audit_trail(None, &[], |count| bar.set_position(count))
             .await?;
         bar.finish_and_clear();
         let seconds = started.elapsed().as_secs_f64();

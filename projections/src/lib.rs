@@ -4,6 +4,7 @@
 
 mod audit;
 mod bulk;
+mod checkpoints;
 mod cores;
 mod data_migrations;
 mod db;
@@ -19,6 +20,7 @@ mod verify;
 mod warm;
 
 pub use audit::{AuditEntry, AuditFilter};
+pub use checkpoints::TrailHead;
 pub use db::{Db, ProjectionError, ReadModels};
 pub use feed::EventPosition;
 pub use queries::{DirectoryEntry, DirectoryFilter, SessionRecord};

@@ -308,7 +308,7 @@ async fn rebuild_equals_the_live_projector(db: Db) {
     history.step(0, &mut dice).await;
     assert_eq!(projector.catch_up().await.unwrap(), 1);
     let report = twofold_projections::ReadModels::new(db.clone())
-        .verify_audit_trail(None, |_| {})
+        .verify_audit_trail(None, &[], |_| {})
         .await
         .unwrap();
     assert!(report.ok, "{report:?}");

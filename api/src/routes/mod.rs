@@ -1,4 +1,5 @@
 pub mod audit;
+pub mod checkpoints;
 pub mod login;
 pub mod me;
 pub mod ops;
