@@ -137,6 +137,7 @@ pub async fn spawn_app_configured(
         audit_checkpoint_every: None,
     };
     configure(&mut config);
+    let database_url = config.database_url.clone();
     let running = twofold_api::start(config).await.expect("twofold starts");
     TestApp {
         backend,

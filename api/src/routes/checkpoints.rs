@@ -60,6 +60,7 @@ pub struct PublicKeyView {
 #[utoipa::path(
     get,
     path = "/audit/checkpoints",
+    operation_id = "audit_checkpoints",
     tag = "reports",
     security(("bearer" = [])),
     responses(
@@ -82,6 +83,7 @@ pub async fn checkpoints(
 #[utoipa::path(
     get,
     path = "/audit/public-key",
+    operation_id = "audit_public_key",
     tag = "reports",
     responses(
         (status = 200, description = "The signing key's public half", body = PublicKeyView),
