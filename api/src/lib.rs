@@ -150,8 +150,12 @@ async fn run(command: Command, settings: Vec<settings_file::Setting>) -> anyhow:
             action: ConfigAction::Check(args),
         } => {
             // Refused as `serve` would refuse it (a secret file that cannot
-            // be read, a bad key URI issuer...).
-            ServeConfig::from_args(*args)?;
+            // be read, a bad key URI issuer, a signing key file that holds
+            // no key...); a missing key file is not created here.
+            let config = ServeConfig::from_args(*args)?;
+            if let Some(path) = config.audit_signing_key_file.filter(|path| path.exists()) {
+                twofold_app::checkpoints::read_signing_key(&path)?;
+            }
             for setting in settings {
                 println!("{setting}");
             }

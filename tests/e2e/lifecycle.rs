@@ -962,10 +962,15 @@ async fn a_settings_file_gives_what_flags_and_the_environment_leave_unset() {
 fn config_check_prints_the_settings_in_effect_with_their_sources_and_no_secret() {
     let dir = tempfile::tempdir().unwrap();
     let settings = dir.path().join("twofold.toml");
+    let signing_key = dir.path().join("audit-signing.key");
     std::fs::write(
         &settings,
-        "login-rate-per-ip = 2\nlisten = \"127.0.0.1:7000\"\n\
-         smtp-url = \"smtp://mailer:smtp-secret@mail.example.com:587\"\n",
+        format!(
+            "login-rate-per-ip = 2\nlisten = \"127.0.0.1:7000\"\n\
+             smtp-url = \"smtp://mailer:smtp-secret@mail.example.com:587\"\n\
+             audit-checkpoint-minutes = 15\naudit-signing-key-file = \"{}\"\n",
+            signing_key.display()
+        ),
     )
     .unwrap();
     let (status, stdout, stderr) = twofold(
@@ -988,6 +993,11 @@ fn config_check_prints_the_settings_in_effect_with_their_sources_and_no_secret()
         "smtp-url = \"smtp://mailer:********@mail.example.com:587\"  # file",
         "bootstrap-admin = \"root:********\"  # environment",
         "remember-device-hours = \"23\"  # default",
+        "audit-checkpoint-minutes = \"15\"  # file",
+        &format!(
+            "audit-signing-key-file = \"{}\"  # file",
+            signing_key.display()
+        ),
     ] {
         assert!(
             stdout.lines().any(|printed| printed == line),
@@ -995,6 +1005,23 @@ fn config_check_prints_the_settings_in_effect_with_their_sources_and_no_secret()
         );
     }
     assert!(!stdout.contains("secret"), "{stdout}");
+    assert!(!signing_key.exists(), "a check creates no key");
+
+    std::fs::write(&signing_key, "not a key\n").unwrap();
+    let (status, _, stderr) = twofold(
+        &[
+            "config",
+            "check",
+            "--audit-signing-key-file",
+            signing_key.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{} holds no key", signing_key.display())),
+        "{stderr}"
+    );
 
     let (status, _, stderr) = twofold(
         &[
