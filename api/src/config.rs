@@ -111,6 +111,11 @@ pub struct VerifyArgs {
     /// name the head the history gives at its position.
     #[arg(long = "public-key", value_name = "FILE")]
     pub public_keys: Vec<PathBuf>,
+    /// Checkpoints kept outside the database, as GET
+    /// /api/v1/audit/checkpoints lists them: checked beside the stored
+    /// ones, so deleting checkpoints from the database hides no cut.
+    #[arg(long, value_name = "FILE", requires = "public_keys")]
+    pub checkpoints: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Args)]

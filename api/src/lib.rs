@@ -229,15 +229,21 @@ async fn run(command: Command, settings: Vec<settings_file::Setting>) -> anyhow:
 async fn audit(action: AuditAction) -> anyhow::Result<()> {
     match action {
         AuditAction::Verify(args) => {
-            let keys = args
-                .public_keys
-                .iter()
-                .map(|file| read_public_key(file))
-                .collect::<anyhow::Result<Vec<_>>>()?;
+            let checkpoints = twofold_projections::CheckpointCheck {
+                keys: args
+                    .public_keys
+                    .iter()
+                    .map(|file| read_public_key(file))
+                    .collect::<anyhow::Result<_>>()?,
+                kept_elsewhere: match &args.checkpoints {
+                    Some(file) => read_checkpoints(file)?,
+                    None => Vec::new(),
+                },
+            };
             let db = args.database.connect_existing().await?;
             let progress = progress_bar("verifying the audit trail");
             let report = twofold_projections::ReadModels::new(db)
-                .verify_audit_trail(args.expect_head.as_ref(), &keys, |count| {
+                .verify_audit_trail(args.expect_head.as_ref(), &checkpoints, |count| {
                     progress.set_position(count)
                 })
                 .await?;
@@ -306,6 +312,22 @@ fn read_public_key(
         .with_context(|| format!("cannot read the public key file {}", file.display()))?;
     twofold_domain::checkpoint::AuditPublicKey::parse(&text)
         .with_context(|| format!("the public key file {} holds no key", file.display()))
+}
+
+/// Checkpoints from `file`, as GET /api/v1/audit/checkpoints lists them.
+fn read_checkpoints(
+    file: &std::path::Path,
+) -> anyhow::Result<Vec<twofold_domain::checkpoint::SignedCheckpoint>> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read the checkpoints file {}", file.display()))?;
+    let list: routes::checkpoints::CheckpointList =
+        serde_json::from_str(&text).with_context(|| {
+            format!(
+                "the checkpoints file {} is not the answer of GET /api/v1/audit/checkpoints",
+                file.display()
+            )
+        })?;
+    Ok(list.checkpoints.into_iter().map(Into::into).collect())
 }
 
 /// A spinner with a count on a terminal; nothing when piped.

@@ -7,7 +7,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 use twofold_domain::{Role, TwoFactorStatus};
-use twofold_projections::{AuditEntry, AuditFilter, ProjectionError, ReadModels, VerifyReport};
+use twofold_projections::{
+    AuditEntry, AuditFilter, CheckpointCheck, ProjectionError, ReadModels, VerifyReport,
+};
 
 use crate::{App, AppError, Session, READ_YOUR_WRITES_TIMEOUT};
 
@@ -150,7 +152,7 @@ impl App {
         self.projector.catch_up().await?;
         let report = self
             .read_models()
-            .verify_audit_trail(None, &[], |_| {})
+            .verify_audit_trail(None, &CheckpointCheck::default(), |_| {})
             .await?;
         if !report.ok {
             tracing::error!(?report.first_mismatch, "the audit trail does not match the events");

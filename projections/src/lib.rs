@@ -26,7 +26,7 @@ pub use feed::EventPosition;
 pub use queries::{DirectoryEntry, DirectoryFilter, SessionRecord};
 pub use report::TwoFactorCount;
 pub use runner::Projector;
-pub use verify::{ExpectedHead, Mismatch, VerifyReport};
+pub use verify::{CheckpointCheck, ExpectedHead, Mismatch, VerifyReport};
 
 /// An empty SQLite store with the schema, for unit tests: in memory, on
 /// one connection (an in-memory database lives and dies with it).

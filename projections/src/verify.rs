@@ -321,16 +321,27 @@ fn checkpoint_mismatch(checkpoint: &SignedCheckpoint, problem: &'static str) -> 
     }
 }
 
+/// What `verify_audit_trail` checks the signed checkpoints with.
+#[derive(Debug, Default)]
+pub struct CheckpointCheck {
+    /// The keys that may have signed them; none: checkpoints are not checked.
+    pub keys: Vec<AuditPublicKey>,
+    /// Copies kept outside the database (an auditor's list), checked
+    /// beside the stored ones: deleting checkpoints from the database does
+    /// not hide a cut from them.
+    pub kept_elsewhere: Vec<SignedCheckpoint>,
+}
+
 /// The checkpoints `keys` signed, by position, for the walk to compare
 /// with the recomputed head; the first that is not signed by one of them
-/// (in signing order) is refused.
+/// (in signing order) is refused. A checkpoint found twice counts once.
 fn signed_checkpoints(
-    checkpoints: Vec<SignedCheckpoint>,
+    checkpoints: impl IntoIterator<Item = SignedCheckpoint>,
     keys: &[AuditPublicKey],
-) -> Result<HashMap<i64, SignedCheckpoint>, Mismatch> {
+) -> Result<HashMap<i64, Vec<SignedCheckpoint>>, Mismatch> {
     let keys: HashMap<String, &AuditPublicKey> =
         keys.iter().map(|key| (key.key_id(), key)).collect();
-    let mut by_position = HashMap::with_capacity(checkpoints.len());
+    let mut by_position: HashMap<i64, Vec<SignedCheckpoint>> = HashMap::new();
     for checkpoint in checkpoints {
         let Some(key) = keys.get(&checkpoint.key_id) else {
             return Err(checkpoint_mismatch(&checkpoint, "checkpoint_key_unknown"));
@@ -338,7 +349,10 @@ fn signed_checkpoints(
         if !checkpoint.is_signed_by(key) {
             return Err(checkpoint_mismatch(&checkpoint, "checkpoint_not_signed"));
         }
-        by_position.insert(checkpoint.position, checkpoint);
+        let at = by_position.entry(checkpoint.position).or_default();
+        if !at.contains(&checkpoint) {
+            at.push(checkpoint);
+        }
     }
     Ok(by_position)
 }
@@ -354,7 +368,7 @@ struct Walk<'a> {
     expect: Option<&'a ExpectedHead>,
     expect_seen: bool,
     /// The signed checkpoints not reached yet, by position.
-    checkpoints: HashMap<i64, SignedCheckpoint>,
+    checkpoints: HashMap<i64, Vec<SignedCheckpoint>>,
     head: Hash,
     head_position: Option<i64>,
     checked: u64,
@@ -402,9 +416,10 @@ impl Walk<'_> {
             }
         }
         if !self.checkpoints.is_empty() {
-            if let Some(checkpoint) = self.checkpoints.remove(&event.at.position) {
+            let at_position = self.checkpoints.remove(&event.at.position);
+            for checkpoint in at_position.iter().flatten() {
                 if !same_hash(&head, &checkpoint.head) {
-                    return Err(checkpoint_mismatch(&checkpoint, "checkpoint_head_differs"));
+                    return Err(checkpoint_mismatch(checkpoint, "checkpoint_head_differs"));
                 }
             }
         }
@@ -440,6 +455,7 @@ impl Walk<'_> {
         let first_mismatch = first_mismatch.or_else(|| {
             self.checkpoints
                 .values()
+                .flatten()
                 .min_by_key(|checkpoint| checkpoint.position)
                 .map(|checkpoint| checkpoint_mismatch(checkpoint, "checkpoint_not_reached"))
         });
@@ -456,8 +472,9 @@ impl Walk<'_> {
 impl ReadModels {
     /// Recomputes both chains and every shown column over every event the
     /// projection has applied and compares them with the trail; stops at
-    /// the first disagreement. With `keys`, every stored checkpoint must be
-    /// signed by one of them and name the head recomputed at its position
+    /// the first disagreement. With keys in `checkpoints`, every stored
+    /// checkpoint (and every copy kept elsewhere) must be signed by one of
+    /// them and name the head recomputed at its position
     /// (compared as the walk passes it: no query per event). `progress`
     /// hears the running count of events checked.
     ///
@@ -469,7 +486,7 @@ impl ReadModels {
     pub async fn verify_audit_trail(
         &self,
         expect: Option<&ExpectedHead>,
-        keys: &[AuditPublicKey],
+        checkpoints: &CheckpointCheck,
         progress: impl Fn(u64),
     ) -> Result<VerifyReport, ProjectionError> {
         let (bound, last_id) = self.verify_bounds().await?;
@@ -481,8 +498,10 @@ impl ReadModels {
             head_position: None,
             checked: 0,
         };
-        if !keys.is_empty() {
-            match signed_checkpoints(self.checkpoints().await?, keys) {
+        if !checkpoints.keys.is_empty() {
+            let stored = self.checkpoints().await?;
+            let kept = checkpoints.kept_elsewhere.iter().cloned();
+            match signed_checkpoints(stored.into_iter().chain(kept), &checkpoints.keys) {
                 Ok(checkpoints) => walk.checkpoints = checkpoints,
                 Err(found) => return Ok(walk.report(Some(found))),
             }

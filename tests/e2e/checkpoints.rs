@@ -19,6 +19,7 @@ use crate::on_both_backends;
 on_both_backends!(
     a_checkpoint_signed_by_the_command_line_verifies_with_the_published_key,
     cutting_the_newest_events_and_moving_the_checkpoint_back_fails_verify_with_the_public_key,
+    a_cut_that_also_deletes_the_checkpoints_is_caught_by_a_copy_kept_elsewhere,
     an_edited_history_rebuilt_to_agree_with_itself_fails_its_checkpoint,
     a_reordered_history_rebuilt_to_agree_with_itself_fails_its_checkpoint,
     a_cut_history_grown_back_past_a_checkpoint_fails_it,
@@ -244,6 +245,70 @@ async fn cutting_the_newest_events_and_moving_the_checkpoint_back_fails_verify_w
     )
     .await;
     assert_only_the_checkpoint_sees_it(&app, &checkpoint, "checkpoint_not_reached").await;
+    app.stop().await;
+}
+
+/// The same cut, with the newest checkpoints deleted too: the database's
+/// own copy then shows only checkpoints the cut history still reaches; the
+/// list an auditor kept does not.
+async fn a_cut_that_also_deletes_the_checkpoints_is_caught_by_a_copy_kept_elsewhere(
+    backend: Backend,
+) {
+    let app = spawn_app(backend).await;
+    let root = app.admin_token().await;
+    let kept = some_history(&app, &["ann"]).await;
+    sign(&app);
+    some_history(&app, &["bob"]).await;
+    let cut_away = sign(&app);
+    let copy = app.get("/api/v1/audit/checkpoints", &root).await;
+    let copy_file = app.dir.path().join("kept-checkpoints.json");
+    std::fs::write(&copy_file, copy.body.to_string()).unwrap();
+    let move_back = match backend {
+        Backend::Sqlite => {
+            format!("UPDATE projection_checkpoints SET transaction_id = {kept}, position = {kept}")
+        }
+        Backend::Postgres => format!(
+            "UPDATE projection_checkpoints SET (transaction_id, position) =
+                 (SELECT transaction_id, position FROM events WHERE position = {kept})"
+        ),
+    };
+    tamper(
+        &app,
+        &format!(
+            "DELETE FROM events WHERE position > {kept};
+             DELETE FROM audit_log WHERE position > {kept};
+             DELETE FROM audit_checkpoints WHERE position > {kept};
+             {move_back};"
+        ),
+    )
+    .await;
+    let key = public_key_file(&app).await;
+    let (success, report, _) = verify(&app, &[&key]);
+    assert!(
+        success,
+        "what the database holds agrees with itself: {report}"
+    );
+
+    let output = twofold(&[
+        "audit",
+        "verify",
+        "--database-url",
+        &app.database_url,
+        "--public-key",
+        key.to_str().unwrap(),
+        "--checkpoints",
+        copy_file.to_str().unwrap(),
+    ]);
+    assert!(!output.status.success(), "{output:?}");
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        report["first_mismatch"]["problem"], "checkpoint_not_reached",
+        "{report}"
+    );
+    assert_eq!(
+        report["first_mismatch"]["position"], cut_away["position"],
+        "{report}"
+    );
     app.stop().await;
 }
 

@@ -41,6 +41,18 @@ impl From<SignedCheckpoint> for CheckpointView {
     }
 }
 
+impl From<CheckpointView> for SignedCheckpoint {
+    fn from(view: CheckpointView) -> Self {
+        SignedCheckpoint {
+            position: view.position,
+            head: view.head,
+            signed_at: view.signed_at,
+            key_id: view.key_id,
+            signature: view.signature,
+        }
+    }
+}
+
 /// Every checkpoint, in the order they were signed.
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct CheckpointList {
