@@ -27,7 +27,7 @@ use utoipa_axum::routes;
 
 use crate::api_docs;
 use crate::client_address::TrustedProxies;
-use crate::config::{ServeArgs, TotpHash};
+use crate::config::{CheckpointInterval, ServeArgs, TotpHash};
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::new_files::NewFiles;
 use crate::openapi as doc;
@@ -331,8 +331,10 @@ impl ServeConfig {
             trusted_proxies: args.trusted_proxies,
             metrics_listen: args.metrics_listen,
             audit_signing_key_file,
-            audit_checkpoint_every: (args.audit_checkpoint_minutes > 0)
-                .then(|| Duration::from_secs(args.audit_checkpoint_minutes.saturating_mul(60))),
+            audit_checkpoint_every: match args.audit_checkpoint_minutes {
+                CheckpointInterval::Off => None,
+                CheckpointInterval::Every(every) => Some(every),
+            },
         })
     }
 }

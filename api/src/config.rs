@@ -287,15 +287,21 @@ pub struct ServeArgs {
     /// checkpoint is signed.
     #[arg(long, env = "TWOFOLD_AUDIT_SIGNING_KEY_FILE")]
     pub audit_signing_key_file: Option<PathBuf>,
-    /// Minutes between signed audit checkpoints; 0 turns them off.
+    /// Minutes between signed audit checkpoints (a decimal number, e.g.
+    /// 0.5); 0 turns them off.
     ///
     /// Each interval the service signs where the audit trail stands
     /// (position, head digest, time) with --audit-signing-key-file, if the
     /// trail moved since the last checkpoint. `twofold audit verify
     /// --public-key` then detects a history cut, rewritten or reordered
     /// before any checkpoint.
-    #[arg(long, env = "TWOFOLD_AUDIT_CHECKPOINT_MINUTES", default_value_t = 60)]
-    pub audit_checkpoint_minutes: u64,
+    #[arg(
+        long,
+        env = "TWOFOLD_AUDIT_CHECKPOINT_MINUTES",
+        default_value = "60",
+        value_parser = parse_checkpoint_interval
+    )]
+    pub audit_checkpoint_minutes: CheckpointInterval,
     /// Absolute lifetime of a session.
     #[arg(long, env = "TWOFOLD_SESSION_HOURS", default_value_t = 12)]
     pub session_hours: u32,
@@ -382,6 +388,31 @@ pub struct ServeArgs {
     pub smtp_url_file: Option<PathBuf>,
 }
 
+/// `--audit-checkpoint-minutes`: how often to sign, or never.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum CheckpointInterval {
+    Off,
+    Every(std::time::Duration),
+}
+
+/// Minutes as a decimal number; 0 is off. Refused: a negative number, one
+/// that is not finite, or one too large for a duration.
+fn parse_checkpoint_interval(text: &str) -> Result<CheckpointInterval, String> {
+    let minutes: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("expected a number of minutes, not {text:?}"))?;
+    if minutes == 0.0 {
+        return Ok(CheckpointInterval::Off);
+    }
+    if minutes.is_nan() || minutes < 0.0 {
+        return Err("the minutes between checkpoints must be 0 (off) or more".into());
+    }
+    std::time::Duration::try_from_secs_f64(minutes * 60.0)
+        .map(CheckpointInterval::Every)
+        .map_err(|_| format!("{text} minutes is too long an interval"))
+}
+
 /// The Key URI format forbids a colon in the issuer (apps split the label on
 /// it), and an empty issuer leaves the account unlabelled in the app.
 fn parse_totp_issuer(value: &str) -> Result<String, String> {
@@ -402,7 +433,24 @@ fn parse_totp_issuer(value: &str) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_totp_issuer;
+    use super::{parse_checkpoint_interval, parse_totp_issuer, CheckpointInterval};
+    use std::time::Duration;
+
+    #[test]
+    fn checkpoint_minutes_are_a_decimal_number_and_zero_is_off() {
+        assert_eq!(parse_checkpoint_interval("0"), Ok(CheckpointInterval::Off));
+        assert_eq!(
+            parse_checkpoint_interval("60"),
+            Ok(CheckpointInterval::Every(Duration::from_secs(3600)))
+        );
+        assert_eq!(
+            parse_checkpoint_interval("0.05"),
+            Ok(CheckpointInterval::Every(Duration::from_secs(3)))
+        );
+        for refused in ["-1", "NaN", "inf", "1e300", "soon", ""] {
+            assert!(parse_checkpoint_interval(refused).is_err(), "{refused}");
+        }
+    }
 
     #[test]
     fn a_totp_issuer_with_a_colon_or_nothing_in_it_is_refused() {
