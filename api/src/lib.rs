@@ -304,13 +304,17 @@ async fn audit(action: AuditAction) -> anyhow::Result<()> {
     }
 }
 
-/// An audit public key from `file`, as the service serves it.
+/// An audit public key from `file`: the `public_key` text as the service
+/// serves it, or the whole answer of GET /api/v1/audit/public-key (saved
+/// with `curl > FILE`).
 fn read_public_key(
     file: &std::path::Path,
 ) -> anyhow::Result<twofold_domain::checkpoint::AuditPublicKey> {
     let text = std::fs::read_to_string(file)
         .with_context(|| format!("cannot read the public key file {}", file.display()))?;
-    twofold_domain::checkpoint::AuditPublicKey::parse(&text)
+    let served: Option<routes::checkpoints::PublicKeyView> = serde_json::from_str(&text).ok();
+    let key = served.map_or(text, |served| served.public_key);
+    twofold_domain::checkpoint::AuditPublicKey::parse(&key)
         .with_context(|| format!("the public key file {} holds no key", file.display()))
 }
 

@@ -209,6 +209,11 @@ async fn a_checkpoint_signed_by_the_command_line_verifies_with_the_published_key
     let key = public_key_file(&app).await;
     let (success, report, stderr) = verify(&app, &[&key]);
     assert!(success, "{report} {stderr}");
+    // The whole answer saved as it came (`curl > FILE`) serves as well.
+    let answer_file = app.dir.path().join("public-key.json");
+    std::fs::write(&answer_file, published.body.to_string()).unwrap();
+    let (success, report, stderr) = verify(&app, &[&answer_file]);
+    assert!(success, "{report} {stderr}");
     app.stop().await;
 }
 
