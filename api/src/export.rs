@@ -9,7 +9,8 @@ use futures::Stream;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use twofold_projections::{
-    AuditEntry, AuditFilter, DirectoryEntry, DirectoryFilter, ProjectionError, ReadModels,
+    AuditEntry, AuditFilter, DescribedEntry, DirectoryEntry, DirectoryFilter, ProjectionError,
+    ReadModels,
 };
 
 /// Rows read from the store per page of an export.
@@ -130,6 +131,12 @@ pub struct AuditView {
     /// The event's fields without secrets, codes or hashes.
     #[schema(value_type = Object)]
     pub data: Value,
+    /// The username of `user_id` (null when the directory has no such user).
+    pub username: Option<String>,
+    pub actor_username: Option<String>,
+    pub impersonator_username: Option<String>,
+    /// What happened, in one sentence naming people by username.
+    pub summary: String,
 }
 
 /// An exported audit row with its links.
@@ -141,8 +148,9 @@ struct ChainedAuditView {
     head_hash: String,
 }
 
-impl From<AuditEntry> for AuditView {
-    fn from(entry: AuditEntry) -> Self {
+impl From<DescribedEntry> for AuditView {
+    fn from(described: DescribedEntry) -> Self {
+        let entry = described.entry;
         AuditView {
             position: entry.position,
             user_id: entry.user_id,
@@ -154,6 +162,10 @@ impl From<AuditEntry> for AuditView {
             ip: entry.ip,
             user_agent: entry.user_agent,
             data: entry.data,
+            username: described.username,
+            actor_username: described.actor_username,
+            impersonator_username: described.impersonator_username,
+            summary: described.summary,
         }
     }
 }
@@ -186,38 +198,51 @@ fn audit_row(entry: AuditEntry) -> Vec<String> {
     ]
 }
 
-fn audit_chunk(
+/// One page of the export, and where the next one starts. CSV keeps its
+/// columns; JSON lines are the rows as the API's pages show them.
+async fn audit_chunk(
+    db: &ReadModels,
     format: AuditFormat,
     first: bool,
-    entries: Vec<AuditEntry>,
-) -> Result<Vec<u8>, ExportError> {
+    filter: &AuditFilter,
+) -> Result<(Vec<u8>, Option<i64>, bool), ExportError> {
     match format {
         AuditFormat::Csv => {
+            let (entries, more) = db.audit_page(filter).await?;
+            let last = entries.last().map(|entry| entry.id);
             let rows: Vec<Vec<String>> = entries.into_iter().map(audit_row).collect();
-            csv_chunk(first.then_some(&AUDIT_HEADER[..]), &rows)
+            Ok((
+                csv_chunk(first.then_some(&AUDIT_HEADER[..]), &rows)?,
+                last,
+                more,
+            ))
         }
         AuditFormat::JsonLines => {
+            let (entries, more) = db.described_audit_page(filter).await?;
+            let last = entries.last().map(|described| described.entry.id);
             let mut chunk = Vec::new();
             for entry in entries {
                 serde_json::to_writer(&mut chunk, &AuditView::from(entry))?;
                 chunk.push(b'\n');
             }
-            Ok(chunk)
+            Ok((chunk, last, more))
         }
         AuditFormat::JsonLinesWithChain => {
+            let (entries, more) = db.described_audit_page(filter).await?;
+            let last = entries.last().map(|described| described.entry.id);
             let mut chunk = Vec::new();
-            for mut entry in entries {
-                let chain_hash = std::mem::take(&mut entry.chain_hash);
-                let head_hash = std::mem::take(&mut entry.head_hash);
+            for mut described in entries {
+                let chain_hash = std::mem::take(&mut described.entry.chain_hash);
+                let head_hash = std::mem::take(&mut described.entry.head_hash);
                 let row = ChainedAuditView {
-                    view: AuditView::from(entry),
+                    view: AuditView::from(described),
                     chain_hash,
                     head_hash,
                 };
                 serde_json::to_writer(&mut chunk, &row)?;
                 chunk.push(b'\n');
             }
-            Ok(chunk)
+            Ok((chunk, last, more))
         }
     }
 }
@@ -239,11 +264,10 @@ pub fn audit_rows(
             let Some((mut filter, first)) = next else {
                 return Ok(None);
             };
-            let (entries, more) = db.audit_page(&filter).await?;
-            if let Some(last) = entries.last() {
-                filter.after_id = last.id;
+            let (chunk, last, more) = audit_chunk(&db, format, first, &filter).await?;
+            if let Some(last) = last {
+                filter.after_id = last;
             }
-            let chunk = audit_chunk(format, first, entries)?;
             Ok(Some((chunk, more.then_some((filter, false)))))
         }
     })

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 use twofold_domain::{Role, TwoFactorStatus};
 use twofold_projections::{
-    AuditEntry, AuditFilter, CheckpointCheck, ProjectionError, ReadModels, VerifyReport,
+    AuditFilter, CheckpointCheck, DescribedEntry, ProjectionError, ReadModels, VerifyReport,
 };
 
 use crate::{App, AppError, Session, READ_YOUR_WRITES_TIMEOUT};
@@ -133,16 +133,17 @@ impl App {
         Ok(report)
     }
 
-    /// One page of the audit trail in stored order, and whether more follow.
+    /// One page of the audit trail in stored order, each row with the
+    /// people it names and a sentence, and whether more follow.
     pub async fn audit_page(
         &self,
         session: &Session,
         query: &AuditQuery,
         min_position: Option<i64>,
-    ) -> Result<(Vec<AuditEntry>, bool), AppError> {
+    ) -> Result<(Vec<DescribedEntry>, bool), AppError> {
         self.may_read_reports(session)?;
         self.reach(min_position).await?;
-        Ok(self.read_models().audit_page(query).await?)
+        Ok(self.read_models().described_audit_page(query).await?)
     }
 
     /// Recomputes the chains over everything applied so far (catching up

@@ -15,7 +15,11 @@ use crate::values::{
 /// The version of every event's stored form (`event_version`).
 pub const EVENT_VERSION: &str = "1";
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// `strum` gives each variant's name (`name`) and the list of all of them
+/// (`<UserEvent as strum::VariantNames>::VARIANTS`), from the one enum.
+#[derive(
+    Clone, Debug, PartialEq, Serialize, Deserialize, strum::IntoStaticStr, strum::VariantNames,
+)]
 pub enum UserEvent {
     UserRegistered {
         user_id: Uuid,
@@ -175,36 +179,9 @@ pub enum ImpersonationRevocation {
 }
 
 impl UserEvent {
+    /// The stored `event_type`: the variant's name.
     pub fn name(&self) -> &'static str {
-        match self {
-            UserEvent::UserRegistered { .. } => "UserRegistered",
-            UserEvent::EmailChanged { .. } => "EmailChanged",
-            UserEvent::RoleChanged { .. } => "RoleChanged",
-            UserEvent::PasswordChanged { .. } => "PasswordChanged",
-            UserEvent::PasswordRejected { .. } => "PasswordRejected",
-            UserEvent::ChallengeIssued { .. } => "ChallengeIssued",
-            UserEvent::SecondFactorAccepted { .. } => "SecondFactorAccepted",
-            UserEvent::SecondFactorRejected { .. } => "SecondFactorRejected",
-            UserEvent::ReauthenticationCodeRejected { .. } => "ReauthenticationCodeRejected",
-            UserEvent::TotpCodeReplayed { .. } => "TotpCodeReplayed",
-            UserEvent::SecondFactorSuspended { .. } => "SecondFactorSuspended",
-            UserEvent::EmailCodeSent { .. } => "EmailCodeSent",
-            UserEvent::EmailCodeUndelivered { .. } => "EmailCodeUndelivered",
-            UserEvent::EmailCodeRefused { .. } => "EmailCodeRefused",
-            UserEvent::SessionStarted { .. } => "SessionStarted",
-            UserEvent::SessionEnded { .. } => "SessionEnded",
-            UserEvent::TotpEnrollmentStarted { .. } => "TotpEnrollmentStarted",
-            UserEvent::TotpEnrollmentCodeRejected { .. } => "TotpEnrollmentCodeRejected",
-            UserEvent::TotpEnrollmentConfirmed { .. } => "TotpEnrollmentConfirmed",
-            UserEvent::TwoFactorDisabled => "TwoFactorDisabled",
-            UserEvent::TwoFactorReset { .. } => "TwoFactorReset",
-            UserEvent::DeviceRemembered { .. } => "DeviceRemembered",
-            UserEvent::RememberedDevicesRevoked => "RememberedDevicesRevoked",
-            UserEvent::TwoFactorEnforced { .. } => "TwoFactorEnforced",
-            UserEvent::TwoFactorEnforcementLifted { .. } => "TwoFactorEnforcementLifted",
-            UserEvent::ImpersonationStarted { .. } => "ImpersonationStarted",
-            UserEvent::ImpersonationEnded { .. } => "ImpersonationEnded",
-        }
+        self.into()
     }
 }
 

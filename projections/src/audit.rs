@@ -364,6 +364,10 @@ pub(crate) const AUDIT_COLUMNS: &[&str] = &[
 pub struct AuditFilter {
     pub user_id: Option<Uuid>,
     pub actor_id: Option<Uuid>,
+    /// Whose events, by username (as stored: lower case).
+    pub username: Option<String>,
+    /// Who acted, by username.
+    pub actor_username: Option<String>,
     pub event_type: Option<String>,
     /// `occurred_at >= from`
     pub from: Option<DateTime<Utc>>,
@@ -401,24 +405,38 @@ impl AuditFilter {
     fn sql(&self) -> (String, Vec<Arg>) {
         let mut conditions = vec!["id > $1".to_string()];
         let mut args: Vec<Arg> = vec![self.after_id.into()];
+        // `$?` in a condition is its argument's place.
         let mut add = |condition: &str, arg: Arg| {
             args.push(arg);
-            conditions.push(format!("{condition} ${}", args.len()));
+            conditions.push(condition.replace("$?", &format!("${}", args.len())));
         };
         if let Some(user_id) = self.user_id {
-            add("user_id =", user_id.to_string().into());
+            add("user_id = $?", user_id.to_string().into());
         }
         if let Some(actor_id) = self.actor_id {
-            add("actor_id =", actor_id.to_string().into());
+            add("actor_id = $?", actor_id.to_string().into());
+        }
+        // A name nobody has selects nothing: the subquery gives NULL.
+        if let Some(username) = &self.username {
+            add(
+                "user_id = (SELECT user_id FROM user_directory WHERE username = $?)",
+                username.as_str().into(),
+            );
+        }
+        if let Some(username) = &self.actor_username {
+            add(
+                "actor_id = (SELECT user_id FROM user_directory WHERE username = $?)",
+                username.as_str().into(),
+            );
         }
         if let Some(event_type) = &self.event_type {
-            add("type =", event_type.as_str().into());
+            add("type = $?", event_type.as_str().into());
         }
         if let Some(from) = self.from {
-            add("occurred_at >=", from.into());
+            add("occurred_at >= $?", from.into());
         }
         if let Some(to) = self.to {
-            add("occurred_at <", to.into());
+            add("occurred_at < $?", to.into());
         }
         args.push((i64::from(self.limit) + 1).into());
         let sql = format!(

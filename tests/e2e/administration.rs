@@ -28,6 +28,7 @@ on_both_backends!(
     super_admin_resets_a_users_two_factor,
     admin_lists_and_revokes_a_users_remembered_devices,
     user_search_filters_by_two_factor_status_and_role_and_pages_without_repeats,
+    the_audit_trail_names_people_and_says_what_happened_in_a_sentence,
 );
 
 // ---------------------------------------------------------------- helpers
@@ -1170,5 +1171,79 @@ async fn user_search_filters_by_two_factor_status_and_role_and_pages_without_rep
         let answer = app.get(&format!("/api/v1/users?{bad}"), &root).await;
         assert_error(&answer, StatusCode::BAD_REQUEST, "invalid_request");
     }
+    app.stop().await;
+}
+
+/// An auditor's questions, by name: what did ada do as uma? Each row says
+/// it in a sentence, in the pages and in the JSON-lines export alike.
+async fn the_audit_trail_names_people_and_says_what_happened_in_a_sentence(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let uma = create(&app, "uma", "user").await;
+    let ada = create(&app, "ada", "admin").await;
+    let admin = sign_in(&app, "ada").await;
+    let started = impersonate(&app, &admin, &uma).await;
+    assert_eq!(started.status, StatusCode::CREATED, "{started:?}");
+    let acting = session_token(&started);
+    let ended = app.delete("/api/v1/impersonation", &acting, None).await;
+    assert_eq!(ended.status, StatusCode::NO_CONTENT, "{ended:?}");
+
+    let root = app.admin_token().await;
+    let page = app
+        .get("/api/v1/audit?username=UMA&actor_username=ada", &root)
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{page:?}");
+    let events = page.body["events"].as_array().unwrap();
+    let summaries: Vec<&str> = events
+        .iter()
+        .map(|event| event["summary"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        summaries,
+        [
+            "Admin ada logged in as uma (reason: support ticket, ticket: T-1).",
+            "Admin ada started a \"Login as\" session as uma.",
+            "Admin ada's \"Login as\" session as uma ended.",
+        ],
+        "{page:?}"
+    );
+    for event in events {
+        assert_eq!(event["user_id"], uma.as_str());
+        assert_eq!(event["username"], "uma");
+        assert_eq!(event["actor_id"], ada.as_str());
+        assert_eq!(event["actor_username"], "ada");
+    }
+    assert_eq!(events[2]["impersonator_username"], "ada");
+
+    let nobody = app.get("/api/v1/audit?username=nobody", &root).await;
+    assert_eq!(nobody.status, StatusCode::OK, "{nobody:?}");
+    assert_eq!(nobody.body["events"], json!([]));
+    assert_error(
+        &app.get("/api/v1/audit?actor_username=a%20b", &root).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    );
+    let export = app
+        .client
+        .get(format!(
+            "{}/api/v1/audit?format=jsonl&username=uma",
+            app.base
+        ))
+        .bearer_auth(&root)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let exported: Vec<Value> = export
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let all = app.get("/api/v1/audit?username=uma", &root).await;
+    assert_eq!(exported, all.body["events"].as_array().unwrap().clone());
+    assert_eq!(
+        exported[0]["summary"],
+        "Super admin root created the user uma (User)."
+    );
     app.stop().await;
 }

@@ -2,7 +2,7 @@
 //! (Debian's `chromium` and `chromium-driver`, installed by scripts/test;
 //! fantoccini as the client), against `spawn_app` on SQLite. Codes come from
 //! oathtool at the app's (manual) clock. Every page visited is saved as a
-//! screenshot under `target/browser-screenshots/`.
+//! screenshot at 1280 and at 390 px wide under `target/browser-screenshots/`.
 
 use std::net::TcpListener;
 use std::panic::AssertUnwindSafe;
@@ -24,6 +24,10 @@ use crate::helpers::{spawn_app, Backend, TestApp, ADMIN};
 static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const WAIT: Duration = Duration::from_secs(20);
+
+/// The window sizes every page is checked and photographed at.
+const DESKTOP: (u32, u32) = (1280, 900);
+const PHONE: (u32, u32) = (390, 844);
 
 /// A chromedriver on a free port, ended with the test.
 struct Driver {
@@ -108,7 +112,7 @@ impl Browser {
                     "--disable-background-networking",
                     "--disable-component-update",
                     "--no-first-run",
-                    "--window-size=1280,900",
+                    format!("--window-size={},{}", DESKTOP.0, DESKTOP.1),
                     format!("--user-data-dir={}", profile.path().display()),
                 ],
             }),
@@ -232,12 +236,19 @@ impl Browser {
             .unwrap_or_default()
     }
 
-    /// Saves a screenshot, and checks that every visible field has a label.
+    /// Saves screenshots at desktop and at phone width, and checks that
+    /// every visible field has a label and that at 390 px the page does not
+    /// scroll sideways (wide tables scroll in their own box) and the manual
+    /// TOTP key wraps only between its groups of four.
     async fn shot(&mut self, name: &str) {
         self.shots += 1;
-        let png = self.client.screenshot().await.unwrap();
-        let file = screenshot_dir().join(format!("{}-{:02}-{name}.png", self.scenario, self.shots));
-        std::fs::write(&file, png).unwrap();
+        let file = |width: u32| {
+            screenshot_dir().join(format!(
+                "{}-{:02}-{name}-{width}.png",
+                self.scenario, self.shots
+            ))
+        };
+        std::fs::write(file(DESKTOP.0), self.client.screenshot().await.unwrap()).unwrap();
         let unlabelled = self
             .client
             .execute(
@@ -251,6 +262,43 @@ impl Browser {
             .await
             .unwrap();
         assert_eq!(unlabelled, json!([]), "fields without a label on {name}");
+
+        self.client.set_window_size(PHONE.0, PHONE.1).await.unwrap();
+        let layout = self
+            .client
+            .execute(
+                "const page = document.documentElement;
+                 const wide = Array.from(document.body.querySelectorAll('*'))
+                    .filter(e => !e.closest('.scroll') && e.getBoundingClientRect().right > page.clientWidth + 1)
+                    .map(e => e.tagName.toLowerCase() + (e.id ? '#' + e.id : '') + (e.className ? '.' + e.className : ''));
+                 const brokenGroups = Array.from(document.querySelectorAll('.secret .group'))
+                    .filter(g => g.getClientRects().length > 1).map(g => g.textContent);
+                 return {viewport: page.clientWidth, page: page.scrollWidth, wide: wide.slice(0, 5),
+                         brokenGroups: brokenGroups};",
+                vec![],
+            )
+            .await
+            .unwrap();
+        std::fs::write(file(PHONE.0), self.client.screenshot().await.unwrap()).unwrap();
+        self.client
+            .set_window_size(DESKTOP.0, DESKTOP.1)
+            .await
+            .unwrap();
+        let viewport = layout["viewport"].as_u64().unwrap();
+        assert!(
+            viewport <= u64::from(PHONE.0),
+            "the window did not narrow: {layout}"
+        );
+        assert!(
+            layout["page"].as_u64().unwrap() <= viewport,
+            "{name} scrolls sideways at {} px: {layout}",
+            PHONE.0
+        );
+        assert_eq!(
+            layout["brokenGroups"],
+            json!([]),
+            "the manual key breaks inside a group on {name}"
+        );
     }
 
     async fn sign_in(&self, username: &str, password: &str) {
@@ -657,7 +705,15 @@ async fn an_admin_finds_enforces_logs_in_as_and_turns_off_a_users_2fa() {
 
         browser.click("a[href='/admin/audit']").await;
         browser.expect_path("/admin/audit").await;
-        browser.fill("#type", "TwoFactorDisabled").await;
+        // For an auditor: names and sentences, filters by username and by
+        // what happened, the raw fields on demand.
+        browser.fill("#username", "Dave").await;
+        browser
+            .find("#type")
+            .await
+            .select_by_value("TwoFactorDisabled")
+            .await
+            .unwrap();
         browser.click("#filter").await;
         let rows = browser
             .client
@@ -665,8 +721,38 @@ async fn an_admin_finds_enforces_logs_in_as_and_turns_off_a_users_2fa() {
             .await
             .unwrap();
         assert_eq!(rows.len(), 1, "one TwoFactorDisabled event");
+        assert_eq!(
+            browser.text("#audit tbody td.summary").await,
+            "Super admin root, logged in as dave, turned off dave's 2FA."
+        );
+        assert_eq!(browser.text("#audit tbody a.user").await, "dave");
+        assert_eq!(browser.text("#audit tbody a.actor").await, "root");
         assert!(browser.text("#audit tbody").await.contains("Login as"));
+        let raw = browser.find("#audit details.raw").await;
+        assert_eq!(raw.attr("open").await.unwrap(), None, "raw fields folded");
+        browser.choose("#audit details.raw summary").await;
+        assert!(
+            raw.attr("open").await.unwrap().is_some(),
+            "raw fields shown"
+        );
         browser.shot("audit-filtered").await;
+
+        // Everything root did to dave while logged in as dave, by name.
+        browser
+            .goto("/admin/audit?actor_username=root&username=dave")
+            .await;
+        let summaries = browser.text("#audit tbody").await;
+        assert!(
+            summaries
+                .contains("Super admin root logged in as dave (reason: ticket 42: lost phone).")
+                && summaries.contains("Super admin root enforced 2FA for dave."),
+            "{summaries}"
+        );
+        assert!(
+            !summaries.contains("-4000-"),
+            "no ids where names are known: {summaries}"
+        );
+        browser.shot("audit-by-actor").await;
     })
     .await;
 

@@ -362,6 +362,10 @@ async fn audit_page_shows_each_step_with_actor_and_impersonator(backend: Backend
             "ip",
             "user_agent",
             "data",
+            "username",
+            "actor_username",
+            "impersonator_username",
+            "summary",
         ];
         assert_eq!(row.as_object().unwrap().len(), keys.len(), "{row}");
         for key in keys {

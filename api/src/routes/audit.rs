@@ -9,6 +9,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use twofold_domain::Username;
 use twofold_projections::{AuditFilter, VerifyReport};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -34,6 +35,10 @@ pub struct AuditQuery {
     /// Who acted (empty: anyone).
     #[param(value_type = Option<String>, format = Uuid)]
     actor_id: Option<String>,
+    /// Whose events, by username (any case; empty: everyone's).
+    username: Option<String>,
+    /// Who acted, by username.
+    actor_username: Option<String>,
     /// An event name such as `TwoFactorDisabled`.
     #[serde(rename = "type")]
     #[param(pattern = "^[A-Za-z0-9]{0,64}$")]
@@ -71,6 +76,16 @@ fn parse_id(value: Option<String>, name: &str) -> Result<Option<Uuid>, ApiError>
         .map(|value| {
             Uuid::parse_str(&value)
                 .map_err(|_| ApiError::invalid_request(format!("{name} is a user id (UUID)")))
+        })
+        .transpose()
+}
+
+fn parse_username(value: Option<String>, name: &str) -> Result<Option<String>, ApiError> {
+    given(value)
+        .map(|value| {
+            Username::parse(&value)
+                .map(|username| username.as_str().to_string())
+                .map_err(|_| ApiError::invalid_request(format!("{name} is a username such as ann")))
         })
         .transpose()
 }
@@ -135,6 +150,8 @@ fn parse(query: AuditQuery) -> Result<(AuditFilter, Output), ApiError> {
     let filter = AuditFilter {
         user_id: parse_id(query.user_id, "user_id")?,
         actor_id: parse_id(query.actor_id, "actor_id")?,
+        username: parse_username(query.username, "username")?,
+        actor_username: parse_username(query.actor_username, "actor_username")?,
         event_type,
         from: parse_time(query.from, "from")?,
         to: parse_time(query.to, "to")?,
@@ -182,8 +199,8 @@ pub async fn audit_trail(
             let next_cursor = entries
                 .last()
                 .filter(|_| more)
-                .map(|last| encode_cursor(last.id));
-            let events: Vec<AuditView> = entries.into_iter().map(AuditView::from).collect();
+                .map(|last| encode_cursor(last.entry.id));
+            let events = entries.into_iter().map(AuditView::from).collect();
             Ok(Json(AuditPage {
                 events,
                 next_cursor,
@@ -273,7 +290,10 @@ mod tests {
             user_id in field(), actor_id in field(), event_type in field(), from in field(),
             to in field(), limit in field(), cursor in field(), format in field(),
         ) {
-            let query = AuditQuery { user_id, actor_id, event_type, from, to, limit, cursor, format };
+            let query = AuditQuery {
+                user_id, actor_id, username: None, actor_username: None, event_type, from, to,
+                limit, cursor, format,
+            };
             if let Ok((filter, _)) = parse(query) {
                 prop_assert!((1..=500).contains(&filter.limit));
                 prop_assert!(filter.after_id >= 0);

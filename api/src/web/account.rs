@@ -160,8 +160,9 @@ pub async fn settings(
 #[template(path = "totp.html")]
 struct TotpPage {
     chrome: Chrome,
-    /// The base32 key for typing into an app, in groups of four.
-    secret_grouped: String,
+    /// The base32 key for typing into an app, in groups of four (the page
+    /// wraps it between groups only).
+    secret_groups: Vec<String>,
     secret: String,
     otpauth_uri: String,
     qr_image: String,
@@ -175,13 +176,12 @@ pub struct FlowForm {
     flow: String,
 }
 
-fn grouped(secret: &str) -> String {
+fn grouped(secret: &str) -> Vec<String> {
     secret
         .as_bytes()
         .chunks(4)
         .map(|chunk| String::from_utf8_lossy(chunk).into_owned())
-        .collect::<Vec<_>>()
-        .join(" ")
+        .collect()
 }
 
 fn svg_image(svg: &str) -> String {
@@ -221,7 +221,7 @@ pub async fn start_totp(
         .into_result()?;
     let page = TotpPage {
         chrome: flow_chrome(chrome, &request.flow),
-        secret_grouped: grouped(&enrollment.secret),
+        secret_groups: grouped(&enrollment.secret),
         secret: enrollment.secret,
         otpauth_uri: enrollment.otpauth_uri,
         qr_image: svg_image(&enrollment.qr_svg),
@@ -289,7 +289,7 @@ pub async fn confirm_totp(
     let chrome = signed_in(&web, &visitor).await?.error(Some(message));
     let page = TotpPage {
         chrome: flow_chrome(chrome, &request.flow),
-        secret_grouped: grouped(&request.secret),
+        secret_groups: grouped(&request.secret),
         secret: request.secret,
         otpauth_uri: request.otpauth_uri,
         qr_image: svg_image(&qr),

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use twofold_domain::{Role, TwoFactorStatus};
+use twofold_projections::event_types;
 use uuid::Uuid;
 
 use super::account::{remembered_devices, DeviceRow};
@@ -465,6 +466,10 @@ pub struct AuditSearch {
     user_id: String,
     #[serde(default)]
     actor_id: String,
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    actor_username: String,
     #[serde(default, rename = "type")]
     event_type: String,
     #[serde(default)]
@@ -496,6 +501,8 @@ impl AuditSearch {
         vec![
             ("user_id", self.user_id.trim().to_string()),
             ("actor_id", self.actor_id.trim().to_string()),
+            ("username", self.username.trim().to_string()),
+            ("actor_username", self.actor_username.trim().to_string()),
             ("type", self.event_type.trim().to_string()),
             ("from", rfc3339(&self.from)),
             ("to", rfc3339(&self.to)),
@@ -515,31 +522,62 @@ impl AuditSearch {
 
 pub struct AuditRow {
     pub position: i64,
-    pub user_id: String,
     pub event_type: String,
     pub occurred_at: String,
-    pub actor_id: String,
-    pub impersonator_id: String,
+    /// The username, else the id.
+    pub user: String,
+    /// The trail of this user's events.
+    pub user_link: String,
+    pub actor: Option<String>,
+    /// The trail of what the actor did.
+    pub actor_link: String,
+    pub impersonator: Option<String>,
     pub ip: String,
+    pub summary: String,
+    /// The row's `data` as stored, for whoever wants the raw detail.
     pub data: String,
 }
 
 impl From<AuditView> for AuditRow {
     fn from(event: AuditView) -> Self {
+        let name = |username: Option<String>, id: Option<String>| username.or(id);
+        // By name where the directory has one, else by id.
+        let link =
+            |username: &Option<String>, id: Option<&str>, by_name, by_id| match (username, id) {
+                (Some(username), _) => format!("/admin/audit?{}", query(&[(by_name, username)])),
+                (None, Some(id)) => format!("/admin/audit?{}", query(&[(by_id, id)])),
+                (None, None) => String::new(),
+            };
+        let user_link = link(&event.username, Some(&event.user_id), "username", "user_id");
+        let actor_link = link(
+            &event.actor_username,
+            event.actor_id.as_deref(),
+            "actor_username",
+            "actor_id",
+        );
         AuditRow {
             position: event.position,
-            user_id: event.user_id,
+            user: event.username.unwrap_or(event.user_id),
+            user_link,
             event_type: event.event_type,
             occurred_at: when(Some(event.occurred_at)),
-            actor_id: event.actor_id.unwrap_or_default(),
-            impersonator_id: event.impersonator_id.unwrap_or_default(),
+            actor_link,
+            actor: name(event.actor_username, event.actor_id),
+            impersonator: name(event.impersonator_username, event.impersonator_id),
             ip: event.ip.unwrap_or_else(|| "-".into()),
+            summary: event.summary,
             data: match &event.data {
                 Value::Object(map) if map.is_empty() => String::new(),
-                data => data.to_string(),
+                data => serde_json::to_string_pretty(data).unwrap_or_default(),
             },
         }
     }
+}
+
+/// A choice of the event type filter: the stored name and it in words.
+pub struct EventTypeChoice {
+    pub name: &'static str,
+    pub label: String,
 }
 
 #[derive(Template)]
@@ -547,6 +585,7 @@ impl From<AuditView> for AuditRow {
 struct AuditPage {
     chrome: Chrome,
     search: AuditSearch,
+    event_types: Vec<EventTypeChoice>,
     events: Vec<AuditRow>,
     next_page: Option<String>,
     csv_link: String,
@@ -586,6 +625,9 @@ pub async fn audit(
             search.link(&[("format", "jsonl")])
         ),
         search,
+        event_types: event_types()
+            .map(|(name, label)| EventTypeChoice { name, label })
+            .collect(),
         events,
         next_page,
     };
