@@ -31,7 +31,7 @@ use crate::config::{CheckpointInterval, ServeArgs, TotpHash};
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::new_files::NewFiles;
 use crate::openapi as doc;
-use crate::routes::{audit, checkpoints, login, me, ops, reports, users};
+use crate::routes::{audit, checkpoints, history, login, me, ops, reports, users};
 use crate::serve::{self, ConnectionLimits};
 use crate::state::AppState;
 use twofold_app::clock::SystemClock;
@@ -72,6 +72,8 @@ fn documented() -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(users::end_impersonation))
         .routes(routes!(reports::two_factor_report))
+        .routes(routes!(history::forecast))
+        .routes(routes!(history::timeline))
         .routes(routes!(audit::audit_trail))
         .routes(routes!(audit::verify))
         .routes(routes!(checkpoints::checkpoints))

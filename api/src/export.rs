@@ -93,9 +93,31 @@ fn report_row(entry: DirectoryEntry) -> Vec<String> {
 
 /// The 2FA report, one row per user in username order, as CSV chunks.
 pub fn two_factor_csv(db: ReadModels) -> impl Stream<Item = Result<Vec<u8>, ExportError>> + Send {
+    directory_csv(db, DirectoryFilter::default())
+}
+
+/// The users who would be held on the mandatory date (2FA not enabled), as
+/// the report's CSV rows.
+pub fn without_two_factor_csv(
+    db: ReadModels,
+) -> impl Stream<Item = Result<Vec<u8>, ExportError>> + Send {
+    directory_csv(
+        db,
+        DirectoryFilter {
+            without_two_factor: true,
+            ..DirectoryFilter::default()
+        },
+    )
+}
+
+/// The users `filter` selects, one row each in username order, as CSV chunks.
+fn directory_csv(
+    db: ReadModels,
+    filter: DirectoryFilter,
+) -> impl Stream<Item = Result<Vec<u8>, ExportError>> + Send {
     let first = DirectoryFilter {
         limit: PAGE,
-        ..DirectoryFilter::default()
+        ..filter
     };
     futures::stream::try_unfold(Some((first, true)), move |next| {
         let db = db.clone();
@@ -137,6 +159,9 @@ pub struct AuditView {
     pub impersonator_username: Option<String>,
     /// What happened, in one sentence naming people by username.
     pub summary: String,
+    /// The request that caused it (its `X-Request-Id`); the events one
+    /// command stored share it.
+    pub correlation_id: Option<String>,
 }
 
 /// An exported audit row with its links.
@@ -166,6 +191,7 @@ impl From<DescribedEntry> for AuditView {
             actor_username: described.actor_username,
             impersonator_username: described.impersonator_username,
             summary: described.summary,
+            correlation_id: described.correlation_id,
         }
     }
 }

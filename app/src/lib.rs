@@ -40,7 +40,7 @@ pub use admin::{Impersonation, NewUser, UserChanges};
 pub use clock::Clock;
 pub use error::AppError;
 pub use me::{EnrollmentStarted, Profile, TwoFactorOff, TwoFactorView};
-pub use reads::{AuditQuery, RoleCount, TwoFactorReport};
+pub use reads::{AuditQuery, Forecast, RoleCount, TwoFactorReport, UserTimeline, FORECAST_DAYS};
 pub use session::Session;
 pub use sign_in::{EmailCodeSent, SecondFactorPassed, SignInAnswer};
 

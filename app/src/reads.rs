@@ -1,15 +1,18 @@
-//! What auditors, admins and super admins read: the 2FA report, the audit
-//! trail and its verification; and read-your-writes for every read.
+//! What auditors, admins and super admins read: the 2FA report and its
+//! mandatory-date forecast, the audit trail, a user's timeline, the trail's
+//! verification; and read-your-writes for every read.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 use tokio::time::Instant;
 use twofold_domain::{Role, TwoFactorStatus};
 use twofold_projections::{
-    AuditFilter, CheckpointCheck, DescribedEntry, ProjectionError, ReadModels, VerifyReport,
+    cases, AuditFilter, Case, CheckpointCheck, DescribedEntry, ProjectionError, ReadModels,
+    VerifyReport,
 };
+use uuid::Uuid;
 
 use crate::{App, AppError, Session, READ_YOUR_WRITES_TIMEOUT};
 
@@ -40,6 +43,52 @@ pub struct TwoFactorReport {
 
 /// A page of the audit trail to read.
 pub type AuditQuery = AuditFilter;
+
+/// One user's history: every event in a sentence, and what belongs together.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UserTimeline {
+    pub entries: Vec<DescribedEntry>,
+    pub cases: Vec<Case>,
+}
+
+/// The days the forecast's pace is measured over.
+pub const FORECAST_DAYS: i64 = 30;
+
+/// Who is still without 2FA, the pace of enrollments, and when everyone
+/// would be enrolled at that pace.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Forecast {
+    /// The platform-wide date from which every user must have 2FA.
+    pub mandatory_from: Option<DateTime<Utc>>,
+    pub without_two_factor: i64,
+    /// Users without 2FA, every role listed.
+    pub by_role: BTreeMap<Role, i64>,
+    /// The last `FORECAST_DAYS` days (UTC), oldest first, today last.
+    pub enrollments_per_day: Vec<(NaiveDate, i64)>,
+    /// Now when nobody is left; `None` when nobody enrolled in those days.
+    pub projected_all_enrolled_at: Option<DateTime<Utc>>,
+}
+
+impl Forecast {
+    /// Everyone left, enrolled at the average pace of the days counted.
+    fn project(
+        without: i64,
+        per_day: &[(NaiveDate, i64)],
+        now: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
+        if without == 0 {
+            return Some(now);
+        }
+        let enrolled: i64 = per_day.iter().map(|(_, count)| count).sum();
+        if enrolled == 0 {
+            return None;
+        }
+        // Seconds to go = users left / (enrollments per second).
+        let seconds = without as f64 * (FORECAST_DAYS * 86_400) as f64 / enrolled as f64;
+        chrono::Duration::try_seconds(seconds.ceil() as i64)
+            .and_then(|wait| now.checked_add_signed(wait))
+    }
+}
 
 impl App {
     /// Refused unless the session may read reports and the audit trail.
@@ -146,6 +195,65 @@ impl App {
         Ok(self.read_models().described_audit_page(query).await?)
     }
 
+    /// One user's history for auditors, once the read models hold
+    /// `min_position`.
+    pub async fn user_timeline(
+        &self,
+        session: &Session,
+        user_id: Uuid,
+        min_position: Option<i64>,
+    ) -> Result<UserTimeline, AppError> {
+        self.may_read_reports(session)?;
+        self.reach(min_position).await?;
+        let read_models = self.read_models();
+        if read_models.directory_entry(user_id).await?.is_none() {
+            return Err(AppError::NotFound("no such user"));
+        }
+        let entries = read_models.timeline(user_id).await?;
+        let cases = cases(&entries, self.now());
+        Ok(UserTimeline { entries, cases })
+    }
+
+    /// The mandatory-date forecast: who is left, the pace of the last
+    /// `FORECAST_DAYS` days, and the day everyone is enrolled at that pace.
+    pub async fn two_factor_forecast(
+        &self,
+        session: &Session,
+        min_position: Option<i64>,
+    ) -> Result<Forecast, AppError> {
+        let report = self.two_factor_report(session, min_position).await?;
+        let now = report.as_of;
+        let today = now.date_naive();
+        let first_day = today - chrono::Days::new(FORECAST_DAYS as u64 - 1);
+        let counted: BTreeMap<NaiveDate, i64> = self
+            .read_models()
+            .enrollments_per_day(first_day.and_time(NaiveTime::MIN).and_utc())
+            .await?
+            .into_iter()
+            .collect();
+        let enrollments_per_day: Vec<(NaiveDate, i64)> = first_day
+            .iter_days()
+            .take(FORECAST_DAYS as usize)
+            .map(|day| (day, counted.get(&day).copied().unwrap_or(0)))
+            .collect();
+        let without_two_factor = report.total - report.enabled;
+        Ok(Forecast {
+            mandatory_from: self.settings.policy.mandatory_from,
+            without_two_factor,
+            by_role: report
+                .by_role
+                .iter()
+                .map(|(role, count)| (*role, count.total - count.enabled))
+                .collect(),
+            projected_all_enrolled_at: Forecast::project(
+                without_two_factor,
+                &enrollments_per_day,
+                now,
+            ),
+            enrollments_per_day,
+        })
+    }
+
     /// Recomputes the chains over everything applied so far (catching up
     /// first, so the answer covers every event committed before the request).
     pub async fn verify_audit_trail(&self, session: &Session) -> Result<VerifyReport, AppError> {
@@ -159,5 +267,41 @@ impl App {
             tracing::error!(?report.first_mismatch, "the audit trail does not match the events");
         }
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn days(counts: &[i64]) -> Vec<(NaiveDate, i64)> {
+        let first = NaiveDate::from_ymd_opt(2026, 11, 4).unwrap();
+        first.iter_days().zip(counts.iter().copied()).collect()
+    }
+
+    #[test]
+    fn the_projection_divides_who_is_left_by_the_pace_of_the_last_thirty_days() {
+        let now = DateTime::parse_from_rfc3339("2026-12-03T12:00:00Z")
+            .unwrap()
+            .to_utc();
+        // 60 enrollments in 30 days: 2 a day; 10 left: 5 days.
+        let mut counts = vec![0; 30];
+        counts[0] = 30;
+        counts[29] = 30;
+        assert_eq!(
+            Forecast::project(10, &days(&counts), now),
+            Some(now + chrono::Duration::days(5))
+        );
+        assert_eq!(
+            Forecast::project(10, &days(&[0; 30]), now),
+            None,
+            "no pace: no date"
+        );
+        assert_eq!(
+            Forecast::project(0, &days(&[0; 30]), now),
+            Some(now),
+            "nobody left"
+        );
     }
 }

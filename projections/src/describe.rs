@@ -103,6 +103,9 @@ impl ReadModels {
 #[derive(Clone, Debug, PartialEq)]
 pub struct DescribedEntry {
     pub entry: AuditEntry,
+    /// The request that caused the event (the metadata's `request_id`, the
+    /// `X-Request-Id` it came with): the events one command stored share it.
+    pub correlation_id: Option<String>,
     pub username: Option<String>,
     pub actor_username: Option<String>,
     pub impersonator_username: Option<String>,
@@ -110,18 +113,49 @@ pub struct DescribedEntry {
 }
 
 impl ReadModels {
-    /// `audit_page`, each row described: one more query a page, for the
-    /// people it names.
+    /// The correlation id of each entry's event, from the events' metadata
+    /// (not a column of the trail: the event holds it, and the chain covers it).
+    async fn correlation_ids(
+        &self,
+        entries: &[AuditEntry],
+    ) -> Result<HashMap<i64, String>, ProjectionError> {
+        if entries.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let dialect = self.0.dialect();
+        let sql = format!(
+            "SELECT position, {} AS correlation_id FROM events
+              WHERE position IN (SELECT CAST(item AS BIGINT) FROM ({}) AS listed)",
+            dialect.json_field("metadata", &["request_id"]),
+            dialect.listed(1)
+        );
+        let positions: Vec<String> = entries
+            .iter()
+            .map(|entry| entry.position.to_string())
+            .collect();
+        let mut ids = HashMap::with_capacity(entries.len());
+        for row in self.0.fetch(&sql, vec![listed(&positions)]).await? {
+            if let Some(id) = row.get::<Option<String>>("correlation_id")? {
+                ids.insert(row.get("position")?, id);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// `audit_page`, each row described: two more queries a page, for the
+    /// people it names and the requests that caused its events.
     pub async fn described_audit_page(
         &self,
         filter: &AuditFilter,
     ) -> Result<(Vec<DescribedEntry>, bool), ProjectionError> {
         let (entries, more) = self.audit_page(filter).await?;
         let people = self.people_in(&entries).await?;
+        let mut correlation = self.correlation_ids(&entries).await?;
         let name = |id: Option<&str>| id.and_then(|id| people.username(id)).map(str::to_string);
         let described = entries
             .into_iter()
             .map(|entry| DescribedEntry {
+                correlation_id: correlation.remove(&entry.position),
                 username: name(Some(&entry.user_id)),
                 actor_username: name(entry.actor_id.as_deref()),
                 impersonator_username: name(entry.impersonator_id.as_deref()),

@@ -17,6 +17,7 @@ mod queries;
 mod read_models;
 mod report;
 mod runner;
+mod timeline;
 mod verify;
 mod warm;
 
@@ -28,6 +29,7 @@ pub use feed::EventPosition;
 pub use queries::{DirectoryEntry, DirectoryFilter, SessionRecord};
 pub use report::TwoFactorCount;
 pub use runner::Projector;
+pub use timeline::{cases, Case, CaseKind};
 pub use verify::{CheckpointCheck, ExpectedHead, Mismatch, VerifyReport};
 
 /// An empty SQLite store with the schema, for unit tests: in memory, on

@@ -45,6 +45,8 @@ pub struct DirectoryFilter {
     /// Prefix of the username or the email address, any case.
     pub query: Option<String>,
     pub two_factor_status: Option<TwoFactorStatus>,
+    /// Only users whose 2FA is not enabled (pending or disabled).
+    pub without_two_factor: bool,
     pub enforced: Option<bool>,
     pub role: Option<Role>,
     /// Keyset cursor: the last username of the previous page.
@@ -143,6 +145,12 @@ impl DirectoryFilter {
             if let Some(value) = value {
                 conditions.push(format!("{filter_only}{column} = {}", param(value)));
             }
+        }
+        if self.without_two_factor {
+            conditions.push(format!(
+                "{filter_only}two_factor_status <> {}",
+                param(TwoFactorStatus::Enabled.as_str().into())
+            ));
         }
         if let Some(after) = &self.after_username {
             conditions.push(format!(
@@ -364,17 +372,19 @@ mod tests {
             Some("b."),
             Some("é"),
         ] {
-            for two_factor_status in [
-                None,
-                Some(TwoFactorStatus::Enabled),
-                Some(TwoFactorStatus::Pending),
-                Some(TwoFactorStatus::Disabled),
+            for (two_factor_status, without_two_factor) in [
+                (None, false),
+                (None, true),
+                (Some(TwoFactorStatus::Enabled), false),
+                (Some(TwoFactorStatus::Pending), false),
+                (Some(TwoFactorStatus::Disabled), false),
             ] {
                 for enforced in [None, Some(true), Some(false)] {
                     for role in [None, Some(Role::User), Some(Role::Admin)] {
                         filters.push(DirectoryFilter {
                             query: query.map(str::to_string),
                             two_factor_status,
+                            without_two_factor,
                             enforced,
                             role,
                             after_username: None,
@@ -467,6 +477,8 @@ mod tests {
                 && filter
                     .two_factor_status
                     .is_none_or(|status| status == self.two_factor_status)
+                && !(filter.without_two_factor
+                    && self.two_factor_status == TwoFactorStatus::Enabled)
                 && filter
                     .enforced
                     .is_none_or(|enforced| enforced == self.enforced)

@@ -701,6 +701,13 @@ async fn an_admin_finds_enforces_logs_in_as_and_turns_off_a_users_2fa() {
         assert_eq!(browser.text("#report-total").await, "3");
         assert_eq!(browser.text("#report-enabled").await, "0");
         assert!(browser.exists("#report-csv").await);
+        // The mandatory-date forecast: nobody has 2FA any more.
+        assert_eq!(browser.text("#forecast-without").await, "3");
+        assert_eq!(
+            browser.text("#mandatory-from").await,
+            "No platform-wide date is set."
+        );
+        assert!(browser.exists("#without-csv").await);
         browser.shot("reports").await;
 
         browser.click("a[href='/admin/audit']").await;
@@ -753,6 +760,40 @@ async fn an_admin_finds_enforces_logs_in_as_and_turns_off_a_users_2fa() {
             "no ids where names are known: {summaries}"
         );
         browser.shot("audit-by-actor").await;
+
+        // dave's timeline: each Login as and enforcement change folded.
+        browser.click("#timeline-link").await;
+        browser
+            .expect_path(&format!("/admin/users/{dave}/timeline"))
+            .await;
+        let cases = browser
+            .client
+            .find_all(Locator::Css("#timeline li.case"))
+            .await
+            .unwrap();
+        assert_eq!(cases.len(), 4, "two Login as, two enforcement changes");
+        let folded = browser.text("#timeline").await;
+        assert!(
+            folded.contains("Super admin root logged in as dave (reason: ticket 42: lost phone)."),
+            "{folded}"
+        );
+        assert!(
+            !folded.contains("turned off dave's 2FA"),
+            "events under a case stay folded: {folded}"
+        );
+        // The second Login as: the rescue.
+        cases[3]
+            .find(Locator::Css("summary"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        assert!(browser
+            .text("#timeline")
+            .await
+            .contains("Super admin root, logged in as dave, turned off dave's 2FA."));
+        browser.shot("timeline").await;
     })
     .await;
 

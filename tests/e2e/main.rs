@@ -14,6 +14,7 @@ mod email;
 mod faults;
 mod foundation;
 mod hardening;
+mod history;
 mod hygiene;
 mod lifecycle;
 mod malformed;

@@ -366,6 +366,7 @@ async fn audit_page_shows_each_step_with_actor_and_impersonator(backend: Backend
             "actor_username",
             "impersonator_username",
             "summary",
+            "correlation_id",
         ];
         assert_eq!(row.as_object().unwrap().len(), keys.len(), "{row}");
         for key in keys {

@@ -1,5 +1,6 @@
 pub mod audit;
 pub mod checkpoints;
+pub mod history;
 pub mod login;
 pub mod me;
 pub mod ops;

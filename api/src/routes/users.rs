@@ -269,6 +269,7 @@ pub async fn list_users(
         role,
         after_username,
         limit,
+        ..DirectoryFilter::default()
     };
     let (entries, more) = state
         .app

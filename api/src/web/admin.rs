@@ -17,6 +17,7 @@ use super::account::{remembered_devices, DeviceRow};
 use super::chrome::Chrome;
 use super::client::{query, Answer};
 use super::cookies;
+use super::history::{self, ForecastView};
 use super::pages::{notice_text, signed_in, when};
 use super::reply::{capitalized, PageError, Reply};
 use super::signin::NoticeQuery;
@@ -394,6 +395,7 @@ struct ReportsPage {
     enforced_not_enabled: i64,
     roles: Vec<RoleRow>,
     as_of: String,
+    forecast: ForecastView,
 }
 
 /// `GET /admin/reports`: `GET /api/v1/reports/two-factor`.
@@ -422,13 +424,18 @@ pub async fn reports(State(web): State<Web>, visitor: Visitor) -> Result<Reply, 
             })
             .collect(),
         as_of: when(Some(report.as_of)),
+        forecast: history::forecast(&web, &visitor).await?,
     };
     Reply::render(StatusCode::OK, &page)
 }
 
 /// A download: the API's streamed answer passed through with its type and
 /// file name; an error becomes a page.
-async fn download(web: &Web, visitor: &Visitor, path: &str) -> Result<Response, PageError> {
+pub(super) async fn download(
+    web: &Web,
+    visitor: &Visitor,
+    path: &str,
+) -> Result<Response, PageError> {
     let token = visitor.session().ok_or(PageError::SignIn)?;
     let response = web
         .api
@@ -588,6 +595,8 @@ struct AuditPage {
     event_types: Vec<EventTypeChoice>,
     events: Vec<AuditRow>,
     next_page: Option<String>,
+    /// The timeline of the user the page is filtered to.
+    timeline_link: Option<String>,
     csv_link: String,
     jsonl_link: String,
 }
@@ -604,17 +613,23 @@ pub async fn audit(
         .api
         .get(&visitor, &format!("/audit?{api_query}"))
         .await?;
-    let (status, chrome, events, next_page) = match answer.into_result::<AuditList>() {
+    let (status, chrome, events, next_page, timeline_link) = match answer.into_result::<AuditList>()
+    {
         Ok(list) => {
             let next_page = list
                 .next_cursor
                 .map(|cursor| format!("/admin/audit?{}", search.link(&[("cursor", &cursor)])));
+            let timeline_link = list
+                .events
+                .first()
+                .filter(|_| !search.username.trim().is_empty())
+                .map(|event| format!("/admin/users/{}/timeline", event.user_id));
             let events = list.events.into_iter().map(AuditRow::from).collect();
-            (StatusCode::OK, chrome, events, next_page)
+            (StatusCode::OK, chrome, events, next_page, timeline_link)
         }
         Err(error) => {
             let (status, message) = shown_on_page(error)?;
-            (status, chrome.error(Some(message)), Vec::new(), None)
+            (status, chrome.error(Some(message)), Vec::new(), None, None)
         }
     };
     let page = AuditPage {
@@ -630,6 +645,7 @@ pub async fn audit(
             .collect(),
         events,
         next_page,
+        timeline_link,
     };
     Reply::render(status, &page)
 }

@@ -16,6 +16,7 @@ mod client;
 mod cookies;
 mod csrf;
 mod forms;
+mod history;
 mod pages;
 mod reply;
 mod signin;
@@ -92,6 +93,11 @@ pub fn with_pages(api: axum::Router, state: &AppState) -> axum::Router {
         .route("/impersonation/end", post(admin::end_impersonation))
         .route("/admin/reports", get(admin::reports))
         .route("/admin/reports/two-factor.csv", get(admin::report_csv))
+        .route(
+            "/admin/reports/without-two-factor.csv",
+            get(history::without_two_factor_csv),
+        )
+        .route("/admin/users/{id}/timeline", get(history::timeline))
         .route("/admin/audit", get(admin::audit))
         .route("/admin/audit/export", get(admin::audit_export))
         .route("/static/app.css", get(stylesheet))
