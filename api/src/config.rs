@@ -122,7 +122,7 @@ pub struct VerifyArgs {
 pub struct CheckpointArgs {
     #[command(flatten)]
     pub database: DatabaseArgs,
-    /// The service's audit signing key (it must exist).
+    /// The service's audit signing key (created, mode 0600, when missing).
     #[arg(long, env = "TWOFOLD_AUDIT_SIGNING_KEY_FILE")]
     pub audit_signing_key_file: PathBuf,
 }

@@ -255,7 +255,10 @@ async fn audit(action: AuditAction) -> anyhow::Result<()> {
             Ok(())
         }
         AuditAction::Checkpoint(args) => {
-            let key = twofold_app::checkpoints::read_signing_key(&args.audit_signing_key_file)?;
+            // As `serve` does: a missing key file gets a new key (whose
+            // checkpoints verify only once its public key is published).
+            let (key, _) =
+                twofold_app::checkpoints::signing_key_file(&args.audit_signing_key_file)?;
             let db = args.database.connect_existing().await?;
             let projector = twofold_projections::Projector::new(db).await?;
             let checkpoint = twofold_app::checkpoints::sign_checkpoint(
