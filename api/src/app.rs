@@ -17,6 +17,7 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 use twofold_app::mail::Mailer;
 use twofold_app::{passwords, App, AppError, Clock, Settings};
+use twofold_domain::checkpoint::AuditSigningKey;
 use twofold_domain::totp::{TotpAlgorithm, TotpParameters};
 use twofold_domain::TwoFactorPolicy;
 use twofold_projections::{Db, Projector, ReadModels};
@@ -26,11 +27,11 @@ use utoipa_axum::routes;
 
 use crate::api_docs;
 use crate::client_address::TrustedProxies;
-use crate::config::{ServeArgs, TotpHash};
+use crate::config::{CheckpointInterval, ServeArgs, TotpHash};
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::new_files::NewFiles;
 use crate::openapi as doc;
-use crate::routes::{audit, history, login, me, ops, reports, users};
+use crate::routes::{audit, checkpoints, history, login, me, ops, reports, users};
 use crate::serve::{self, ConnectionLimits};
 use crate::state::AppState;
 use twofold_app::clock::SystemClock;
@@ -75,6 +76,8 @@ fn documented() -> OpenApiRouter<AppState> {
         .routes(routes!(history::timeline))
         .routes(routes!(audit::audit_trail))
         .routes(routes!(audit::verify))
+        .routes(routes!(checkpoints::checkpoints))
+        .routes(routes!(checkpoints::public_key))
         .routes(routes!(doc::openapi_json));
     OpenApiRouter::with_openapi(doc::ApiDoc::openapi())
         .nest(API_PREFIX, api)
@@ -235,6 +238,12 @@ pub struct ServeConfig {
     pub trusted_proxies: TrustedProxies,
     /// Serve `/metrics` on this address only (not on `listen`).
     pub metrics_listen: Option<SocketAddr>,
+    /// The key that signs audit checkpoints (created when missing); `None`:
+    /// the service signs none.
+    pub audit_signing_key_file: Option<std::path::PathBuf>,
+    /// How often to sign a checkpoint; `None`: only `twofold audit
+    /// checkpoint` signs.
+    pub audit_checkpoint_every: Option<Duration>,
 }
 
 /// A secret given directly, or else the content of the file named for it
@@ -268,14 +277,14 @@ impl ServeConfig {
         };
         let master_key_file = match args.master_key_file {
             Some(path) => path,
-            None => {
-                let file = twofold_store::sqlite_file(&url)
-                    .context("--master-key-file is required with PostgreSQL")?;
-                let mut name = file.file_name().unwrap_or_default().to_os_string();
-                name.push(".master-key");
-                file.with_file_name(name)
-            }
+            None => beside_sqlite_file(&url, ".master-key")
+                .context("--master-key-file is required with PostgreSQL")?,
         };
+        // Unlike the master key, optional with PostgreSQL: a deployment
+        // that names no key file signs no checkpoints.
+        let audit_signing_key_file = args
+            .audit_signing_key_file
+            .or_else(|| beside_sqlite_file(&url, ".audit-signing-key"));
         let totp = TotpParameters {
             algorithm: match args.totp_algorithm {
                 TotpHash::Sha1 => TotpAlgorithm::Sha1,
@@ -323,8 +332,22 @@ impl ServeConfig {
             },
             trusted_proxies: args.trusted_proxies,
             metrics_listen: args.metrics_listen,
+            audit_signing_key_file,
+            audit_checkpoint_every: match args.audit_checkpoint_minutes {
+                CheckpointInterval::Off => None,
+                CheckpointInterval::Every(every) => Some(every),
+            },
         })
     }
+}
+
+/// A file beside the SQLite store of `url` (its name followed by
+/// `suffix`); `None` for PostgreSQL.
+fn beside_sqlite_file(url: &str, suffix: &str) -> Option<std::path::PathBuf> {
+    let file = twofold_store::sqlite_file(url)?;
+    let mut name = file.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    Some(file.with_file_name(name))
 }
 
 /// Where outgoing email goes: SMTP when a URL is given, else a directory.
@@ -384,19 +407,31 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     if config.mail.smtp_url.is_none() {
         created.watch_directory(&config.mail.directory);
     }
-    let started =
-        match twofold_store::connect(&config.database_url, config.database_max_connections).await {
-            Ok(db) => {
-                let started = start_on(&db, config, &mut created).await;
-                if started.is_err() {
-                    db.close().await;
-                }
-                started
-            }
-            Err(error) => Err(error),
-        };
+    let started = start_with_files(config, &mut created).await;
     if started.is_err() {
         created.remove();
+    }
+    started
+}
+
+/// The start, noting in `created` what it creates.
+async fn start_with_files(config: ServeConfig, created: &mut NewFiles) -> anyhow::Result<Running> {
+    // Before the store is touched: a key file that holds no key stops the
+    // start before a database is created.
+    let signing_key = match &config.audit_signing_key_file {
+        Some(path) => {
+            let (key, key_created) = twofold_app::checkpoints::signing_key_file(path)?;
+            if key_created {
+                created.add(path.clone());
+            }
+            Some(key)
+        }
+        None => None,
+    };
+    let db = twofold_store::connect(&config.database_url, config.database_max_connections).await?;
+    let started = start_on(&db, config, signing_key, created).await;
+    if started.is_err() {
+        db.close().await;
     }
     started
 }
@@ -415,7 +450,12 @@ pub async fn migrate(db: &Db) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn start_on(db: &Db, config: ServeConfig, created: &mut NewFiles) -> anyhow::Result<Running> {
+async fn start_on(
+    db: &Db,
+    config: ServeConfig,
+    signing_key: Option<AuditSigningKey>,
+    created: &mut NewFiles,
+) -> anyhow::Result<Running> {
     migrate(db).await.context("migrations failed")?;
     let (key, key_created) =
         twofold_app::master_key::master_key_for_store(&config.master_key_file, db).await?;
@@ -433,6 +473,11 @@ async fn start_on(db: &Db, config: ServeConfig, created: &mut NewFiles) -> anyho
         mailer,
     )
     .context("cannot start the password hashing threads")?;
+    let signs_checkpoints = signing_key.is_some();
+    let app = match signing_key {
+        Some(key) => app.with_audit_signing_key(key),
+        None => app,
+    };
     if let Some(spec) = &config.bootstrap_admin {
         if app.bootstrap_admin(spec).await? {
             tracing::info!("created the bootstrap super admin");
@@ -458,6 +503,11 @@ async fn start_on(db: &Db, config: ServeConfig, created: &mut NewFiles) -> anyho
         .transpose()?;
     let (shutdown, stopped) = watch::channel(false);
     projector.spawn_poller(POLL_EVERY, stopped.clone());
+    if let Some(every) = config.audit_checkpoint_every.filter(|_| signs_checkpoints) {
+        let signer = state.clone();
+        let stop = stopped.clone();
+        tokio::spawn(async move { signer.app.sign_checkpoints_every(every, stop).await });
+    }
     let metrics_place = match metrics_listener {
         Some(_) => MetricsPlace::OwnListener,
         None => MetricsPlace::MainListener,

@@ -70,7 +70,7 @@ pub enum Command {
         #[command(subcommand)]
         action: MasterKeyAction,
     },
-    /// Check or export the audit trail (reads only).
+    /// Check, export or sign the audit trail.
     Audit {
         #[command(subcommand)]
         action: AuditAction,
@@ -86,10 +86,15 @@ pub enum ProjectionsAction {
 #[derive(Debug, Subcommand)]
 pub enum AuditAction {
     /// Recompute the tamper-evidence chains from the events and compare them
-    /// with the trail; prints a JSON report, exits non-zero on a mismatch.
+    /// with the trail (and, with --public-key, with every signed
+    /// checkpoint); prints a JSON report, exits non-zero on a mismatch.
+    /// Reads only.
     Verify(VerifyArgs),
-    /// Write every audit row to standard output, oldest first.
+    /// Write every audit row to standard output, oldest first. Reads only.
     Export(ExportArgs),
+    /// Sign where the audit trail stands now (after catching the read
+    /// models up) and keep the checkpoint; prints it as JSON.
+    Checkpoint(CheckpointArgs),
 }
 
 #[derive(Clone, Debug, Args)]
@@ -100,6 +105,26 @@ pub struct VerifyArgs {
     /// report (`head_position`:`head`): the history must still give it.
     #[arg(long)]
     pub expect_head: Option<twofold_projections::ExpectedHead>,
+    /// A file holding the audit public key as GET /api/v1/audit/public-key
+    /// serves it (`public_key`): every stored checkpoint must be signed by
+    /// one of the keys given (repeat the flag after a change of key) and
+    /// name the head the history gives at its position.
+    #[arg(long = "public-key", value_name = "FILE")]
+    pub public_keys: Vec<PathBuf>,
+    /// Checkpoints kept outside the database, as GET
+    /// /api/v1/audit/checkpoints lists them: checked beside the stored
+    /// ones, so deleting checkpoints from the database hides no cut.
+    #[arg(long, value_name = "FILE", requires = "public_keys")]
+    pub checkpoints: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct CheckpointArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// The service's audit signing key (created, mode 0600, when missing).
+    #[arg(long, env = "TWOFOLD_AUDIT_SIGNING_KEY_FILE")]
+    pub audit_signing_key_file: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -153,6 +178,11 @@ pub struct ExportArgs {
     /// object per line).
     #[arg(long, value_enum)]
     pub format: ExportFormat,
+    /// With `jsonl`: add each row's `chain_hash` and `head_hash`, so that an
+    /// auditor can check the export against the signed checkpoints offline
+    /// (docs/operations.md).
+    #[arg(long)]
+    pub with_chain: bool,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -250,6 +280,28 @@ pub struct ServeArgs {
     /// Default: next to the SQLite file; required with PostgreSQL.
     #[arg(long, env = "TWOFOLD_MASTER_KEY_FILE")]
     pub master_key_file: Option<PathBuf>,
+    /// Ed25519 key that signs audit checkpoints (64 hex digits); created
+    /// (mode 0600) when missing. Its public half is served at
+    /// /api/v1/audit/public-key. Default: next to the SQLite file
+    /// (NAME.audit-signing-key); with PostgreSQL unset, and then no
+    /// checkpoint is signed.
+    #[arg(long, env = "TWOFOLD_AUDIT_SIGNING_KEY_FILE")]
+    pub audit_signing_key_file: Option<PathBuf>,
+    /// Minutes between signed audit checkpoints (a decimal number, e.g.
+    /// 0.5); 0 turns them off.
+    ///
+    /// Each interval the service signs where the audit trail stands
+    /// (position, head digest, time) with --audit-signing-key-file, if the
+    /// trail moved since the last checkpoint. `twofold audit verify
+    /// --public-key` then detects a history cut, rewritten or reordered
+    /// before any checkpoint.
+    #[arg(
+        long,
+        env = "TWOFOLD_AUDIT_CHECKPOINT_MINUTES",
+        default_value = "60",
+        value_parser = parse_checkpoint_interval
+    )]
+    pub audit_checkpoint_minutes: CheckpointInterval,
     /// Absolute lifetime of a session.
     #[arg(long, env = "TWOFOLD_SESSION_HOURS", default_value_t = 12)]
     pub session_hours: u32,
@@ -336,6 +388,31 @@ pub struct ServeArgs {
     pub smtp_url_file: Option<PathBuf>,
 }
 
+/// `--audit-checkpoint-minutes`: how often to sign, or never.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum CheckpointInterval {
+    Off,
+    Every(std::time::Duration),
+}
+
+/// Minutes as a decimal number; 0 is off. Refused: a negative number, one
+/// that is not finite, or one too large for a duration.
+fn parse_checkpoint_interval(text: &str) -> Result<CheckpointInterval, String> {
+    let minutes: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("expected a number of minutes, not {text:?}"))?;
+    if minutes == 0.0 {
+        return Ok(CheckpointInterval::Off);
+    }
+    if minutes.is_nan() || minutes < 0.0 {
+        return Err("the minutes between checkpoints must be 0 (off) or more".into());
+    }
+    std::time::Duration::try_from_secs_f64(minutes * 60.0)
+        .map(CheckpointInterval::Every)
+        .map_err(|_| format!("{text} minutes is too long an interval"))
+}
+
 /// The Key URI format forbids a colon in the issuer (apps split the label on
 /// it), and an empty issuer leaves the account unlabelled in the app.
 fn parse_totp_issuer(value: &str) -> Result<String, String> {
@@ -356,7 +433,24 @@ fn parse_totp_issuer(value: &str) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_totp_issuer;
+    use super::{parse_checkpoint_interval, parse_totp_issuer, CheckpointInterval};
+    use std::time::Duration;
+
+    #[test]
+    fn checkpoint_minutes_are_a_decimal_number_and_zero_is_off() {
+        assert_eq!(parse_checkpoint_interval("0"), Ok(CheckpointInterval::Off));
+        assert_eq!(
+            parse_checkpoint_interval("60"),
+            Ok(CheckpointInterval::Every(Duration::from_secs(3600)))
+        );
+        assert_eq!(
+            parse_checkpoint_interval("0.05"),
+            Ok(CheckpointInterval::Every(Duration::from_secs(3)))
+        );
+        for refused in ["-1", "NaN", "inf", "1e300", "soon", ""] {
+            assert!(parse_checkpoint_interval(refused).is_err(), "{refused}");
+        }
+    }
 
     #[test]
     fn a_totp_issuer_with_a_colon_or_nothing_in_it_is_refused() {

@@ -30,6 +30,10 @@ pub enum ExportError {
 pub enum AuditFormat {
     Csv,
     JsonLines,
+    /// JSON lines that also carry each row's `chain_hash` and `head_hash`
+    /// (`twofold audit export --with-chain`): what an auditor needs to
+    /// check the export against the signed checkpoints offline.
+    JsonLinesWithChain,
 }
 
 /// A spreadsheet opens a cell starting with `=`, `+`, `-` or `@` (or a tab
@@ -160,6 +164,15 @@ pub struct AuditView {
     pub correlation_id: Option<String>,
 }
 
+/// An exported audit row with its links.
+#[derive(Serialize)]
+struct ChainedAuditView {
+    #[serde(flatten)]
+    view: AuditView,
+    chain_hash: String,
+    head_hash: String,
+}
+
 impl From<DescribedEntry> for AuditView {
     fn from(described: DescribedEntry) -> Self {
         let entry = described.entry;
@@ -236,6 +249,23 @@ async fn audit_chunk(
             let mut chunk = Vec::new();
             for entry in entries {
                 serde_json::to_writer(&mut chunk, &AuditView::from(entry))?;
+                chunk.push(b'\n');
+            }
+            Ok((chunk, last, more))
+        }
+        AuditFormat::JsonLinesWithChain => {
+            let (entries, more) = db.described_audit_page(filter).await?;
+            let last = entries.last().map(|described| described.entry.id);
+            let mut chunk = Vec::new();
+            for mut described in entries {
+                let chain_hash = std::mem::take(&mut described.entry.chain_hash);
+                let head_hash = std::mem::take(&mut described.entry.head_hash);
+                let row = ChainedAuditView {
+                    view: AuditView::from(described),
+                    chain_hash,
+                    head_hash,
+                };
+                serde_json::to_writer(&mut chunk, &row)?;
                 chunk.push(b'\n');
             }
             Ok((chunk, last, more))

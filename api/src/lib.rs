@@ -23,6 +23,7 @@ mod web;
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -149,8 +150,12 @@ async fn run(command: Command, settings: Vec<settings_file::Setting>) -> anyhow:
             action: ConfigAction::Check(args),
         } => {
             // Refused as `serve` would refuse it (a secret file that cannot
-            // be read, a bad key URI issuer...).
-            ServeConfig::from_args(*args)?;
+            // be read, a bad key URI issuer, a signing key file that holds
+            // no key...); a missing key file is not created here.
+            let config = ServeConfig::from_args(*args)?;
+            if let Some(path) = config.audit_signing_key_file.filter(|path| path.exists()) {
+                twofold_app::checkpoints::read_signing_key(&path)?;
+            }
             for setting in settings {
                 println!("{setting}");
             }
@@ -219,21 +224,59 @@ async fn run(command: Command, settings: Vec<settings_file::Setting>) -> anyhow:
     }
 }
 
-/// `twofold audit ...`: reads only, and does not migrate, so a cron job can
-/// run it with a role that may only SELECT.
+/// `twofold audit ...`: none migrates; `verify` and `export` only read, so
+/// a cron job can run them with a role that may only SELECT.
 async fn audit(action: AuditAction) -> anyhow::Result<()> {
     match action {
         AuditAction::Verify(args) => {
+            let checkpoints = twofold_projections::CheckpointCheck {
+                keys: args
+                    .public_keys
+                    .iter()
+                    .map(|file| read_public_key(file))
+                    .collect::<anyhow::Result<_>>()?,
+                kept_elsewhere: match &args.checkpoints {
+                    Some(file) => read_checkpoints(file)?,
+                    None => Vec::new(),
+                },
+            };
             let db = args.database.connect_existing().await?;
             let progress = progress_bar("verifying the audit trail");
             let report = twofold_projections::ReadModels::new(db)
-                .verify_audit_trail(args.expect_head.as_ref(), |count| {
+                .verify_audit_trail(args.expect_head.as_ref(), &checkpoints, |count| {
                     progress.set_position(count)
                 })
                 .await?;
             progress.finish_and_clear();
             println!("{}", serde_json::to_string(&report)?);
-            anyhow::ensure!(report.ok, "the audit trail does not match the events");
+            if let Some(mismatch) = &report.first_mismatch {
+                anyhow::bail!("the audit trail does not match the events: {mismatch}");
+            }
+            Ok(())
+        }
+        AuditAction::Checkpoint(args) => {
+            // As `serve` does: a missing key file gets a new key (whose
+            // checkpoints verify only once its public key is published).
+            let (key, _) =
+                twofold_app::checkpoints::signing_key_file(&args.audit_signing_key_file)?;
+            let db = args.database.connect_existing().await?;
+            let projector = twofold_projections::Projector::new(db).await?;
+            let checkpoint = twofold_app::checkpoints::sign_checkpoint(
+                &projector,
+                &key,
+                twofold_app::clock::system_now(),
+            )
+            .await
+            .context("cannot sign a checkpoint (has `twofold migrate` run?)")?;
+            match checkpoint {
+                Some(checkpoint) => println!(
+                    "{}",
+                    serde_json::to_string(&routes::checkpoints::CheckpointView::from(checkpoint))?
+                ),
+                None => println!(
+                    "nothing to sign: the audit trail is empty or its head is signed already"
+                ),
+            }
             Ok(())
         }
         AuditAction::Export(args) => {
@@ -241,9 +284,13 @@ async fn audit(action: AuditAction) -> anyhow::Result<()> {
             use tokio::io::AsyncWriteExt;
 
             let db = args.database.connect_existing().await?;
-            let format = match args.format {
-                ExportFormat::Csv => export::AuditFormat::Csv,
-                ExportFormat::Jsonl => export::AuditFormat::JsonLines,
+            let format = match (args.format, args.with_chain) {
+                (ExportFormat::Csv, false) => export::AuditFormat::Csv,
+                (ExportFormat::Jsonl, false) => export::AuditFormat::JsonLines,
+                (ExportFormat::Jsonl, true) => export::AuditFormat::JsonLinesWithChain,
+                (ExportFormat::Csv, true) => {
+                    anyhow::bail!("--with-chain goes with --format jsonl (the CSV columns stay)")
+                }
             };
             let mut rows = std::pin::pin!(export::audit_rows(
                 twofold_projections::ReadModels::new(db),
@@ -258,6 +305,36 @@ async fn audit(action: AuditAction) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// An audit public key from `file`: the `public_key` text as the service
+/// serves it, or the whole answer of GET /api/v1/audit/public-key (saved
+/// with `curl > FILE`).
+fn read_public_key(
+    file: &std::path::Path,
+) -> anyhow::Result<twofold_domain::checkpoint::AuditPublicKey> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read the public key file {}", file.display()))?;
+    let served: Option<routes::checkpoints::PublicKeyView> = serde_json::from_str(&text).ok();
+    let key = served.map_or(text, |served| served.public_key);
+    twofold_domain::checkpoint::AuditPublicKey::parse(&key)
+        .with_context(|| format!("the public key file {} holds no key", file.display()))
+}
+
+/// Checkpoints from `file`, as GET /api/v1/audit/checkpoints lists them.
+fn read_checkpoints(
+    file: &std::path::Path,
+) -> anyhow::Result<Vec<twofold_domain::checkpoint::SignedCheckpoint>> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read the checkpoints file {}", file.display()))?;
+    let list: routes::checkpoints::CheckpointList =
+        serde_json::from_str(&text).with_context(|| {
+            format!(
+                "the checkpoints file {} is not the answer of GET /api/v1/audit/checkpoints",
+                file.display()
+            )
+        })?;
+    Ok(list.checkpoints.into_iter().map(Into::into).collect())
 }
 
 /// A spinner with a count on a terminal; nothing when piped.

@@ -5,6 +5,7 @@
 //! per-address limit and the password workers live here; the HTTP handlers
 //! only extract, call one of these and answer.
 
+pub mod checkpoints;
 pub mod clock;
 mod enumeration;
 pub mod error;
@@ -27,6 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use twofold_domain::checkpoint::AuditSigningKey;
 use twofold_domain::sealed::CodeKey;
 use twofold_domain::totp::TotpParameters;
 use twofold_domain::{TwoFactorPolicy, UserCommand};
@@ -109,6 +111,8 @@ pub struct App {
     /// Keys what is stored of emailed codes; derived from the master key.
     code_key: CodeKey,
     attempts: AttemptLimiter,
+    /// Signs audit checkpoints; `None`: this service signs none.
+    audit_signing_key: Option<AuditSigningKey>,
 }
 
 impl App {
@@ -137,7 +141,15 @@ impl App {
             passwords,
             rejections: RecentRejections::default(),
             unknown_names: UnknownNames::default(),
+            audit_signing_key: None,
         })
+    }
+
+    /// The service signs audit checkpoints with `key` and publishes its
+    /// public half.
+    pub fn with_audit_signing_key(mut self, key: AuditSigningKey) -> Self {
+        self.audit_signing_key = Some(key);
+        self
     }
 
     pub fn now(&self) -> DateTime<Utc> {

@@ -9,6 +9,7 @@ use rand::rngs::OsRng;
 use rand::RngCore;
 use twofold_domain::sealed::MasterKey;
 use twofold_store::{Db, SecretVault};
+use zeroize::Zeroizing;
 
 /// The master key for the store `db`: read from `path`, or created there
 /// (mode 0600) when the file is missing and the store holds no sealed secret
@@ -65,8 +66,17 @@ fn read_master_key(path: &Path) -> anyhow::Result<MasterKey> {
 }
 
 fn create_master_key(path: &Path) -> anyhow::Result<MasterKey> {
-    let mut bytes = [0u8; 32];
-    OsRng.fill_bytes(&mut bytes);
+    let bytes = write_new_key_file(path, "master key")?;
+    MasterKey::from_bytes(bytes.as_ref())
+        .map_err(|_| anyhow::anyhow!("master key must be 32 bytes"))
+}
+
+/// 32 random bytes written to `path` as 64 hex digits, in a file that must
+/// not exist yet, created with mode 0600 (only the service's user reads
+/// it) and synced; `what` names the key in messages.
+pub(crate) fn write_new_key_file(path: &Path, what: &str) -> anyhow::Result<Zeroizing<[u8; 32]>> {
+    let mut bytes = Zeroizing::new([0u8; 32]);
+    OsRng.fill_bytes(bytes.as_mut());
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -76,11 +86,15 @@ fn create_master_key(path: &Path) -> anyhow::Result<MasterKey> {
     }
     let mut file = options
         .open(path)
-        .with_context(|| format!("cannot create the master key file {}", path.display()))?;
-    writeln!(file, "{}", hex::encode(bytes))?;
+        .with_context(|| format!("cannot create the {what} file {}", path.display()))?;
+    writeln!(
+        file,
+        "{}",
+        Zeroizing::new(hex::encode(bytes.as_ref())).as_str()
+    )?;
     file.sync_all()?;
-    tracing::info!(path = %path.display(), "created a new master key");
-    MasterKey::from_bytes(&bytes).map_err(|_| anyhow::anyhow!("master key must be 32 bytes"))
+    tracing::info!(path = %path.display(), "created a new {what}");
+    Ok(bytes)
 }
 
 /// Seals every secret of the store `db` again under a new key, written to

@@ -9,7 +9,8 @@ use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 use tokio::time::Instant;
 use twofold_domain::{Role, TwoFactorStatus};
 use twofold_projections::{
-    cases, AuditFilter, Case, DescribedEntry, ProjectionError, ReadModels, VerifyReport,
+    cases, AuditFilter, Case, CheckpointCheck, DescribedEntry, ProjectionError, ReadModels,
+    VerifyReport,
 };
 use uuid::Uuid;
 
@@ -276,7 +277,10 @@ impl App {
     pub async fn verify_audit_trail(&self, session: &Session) -> Result<VerifyReport, AppError> {
         self.may_read_reports(session)?;
         self.projector.catch_up().await?;
-        let report = self.read_models().verify_audit_trail(None, |_| {}).await?;
+        let report = self
+            .read_models()
+            .verify_audit_trail(None, &CheckpointCheck::default(), |_| {})
+            .await?;
         if !report.ok {
             tracing::error!(?report.first_mismatch, "the audit trail does not match the events");
         }

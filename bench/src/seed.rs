@@ -14,7 +14,7 @@ use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 use twofold_domain::PasswordHash;
-use twofold_projections::{Db, Projector};
+use twofold_projections::{CheckpointCheck, Db, Projector};
 use twofold_store::sql::Arg;
 use twofold_store::{event_row, Dialect, EVENT_COLUMNS};
 
@@ -247,7 +247,9 @@ async fn seed_into(
         let bar = progress_bar(written, "verifying the audit trail");
         let started = Instant::now();
         let report = twofold_projections::ReadModels::new(db.clone())
-            .verify_audit_trail(None, |count| bar.set_position(count))
+            .verify_audit_trail(None, &CheckpointCheck::default(), |count| {
+                bar.set_position(count)
+            })
             .await?;
         bar.finish_and_clear();
         let seconds = started.elapsed().as_secs_f64();

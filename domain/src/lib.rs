@@ -1,6 +1,7 @@
 //! twofold's domain: the user aggregate, its commands, events and policies.
 //! Pure: no I/O; time, randomness and decrypted secrets come in with commands.
 
+pub mod checkpoint;
 pub mod command;
 pub mod error;
 pub mod event;

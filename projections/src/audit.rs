@@ -383,6 +383,10 @@ pub struct AuditEntry {
     pub ip: Option<String>,
     pub user_agent: Option<String>,
     pub data: Value,
+    /// The row's links (lower-case hex), for exports an auditor checks
+    /// against the signed checkpoints.
+    pub chain_hash: String,
+    pub head_hash: String,
 }
 
 impl AuditFilter {
@@ -428,7 +432,7 @@ impl AuditFilter {
         args.push((i64::from(self.limit) + 1).into());
         let sql = format!(
             "SELECT id, position, user_id, sequence, type, occurred_at, actor_id, impersonator_id,
-                    ip, user_agent, data
+                    ip, user_agent, data, chain_hash, head_hash
                FROM audit_log
               WHERE {}
               ORDER BY id
@@ -466,6 +470,8 @@ impl ReadModels {
                 user_agent: row.get("user_agent")?,
                 data: serde_json::from_str(row.text("data")?)
                     .map_err(|source| ProjectionError::Corrupt { position, source })?,
+                chain_hash: row.get("chain_hash")?,
+                head_hash: row.get("head_hash")?,
             });
         }
         Ok((entries, more))

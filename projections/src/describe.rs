@@ -508,6 +508,8 @@ mod tests {
             ip: None,
             user_agent: None,
             data,
+            chain_hash: String::new(),
+            head_hash: String::new(),
         }
     }
 

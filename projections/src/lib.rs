@@ -4,6 +4,7 @@
 
 mod audit;
 mod bulk;
+mod checkpoints;
 mod cores;
 mod data_migrations;
 mod db;
@@ -21,6 +22,7 @@ mod verify;
 mod warm;
 
 pub use audit::{AuditEntry, AuditFilter};
+pub use checkpoints::TrailHead;
 pub use db::{Db, ProjectionError, ReadModels};
 pub use describe::{event_types, summary, DescribedEntry, People, Person};
 pub use feed::EventPosition;
@@ -28,7 +30,7 @@ pub use queries::{DirectoryEntry, DirectoryFilter, SessionRecord};
 pub use report::TwoFactorCount;
 pub use runner::Projector;
 pub use timeline::{cases, Case, CaseKind};
-pub use verify::{ExpectedHead, Mismatch, VerifyReport};
+pub use verify::{CheckpointCheck, ExpectedHead, Mismatch, VerifyReport};
 
 /// An empty SQLite store with the schema, for unit tests: in memory, on
 /// one connection (an in-memory database lives and dies with it).

@@ -12,7 +12,9 @@ use crate::fold::{ChallengeRow, DirectoryRow, TrailEnd};
 /// The checkpoint's name in `projection_checkpoints`.
 pub(crate) const CHECKPOINT: &str = "read_models";
 
-/// Every table the projector owns; emptied by a rebuild.
+/// Every table the projector owns; emptied by a rebuild. Not
+/// `audit_checkpoints`: no event gives them, and the rebuild recomputes the
+/// heads they signed.
 pub(crate) const TABLES: [&str; 6] = [
     "sessions",
     "user_directory",

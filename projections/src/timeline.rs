@@ -222,6 +222,8 @@ mod tests {
                 ip: None,
                 user_agent: None,
                 data,
+                chain_hash: String::new(),
+                head_hash: String::new(),
             },
             correlation_id: Some(request.to_string()),
             username: None,

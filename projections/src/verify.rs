@@ -7,10 +7,11 @@
 //! tables in keyset pages; memory grows with the number of users (one
 //! chain link each), not with the number of events.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
+use twofold_domain::checkpoint::{AuditPublicKey, SignedCheckpoint};
 use twofold_store::{Dialect, Row};
 
 use crate::audit::{head_hash, AuditColumns, Chains, Hash, GENESIS};
@@ -94,7 +95,30 @@ pub struct Mismatch {
     /// user_agent, data) is not what the event gives.
     /// `head_differs` / `head_not_reached`: the expected head (kept outside
     /// the database) is not what the history gives at its position.
+    /// With `--public-key`, a signed checkpoint at `position`:
+    /// `checkpoint_head_differs` (the history before it was rewritten,
+    /// reordered or cut and grown again), `checkpoint_not_reached` (the
+    /// history no longer reaches its position: cut), `checkpoint_not_signed`
+    /// (its signature does not verify: forged or edited) or
+    /// `checkpoint_key_unknown` (signed by none of the keys given).
     pub problem: &'static str,
+    /// The checkpoint's `signed_at`, for the `checkpoint_*` problems.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signed_at: Option<String>,
+}
+
+impl std::fmt::Display for Mismatch {
+    /// One line for the command line's error.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.signed_at {
+            Some(signed_at) => write!(
+                f,
+                "{} for the checkpoint signed at {signed_at} at position {}",
+                self.problem, self.position
+            ),
+            None => write!(f, "{} at position {}", self.problem, self.position),
+        }
+    }
 }
 
 /// What `twofold audit verify` and `GET /audit/verify` report.
@@ -273,6 +297,7 @@ fn mismatch<T>(event: &Chained<T>, problem: &'static str) -> Mismatch {
         sequence: Some(event.sequence),
         position: event.at.position,
         problem,
+        signed_at: None,
     }
 }
 
@@ -282,7 +307,54 @@ fn missing(row: TrailRow) -> Mismatch {
         sequence: Some(row.sequence),
         position: row.position,
         problem: "event_missing",
+        signed_at: None,
     }
+}
+
+fn checkpoint_mismatch(checkpoint: &SignedCheckpoint, problem: &'static str) -> Mismatch {
+    Mismatch {
+        user_id: None,
+        sequence: None,
+        position: checkpoint.position,
+        problem,
+        signed_at: Some(checkpoint.signed_at.clone()),
+    }
+}
+
+/// What `verify_audit_trail` checks the signed checkpoints with.
+#[derive(Debug, Default)]
+pub struct CheckpointCheck {
+    /// The keys that may have signed them; none: checkpoints are not checked.
+    pub keys: Vec<AuditPublicKey>,
+    /// Copies kept outside the database (an auditor's list), checked
+    /// beside the stored ones: deleting checkpoints from the database does
+    /// not hide a cut from them.
+    pub kept_elsewhere: Vec<SignedCheckpoint>,
+}
+
+/// The checkpoints `keys` signed, by position, for the walk to compare
+/// with the recomputed head; the first that is not signed by one of them
+/// (in signing order) is refused. A checkpoint found twice counts once.
+fn signed_checkpoints(
+    checkpoints: impl IntoIterator<Item = SignedCheckpoint>,
+    keys: &[AuditPublicKey],
+) -> Result<HashMap<i64, Vec<SignedCheckpoint>>, Mismatch> {
+    let keys: HashMap<String, &AuditPublicKey> =
+        keys.iter().map(|key| (key.key_id(), key)).collect();
+    let mut by_position: HashMap<i64, Vec<SignedCheckpoint>> = HashMap::new();
+    for checkpoint in checkpoints {
+        let Some(key) = keys.get(&checkpoint.key_id) else {
+            return Err(checkpoint_mismatch(&checkpoint, "checkpoint_key_unknown"));
+        };
+        if !checkpoint.is_signed_by(key) {
+            return Err(checkpoint_mismatch(&checkpoint, "checkpoint_not_signed"));
+        }
+        let at = by_position.entry(checkpoint.position).or_default();
+        if !at.contains(&checkpoint) {
+            at.push(checkpoint);
+        }
+    }
+    Ok(by_position)
 }
 
 /// Whether `stored` is the lower-case hex of `hash`.
@@ -295,6 +367,8 @@ fn same_hash(hash: &Hash, stored: &str) -> bool {
 struct Walk<'a> {
     expect: Option<&'a ExpectedHead>,
     expect_seen: bool,
+    /// The signed checkpoints not reached yet, by position.
+    checkpoints: HashMap<i64, Vec<SignedCheckpoint>>,
     head: Hash,
     head_position: Option<i64>,
     checked: u64,
@@ -341,6 +415,14 @@ impl Walk<'_> {
                 return Err(mismatch(event, "head_differs"));
             }
         }
+        if !self.checkpoints.is_empty() {
+            let at_position = self.checkpoints.remove(&event.at.position);
+            for checkpoint in at_position.iter().flatten() {
+                if !same_hash(&head, &checkpoint.head) {
+                    return Err(checkpoint_mismatch(checkpoint, "checkpoint_head_differs"));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -366,7 +448,16 @@ impl Walk<'_> {
                     sequence: None,
                     position: expect.position,
                     problem: "head_not_reached",
+                    signed_at: None,
                 })
+        });
+        // A checkpoint beyond the recomputed trail: the history was cut.
+        let first_mismatch = first_mismatch.or_else(|| {
+            self.checkpoints
+                .values()
+                .flatten()
+                .min_by_key(|checkpoint| checkpoint.position)
+                .map(|checkpoint| checkpoint_mismatch(checkpoint, "checkpoint_not_reached"))
         });
         VerifyReport {
             ok: first_mismatch.is_none(),
@@ -381,8 +472,11 @@ impl Walk<'_> {
 impl ReadModels {
     /// Recomputes both chains and every shown column over every event the
     /// projection has applied and compares them with the trail; stops at
-    /// the first disagreement. `progress` hears the running count of
-    /// events checked.
+    /// the first disagreement. With keys in `checkpoints`, every stored
+    /// checkpoint (and every copy kept elsewhere) must be signed by one of
+    /// them and name the head recomputed at its position
+    /// (compared as the walk passes it: no query per event). `progress`
+    /// hears the running count of events checked.
     ///
     /// The streams' chains are independent, so each page of events is
     /// decoded, chained and compared with its trail rows (read a page
@@ -392,19 +486,29 @@ impl ReadModels {
     pub async fn verify_audit_trail(
         &self,
         expect: Option<&ExpectedHead>,
+        checkpoints: &CheckpointCheck,
         progress: impl Fn(u64),
     ) -> Result<VerifyReport, ProjectionError> {
         let (bound, last_id) = self.verify_bounds().await?;
-        let (events_sql, times_as_text) = match self.0.dialect() {
-            Dialect::Sqlite => (SQLITE_EVENTS, true),
-            Dialect::Postgres => (POSTGRES_EVENTS, false),
-        };
         let mut walk = Walk {
             expect,
             expect_seen: false,
+            checkpoints: HashMap::new(),
             head: GENESIS,
             head_position: None,
             checked: 0,
+        };
+        if !checkpoints.keys.is_empty() {
+            let stored = self.checkpoints().await?;
+            let kept = checkpoints.kept_elsewhere.iter().cloned();
+            match signed_checkpoints(stored.into_iter().chain(kept), &checkpoints.keys) {
+                Ok(checkpoints) => walk.checkpoints = checkpoints,
+                Err(found) => return Ok(walk.report(Some(found))),
+            }
+        }
+        let (events_sql, times_as_text) = match self.0.dialect() {
+            Dialect::Sqlite => (SQLITE_EVENTS, true),
+            Dialect::Postgres => (POSTGRES_EVENTS, false),
         };
         {
             let events_page = |after: EventPosition| {

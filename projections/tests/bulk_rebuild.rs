@@ -14,7 +14,7 @@ use twofold_domain::totp::TotpParameters;
 use twofold_domain::values::SecondFactorMethod;
 use twofold_domain::values::{AuthenticatedBy, Email, PasswordHash, Role, TokenHash, Username};
 use twofold_domain::UserEvent;
-use twofold_projections::{DirectoryFilter, Projector, ReadModels};
+use twofold_projections::{CheckpointCheck, DirectoryFilter, Projector, ReadModels};
 use twofold_store::Db;
 use uuid::Uuid;
 
@@ -336,7 +336,7 @@ async fn rebuild_equals_the_live_projector(db: Db) {
     history.step(0, &mut dice).await;
     assert_eq!(projector.catch_up().await.unwrap(), 1);
     let report = twofold_projections::ReadModels::new(db.clone())
-        .verify_audit_trail(None, |_| {})
+        .verify_audit_trail(None, &CheckpointCheck::default(), |_| {})
         .await
         .unwrap();
     assert!(report.ok, "{report:?}");

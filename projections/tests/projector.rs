@@ -12,7 +12,7 @@ use sqlx::SqlitePool;
 use twofold_domain::totp::TotpParameters;
 use twofold_domain::values::{AuthenticatedBy, Email, PasswordHash, Role, TokenHash, Username};
 use twofold_domain::UserEvent;
-use twofold_projections::{Db, Projector, ReadModels};
+use twofold_projections::{CheckpointCheck, Db, Projector, ReadModels};
 use uuid::Uuid;
 
 async fn store() -> SqlitePool {
@@ -221,7 +221,7 @@ async fn counters_equal_the_directory_and_reapplying_or_rebuilding_changes_nothi
     assert_eq!(snapshot(&pool).await, incremental);
 
     let report = ReadModels::new(Db::Sqlite(pool.clone()))
-        .verify_audit_trail(None, |_| {})
+        .verify_audit_trail(None, &CheckpointCheck::default(), |_| {})
         .await
         .unwrap();
     assert!(report.ok, "{report:?}");
@@ -246,7 +246,7 @@ async fn audit_rows_hold_no_secret_and_verify_names_an_edited_event() {
     }
     let db = Db::Sqlite(pool.clone());
     let clean = ReadModels::new(db.clone())
-        .verify_audit_trail(None, |_| {})
+        .verify_audit_trail(None, &CheckpointCheck::default(), |_| {})
         .await
         .unwrap();
     let expect = format!("{}:{}", clean.head_position.unwrap(), clean.head)
@@ -254,7 +254,7 @@ async fn audit_rows_hold_no_secret_and_verify_names_an_edited_event() {
         .unwrap();
     assert!(
         ReadModels::new(db.clone())
-            .verify_audit_trail(Some(&expect), |_| {})
+            .verify_audit_trail(Some(&expect), &CheckpointCheck::default(), |_| {})
             .await
             .unwrap()
             .ok
@@ -268,7 +268,7 @@ async fn audit_rows_hold_no_secret_and_verify_names_an_edited_event() {
     .await
     .unwrap();
     let report = ReadModels::new(db.clone())
-        .verify_audit_trail(Some(&expect), |_| {})
+        .verify_audit_trail(Some(&expect), &CheckpointCheck::default(), |_| {})
         .await
         .unwrap();
     assert!(!report.ok);
@@ -323,7 +323,7 @@ async fn two_projectors_taking_turns_leave_what_a_rebuild_leaves() {
     first.rebuild(|_| {}).await.unwrap();
     assert_eq!(snapshot(&pool).await, live);
     let report = ReadModels::new(Db::Sqlite(pool.clone()))
-        .verify_audit_trail(None, |_| {})
+        .verify_audit_trail(None, &CheckpointCheck::default(), |_| {})
         .await
         .unwrap();
     assert!(report.ok, "{report:?}");

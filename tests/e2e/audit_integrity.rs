@@ -486,6 +486,8 @@ async fn the_upgrade_runs_at_start_and_keeps_an_earlier_edit_evident(backend: Ba
         connections: Default::default(),
         trusted_proxies: Default::default(),
         metrics_listen: None,
+        audit_signing_key_file: None,
+        audit_checkpoint_every: None,
     })
     .await
     .expect("a second server on the same database starts");

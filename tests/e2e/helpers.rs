@@ -133,8 +133,11 @@ pub async fn spawn_app_configured(
         connections: ConnectionLimits::default(),
         trusted_proxies: TrustedProxies::default(),
         metrics_listen: None,
+        audit_signing_key_file: Some(dir.path().join("audit-signing.key")),
+        audit_checkpoint_every: None,
     };
     configure(&mut config);
+    let database_url = config.database_url.clone();
     let running = twofold_api::start(config).await.expect("twofold starts");
     TestApp {
         backend,

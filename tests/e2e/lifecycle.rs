@@ -24,6 +24,8 @@ on_both_backends!(
     a_store_restored_without_its_master_key_refuses_to_start_and_writes_no_key,
     a_master_key_that_does_not_open_the_stored_secrets_is_refused,
     a_start_that_cannot_listen_leaves_no_new_file_behind,
+    an_audit_signing_key_file_that_holds_no_key_stops_the_start_before_the_store,
+    a_failed_start_removes_the_audit_signing_key_it_created,
     a_rotated_master_key_opens_every_secret_and_the_old_one_is_refused,
     a_connection_that_sends_half_its_headers_is_closed_after_the_header_timeout,
     sigterm_stops_the_process_within_the_grace_period_whatever_slow_clients_do,
@@ -84,9 +86,20 @@ async fn failed_start(
     key: &Path,
     listen: &str,
 ) -> (ExitStatus, String) {
+    failed_start_with(database_url, dir, key, listen, &[]).await
+}
+
+/// The same, with `flags`.
+async fn failed_start_with(
+    database_url: &str,
+    dir: &Path,
+    key: &Path,
+    listen: &str,
+    flags: &[&str],
+) -> (ExitStatus, String) {
     let output = tokio::time::timeout(
         PATIENCE,
-        serve_command(database_url, dir, key, listen, &[]).output(),
+        serve_command(database_url, dir, key, listen, flags).output(),
     )
     .await
     .expect("the process ends by itself")
@@ -244,6 +257,79 @@ async fn a_start_that_cannot_listen_leaves_no_new_file_behind(backend: Backend) 
         .map(|entry| entry.unwrap().file_name())
         .collect();
     assert!(left.is_empty(), "the failed start left {left:?}");
+    drop(taken);
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+async fn an_audit_signing_key_file_that_holds_no_key_stops_the_start_before_the_store(
+    backend: Backend,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let database_url = store_url(backend, dir.path()).await;
+    let junk = dir.path().join("audit.key");
+    std::fs::write(&junk, "not a key\n").unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let (status, output) = failed_start_with(
+        &database_url,
+        dir.path(),
+        &dir.path().join("master.key"),
+        &listen,
+        &["--audit-signing-key-file", junk.to_str().unwrap()],
+    )
+    .await;
+    assert!(!status.success(), "{output}");
+    assert!(output.contains(junk.to_str().unwrap()), "{output}");
+    assert!(
+        !output.contains("not a key"),
+        "the file's text is not shown: {output}"
+    );
+    assert_eq!(files_in(dir.path()), ["audit.key"], "{output}");
+    if backend == Backend::Postgres {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&database_url).await.unwrap();
+        let migrated: Option<String> =
+            sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations')::text")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+        assert_eq!(migrated, None, "the store was not touched");
+    }
+}
+
+async fn a_failed_start_removes_the_audit_signing_key_it_created(backend: Backend) {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let database_url = store_url(backend, dir.path()).await;
+    let key = dir.path().join("audit.key");
+    let (status, output) = failed_start_with(
+        &database_url,
+        dir.path(),
+        &dir.path().join("master.key"),
+        &listen,
+        &[
+            "--audit-signing-key-file",
+            key.to_str().unwrap(),
+            "--mail-dir",
+            dir.path().join("mail").to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert!(!status.success(), "{output}");
+    assert!(output.contains("cannot listen"), "{output}");
+    assert!(
+        output.contains("created a new audit signing key"),
+        "it was created: {output}"
+    );
+    assert_eq!(files_in(dir.path()), Vec::<String>::new(), "{output}");
     drop(taken);
 }
 
@@ -876,10 +962,15 @@ async fn a_settings_file_gives_what_flags_and_the_environment_leave_unset() {
 fn config_check_prints_the_settings_in_effect_with_their_sources_and_no_secret() {
     let dir = tempfile::tempdir().unwrap();
     let settings = dir.path().join("twofold.toml");
+    let signing_key = dir.path().join("audit-signing.key");
     std::fs::write(
         &settings,
-        "login-rate-per-ip = 2\nlisten = \"127.0.0.1:7000\"\n\
-         smtp-url = \"smtp://mailer:smtp-secret@mail.example.com:587\"\n",
+        format!(
+            "login-rate-per-ip = 2\nlisten = \"127.0.0.1:7000\"\n\
+             smtp-url = \"smtp://mailer:smtp-secret@mail.example.com:587\"\n\
+             audit-checkpoint-minutes = 15\naudit-signing-key-file = \"{}\"\n",
+            signing_key.display()
+        ),
     )
     .unwrap();
     let (status, stdout, stderr) = twofold(
@@ -902,6 +993,11 @@ fn config_check_prints_the_settings_in_effect_with_their_sources_and_no_secret()
         "smtp-url = \"smtp://mailer:********@mail.example.com:587\"  # file",
         "bootstrap-admin = \"root:********\"  # environment",
         "remember-device-hours = \"23\"  # default",
+        "audit-checkpoint-minutes = \"15\"  # file",
+        &format!(
+            "audit-signing-key-file = \"{}\"  # file",
+            signing_key.display()
+        ),
     ] {
         assert!(
             stdout.lines().any(|printed| printed == line),
@@ -909,6 +1005,23 @@ fn config_check_prints_the_settings_in_effect_with_their_sources_and_no_secret()
         );
     }
     assert!(!stdout.contains("secret"), "{stdout}");
+    assert!(!signing_key.exists(), "a check creates no key");
+
+    std::fs::write(&signing_key, "not a key\n").unwrap();
+    let (status, _, stderr) = twofold(
+        &[
+            "config",
+            "check",
+            "--audit-signing-key-file",
+            signing_key.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{} holds no key", signing_key.display())),
+        "{stderr}"
+    );
 
     let (status, _, stderr) = twofold(
         &[

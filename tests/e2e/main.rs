@@ -8,6 +8,7 @@ mod administration;
 mod audit_integrity;
 mod authorization;
 mod browser;
+mod checkpoints;
 mod credentials;
 mod email;
 mod faults;

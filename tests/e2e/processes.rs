@@ -1900,6 +1900,8 @@ async fn two_servers_on_one_database_retry_conflicting_commands(backend: Backend
         connections: twofold_api::ConnectionLimits::default(),
         trusted_proxies: twofold_api::TrustedProxies::default(),
         metrics_listen: None,
+        audit_signing_key_file: None,
+        audit_checkpoint_every: None,
     })
     .await
     .expect("a second server on the same database starts");

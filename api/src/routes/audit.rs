@@ -210,7 +210,9 @@ pub async fn audit_trail(
         Output::Export(format) => {
             let (content_type, file) = match format {
                 AuditFormat::Csv => ("text/csv; charset=utf-8", "audit.csv"),
-                AuditFormat::JsonLines => ("application/x-ndjson", "audit.jsonl"),
+                AuditFormat::JsonLines | AuditFormat::JsonLinesWithChain => {
+                    ("application/x-ndjson", "audit.jsonl")
+                }
             };
             Ok((
                 [

@@ -1,4 +1,5 @@
 pub mod audit;
+pub mod checkpoints;
 pub mod history;
 pub mod login;
 pub mod me;

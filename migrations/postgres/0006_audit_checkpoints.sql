@@ -1,0 +1,14 @@
+-- Signed audit checkpoints (domain/src/checkpoint.rs): where the trail
+-- stood and when, signed with the service's Ed25519 key. Not derived from
+-- the events, so `projections rebuild` leaves this table alone (and
+-- recomputes the same heads, so the checkpoints stay valid). Each field is
+-- kept as the text that was signed. One checkpoint per position: nodes
+-- signing the same head at once leave one row.
+CREATE TABLE audit_checkpoints (
+    id        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    position  bigint NOT NULL UNIQUE,
+    head      text   NOT NULL,
+    signed_at text   NOT NULL,
+    key_id    text   NOT NULL,
+    signature text   NOT NULL
+);
