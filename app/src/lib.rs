@@ -17,6 +17,7 @@ pub mod secrets;
 
 mod admin;
 mod me;
+mod passkeys;
 mod reads;
 mod session;
 mod sign_in;
@@ -31,13 +32,14 @@ use twofold_domain::sealed::CodeKey;
 use twofold_domain::totp::TotpParameters;
 use twofold_domain::{TwoFactorPolicy, UserCommand};
 use twofold_projections::{EventPosition, Projector, ReadModels};
-use twofold_store::{Committed, EventMetadata, EventStore, Loaded, SecretVault};
+use twofold_store::{Committed, EventMetadata, EventStore, Loaded, PasskeyIndex, SecretVault};
 use uuid::Uuid;
 
 pub use admin::{Impersonation, NewUser, UserChanges};
 pub use clock::Clock;
 pub use error::AppError;
 pub use me::{EnrollmentStarted, Profile, TwoFactorOff, TwoFactorView};
+pub use passkeys::{PasskeyRegistrationOptions, PasskeySignInOptions, PasskeyView, RelyingParty};
 pub use reads::{AuditQuery, RoleCount, TwoFactorReport};
 pub use session::Session;
 pub use sign_in::{EmailCodeSent, SecondFactorPassed, SignInAnswer};
@@ -56,6 +58,8 @@ pub struct Settings {
     pub remember_device: chrono::Duration,
     pub totp: TotpParameters,
     pub totp_issuer: String,
+    /// Who passkeys are registered for (`--public-url`).
+    pub relying_party: RelyingParty,
     pub login_rate_per_ip: u32,
     /// Threads that hash passwords, each keeping a 19 MiB buffer.
     pub password_hash_workers: NonZeroUsize,
@@ -109,6 +113,8 @@ pub struct App {
     /// Keys what is stored of emailed codes; derived from the master key.
     code_key: CodeKey,
     attempts: AttemptLimiter,
+    /// Credential ids by holder, and sign-ins without a password under way.
+    passkeys: PasskeyIndex,
 }
 
 impl App {
@@ -127,6 +133,7 @@ impl App {
         )?;
         Ok(App {
             attempts: AttemptLimiter::new(settings.login_rate_per_ip),
+            passkeys: PasskeyIndex::new(store.db().clone()),
             code_key: vault.code_key(),
             store,
             projector,

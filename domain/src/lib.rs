@@ -4,6 +4,7 @@
 pub mod command;
 pub mod error;
 pub mod event;
+pub mod passkey;
 pub mod policy;
 pub mod sealed;
 pub mod totp;

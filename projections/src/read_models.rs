@@ -45,6 +45,8 @@ pub(crate) const USER_DIRECTORY: Table = Table {
         "enabled_at",
         "last_login_at",
         "registered_at",
+        "totp_status",
+        "passkeys",
     ],
 };
 
@@ -145,7 +147,7 @@ pub(crate) async fn directory_rows(
 ) -> Result<Vec<(String, DirectoryRow)>, ProjectionError> {
     let sql = format!(
         "SELECT user_id, username, email, email_key, role, two_factor_status, enforced,
-                enabled_at, last_login_at, registered_at
+                enabled_at, last_login_at, registered_at, totp_status, passkeys
            FROM user_directory WHERE user_id IN ({})",
         tx.dialect().listed(1)
     );
@@ -164,6 +166,8 @@ pub(crate) async fn directory_rows(
                 enabled_at: row.get("enabled_at")?,
                 last_login_at: row.get("last_login_at")?,
                 registered_at: row.get("registered_at")?,
+                totp_status: row.parsed("totp_status")?,
+                passkeys: row.get("passkeys")?,
             },
         ));
     }
