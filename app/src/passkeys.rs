@@ -305,8 +305,20 @@ impl App {
         }
         let state: RegistrationState = serde_json::from_str(pending.ceremony_secret.as_str())
             .map_err(|error| AppError::Internal(format!("a stored registration: {error}")))?;
+        let response = registration_response(credential);
+        // One of the user's own passkeys again: 409, as for another user's.
+        // (Checked here because webauthn-rs-core 0.5.5 reports a credential
+        // of the exclude list as `CredentialAlteredAlgFromRequest`.)
+        if let Ok(response) = &response {
+            let credential_id = URL_SAFE_NO_PAD.encode(response.raw_id.as_slice());
+            if loaded.user.passkey_by_credential(&credential_id).is_some() {
+                return Err(AppError::Conflict(
+                    "this passkey is already registered".into(),
+                ));
+            }
+        }
         let webauthn = self.webauthn()?;
-        let verdict = registration_response(credential).and_then(|response| {
+        let verdict = response.and_then(|response| {
             let credential = webauthn
                 .register_credential(&response, &state, None)
                 .map_err(|error| refusal(&error))?;

@@ -17,6 +17,7 @@ mod hygiene;
 mod lifecycle;
 mod malformed;
 mod openapi;
+mod passkeys;
 mod processes;
 mod read_models;
 mod two_factor;
