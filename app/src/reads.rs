@@ -32,6 +32,8 @@ pub struct TwoFactorReport {
     pub enforced_not_enabled: i64,
     /// Every role, always listed.
     pub by_role: BTreeMap<Role, RoleCount>,
+    /// Users with each factor enabled.
+    pub by_method: twofold_projections::MethodCounts,
     /// When the counts were read.
     pub as_of: DateTime<Utc>,
 }
@@ -95,7 +97,9 @@ impl App {
         self.may_read_reports(session)?;
         self.reach(min_position).await?;
         let counts = self.read_models().two_factor_counts().await?;
+        let by_method = self.read_models().two_factor_methods().await?;
         let mut report = TwoFactorReport {
+            by_method,
             total: 0,
             enabled: 0,
             pending: 0,

@@ -22,7 +22,7 @@ pub use audit::{AuditEntry, AuditFilter};
 pub use db::{Db, ProjectionError, ReadModels};
 pub use feed::EventPosition;
 pub use queries::{DirectoryEntry, DirectoryFilter, SessionRecord};
-pub use report::TwoFactorCount;
+pub use report::{MethodCounts, TwoFactorCount};
 pub use runner::Projector;
 pub use verify::{ExpectedHead, Mismatch, VerifyReport};
 

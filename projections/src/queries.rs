@@ -1,7 +1,7 @@
 //! Reads of the read models: the only SQL the API runs against them.
 
 use chrono::{DateTime, Utc};
-use twofold_domain::{AuthenticatedBy, Role, TwoFactorStatus};
+use twofold_domain::{AuthenticatedBy, Role, SecondFactorMethod, TwoFactorStatus};
 use twofold_store::sql::Arg;
 use twofold_store::{Dialect, Row};
 use uuid::Uuid;
@@ -38,6 +38,8 @@ pub struct DirectoryEntry {
     pub enforced: bool,
     pub enabled_at: Option<DateTime<Utc>>,
     pub last_login_at: Option<DateTime<Utc>>,
+    /// The factors the user has enabled: `totp`, `passkey`.
+    pub two_factor_methods: Vec<SecondFactorMethod>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -52,8 +54,20 @@ pub struct DirectoryFilter {
     pub limit: u32,
 }
 
-const DIRECTORY_COLUMNS: &str =
-    "user_id, username, email, role, two_factor_status, enforced, enabled_at, last_login_at";
+const DIRECTORY_COLUMNS: &str = "user_id, username, email, role, two_factor_status, enforced, \
+     enabled_at, last_login_at, totp_status, passkeys";
+
+/// The factors a directory row says are enabled.
+fn enabled_methods(row: &Row) -> Result<Vec<SecondFactorMethod>, sqlx::Error> {
+    let mut methods = Vec::new();
+    if row.parsed::<TwoFactorStatus>("totp_status")? == TwoFactorStatus::Enabled {
+        methods.push(SecondFactorMethod::Totp);
+    }
+    if row.get::<i64>("passkeys")? > 0 {
+        methods.push(SecondFactorMethod::Passkey);
+    }
+    Ok(methods)
+}
 
 fn directory_entry(row: &Row) -> Result<DirectoryEntry, sqlx::Error> {
     Ok(DirectoryEntry {
@@ -65,6 +79,7 @@ fn directory_entry(row: &Row) -> Result<DirectoryEntry, sqlx::Error> {
         enforced: row.get("enforced")?,
         enabled_at: row.get("enabled_at")?,
         last_login_at: row.get("last_login_at")?,
+        two_factor_methods: enabled_methods(row)?,
     })
 }
 

@@ -983,11 +983,20 @@ async fn passkey_users_count_as_two_factor_enabled_in_the_report_and_the_search(
         .await;
     assert_eq!(found.status, StatusCode::OK, "{found:?}");
     assert_eq!(found.body["users"][0]["id"], id.as_str(), "{found:?}");
+    assert_eq!(
+        found.body["users"][0]["two_factor_methods"],
+        json!(["passkey"])
+    );
     let one = app.get(&format!("/api/v1/users/{id}"), &admin).await;
     assert_eq!(one.body["two_factor_status"], "enabled", "{one:?}");
+    assert_eq!(one.body["two_factor_methods"], json!(["passkey"]));
 
+    // Another user with an authenticator app: one of each in the report.
+    let (_, tia) = user(&app, "tia").await;
+    app.enroll_totp(&tia).await;
     let report = app.get("/api/v1/reports/two-factor", &admin).await;
-    assert_eq!(report.body["enabled"], 1, "{report:?}");
+    assert_eq!(report.body["enabled"], 2, "{report:?}");
+    assert_eq!(report.body["by_method"], json!({ "totp": 1, "passkey": 1 }));
 
     // Starting an authenticator-app enrollment does not make her pending.
     let started = app
@@ -996,6 +1005,24 @@ async fn passkey_users_count_as_two_factor_enabled_in_the_report_and_the_search(
     assert_eq!(started.status, StatusCode::CREATED, "{started:?}");
     let one = app.get(&format!("/api/v1/users/{id}"), &admin).await;
     assert_eq!(one.body["two_factor_status"], "enabled", "{one:?}");
+    assert_eq!(one.body["two_factor_methods"], json!(["passkey"]));
+
+    // Removing her only passkey leaves the pending app enrollment.
+    let list = app.get("/api/v1/me/passkeys", &token).await;
+    let passkey_id = list.body["passkeys"][0]["id"].as_str().unwrap().to_string();
+    let removed = app
+        .delete(&format!("/api/v1/me/passkeys/{passkey_id}"), &token, None)
+        .await;
+    assert_eq!(removed.status, StatusCode::NO_CONTENT, "{removed:?}");
+    let one = app.get(&format!("/api/v1/users/{id}"), &admin).await;
+    assert_eq!(one.body["two_factor_status"], "pending", "{one:?}");
+    assert_eq!(one.body["two_factor_methods"], json!([]));
+    let mut again = Authenticator::new(Algorithm::Ed25519);
+    register(&app, &token, &mut again).await;
+
+    // `projections rebuild` gives the live projector's rows.
+    let db = crate::processes::open_db(&app.database_url).await;
+    crate::faults::assert_read_models_equal_a_rebuild(&db, &app.database_url).await;
 }
 
 async fn the_audit_trail_shows_passkeys_but_never_a_challenge(backend: Backend) {
