@@ -264,6 +264,9 @@ impl App {
                 password,
                 code: request.code,
                 totp_secret,
+                passkey_signed_in_at: (session.record.authenticated_by
+                    == twofold_domain::AuthenticatedBy::Passkey)
+                    .then_some(session.record.started_at),
             }
         };
         let committed = self

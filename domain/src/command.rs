@@ -32,6 +32,10 @@ pub enum TwoFactorOffProof {
         code: Option<String>,
         /// The active TOTP secret, decrypted by the caller.
         totp_secret: Option<UnsealedTotp>,
+        /// When the session asking began, if its second factor was a
+        /// passkey: a user whose only factor is passkeys shows a fresh one
+        /// this way (`policy::passkey_reauthentication_window`).
+        passkey_signed_in_at: Option<DateTime<Utc>>,
     },
     /// "Login as" (the help article's rescue flow): the reason given when
     /// the impersonation started stands for it, while it lasts.

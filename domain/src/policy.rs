@@ -37,6 +37,12 @@ pub const PASSKEY_CREDENTIAL_ID_MAX_BYTES: usize = 1023;
 /// once; beginning another drops the oldest.
 pub const PENDING_PASSKEY_REGISTRATIONS: usize = 5;
 
+/// How recent a passkey sign-in must be to stand for a fresh second
+/// factor (turning 2FA off) for a user whose only factor is passkeys.
+pub fn passkey_reauthentication_window() -> Duration {
+    Duration::minutes(5)
+}
+
 /// How long a passkey registration's options stay valid.
 pub fn passkey_registration_lifetime() -> Duration {
     Duration::minutes(5)

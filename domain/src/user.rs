@@ -1115,6 +1115,7 @@ impl User {
                 password,
                 code,
                 totp_secret,
+                passkey_signed_in_at,
             } => {
                 if !self.checked_password(&password, at)? {
                     return Ok(vec![self.password_rejected(at)]);
@@ -1124,6 +1125,14 @@ impl User {
                     let rejected = self.fresh_code(totp, &code, totp_secret.as_ref(), at)?;
                     if !rejected.is_empty() {
                         return Ok(rejected);
+                    }
+                } else if !self.passkeys.is_empty() {
+                    let fresh = passkey_signed_in_at.is_some_and(|signed_in| {
+                        signed_in <= at
+                            && at - signed_in <= policy::passkey_reauthentication_window()
+                    });
+                    if !fresh {
+                        return Ok(self.reauthentication_rejected(SecondFactorMethod::Passkey, at));
                     }
                 }
             }
@@ -1138,6 +1147,32 @@ impl User {
         } else {
             vec![UserEvent::TwoFactorDisabled]
         })
+    }
+
+    /// A fresh second factor refused outside a sign-in, counted toward the
+    /// factor's back-off as a sign-in's wrong codes are.
+    fn reauthentication_rejected(
+        &self,
+        method: SecondFactorMethod,
+        at: DateTime<Utc>,
+    ) -> Vec<UserEvent> {
+        let consecutive_failures = self
+            .budgets
+            .get(&method)
+            .map_or(0, |b| b.consecutive_failures)
+            .saturating_add(1);
+        let mut events = vec![UserEvent::ReauthenticationCodeRejected {
+            method,
+            consecutive_failures,
+            locked_until: policy::second_factor_lock(consecutive_failures, at),
+        }];
+        if consecutive_failures == policy::SECOND_FACTOR_FAILURES_BEFORE_SUSPENSION {
+            events.push(UserEvent::SecondFactorSuspended {
+                method,
+                consecutive_failures,
+            });
+        }
+        events
     }
 
     /// Checks a fresh second factor asked for outside a sign-in: a TOTP code

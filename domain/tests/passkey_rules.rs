@@ -615,3 +615,46 @@ fn failed_passwordless_sign_ins_lock_the_account_like_wrong_passwords() {
         Err(UserError::AccountLocked { .. })
     ));
 }
+
+// ------------------------------------------------------ turning 2FA off
+
+fn turn_off(passkey_signed_in_at: Option<i64>, offset: i64) -> UserCommand {
+    UserCommand::DisableTwoFactor {
+        proof: twofold_domain::TwoFactorOffProof::Reauthenticated {
+            password: PasswordCheck {
+                matches: true,
+                against: stored_hash(),
+            },
+            code: None,
+            totp_secret: None,
+            passkey_signed_in_at: passkey_signed_in_at.map(t),
+        },
+        at: t(offset),
+    }
+}
+
+#[test]
+fn a_passkey_only_user_turns_two_factor_off_from_a_fresh_passkey_session_only() {
+    let history = alice_with_passkey();
+    let window = policy::passkey_reauthentication_window().num_seconds();
+
+    // A session from the password and a passkey, 5 minutes old at most.
+    let events = run(&history, turn_off(Some(100), 100 + window)).unwrap();
+    assert_eq!(names(&events), ["TwoFactorDisabled"]);
+
+    // Older, or not started by a passkey: refused and counted.
+    for proof in [turn_off(Some(100), 101 + window), turn_off(None, 100)] {
+        let events = run(&history, proof).unwrap();
+        assert!(
+            matches!(
+                events.as_slice(),
+                [UserEvent::ReauthenticationCodeRejected {
+                    method: SecondFactorMethod::Passkey,
+                    consecutive_failures: 1,
+                    ..
+                }]
+            ),
+            "{events:?}"
+        );
+    }
+}

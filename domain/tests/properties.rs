@@ -661,6 +661,7 @@ impl World {
                             enrollment_id,
                             secret: secret(seed),
                         }),
+                        passkey_signed_in_at: None,
                     },
                     at,
                 })

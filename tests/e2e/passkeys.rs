@@ -33,6 +33,7 @@ on_both_backends!(
     an_administrators_reset_removes_the_passkeys,
     passkey_users_count_as_two_factor_enabled_in_the_report_and_the_search,
     the_audit_trail_shows_passkeys_but_never_a_challenge,
+    a_passkey_only_user_turns_two_factor_off_with_a_fresh_passkey_session,
 );
 
 const PASSWORD: &str = "correct horse battery";
@@ -1073,4 +1074,59 @@ async fn the_audit_trail_shows_passkeys_but_never_a_challenge(backend: Backend) 
         b64(&authenticator.credential_id)
     );
     assert_eq!(registered["data"]["attestation_format"], "none");
+}
+
+async fn a_passkey_only_user_turns_two_factor_off_with_a_fresh_passkey_session(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (_, password_session) = user(&app, "fay").await;
+    let mut authenticator = Authenticator::new(Algorithm::Es256);
+    register(&app, &password_session, &mut authenticator).await;
+    let off = |token: String| {
+        let app = &app;
+        async move {
+            app.delete(
+                "/api/v1/me/two-factor",
+                &token,
+                Some(json!({ "password": PASSWORD })),
+            )
+            .await
+        }
+    };
+
+    // A session that began with the password alone shows no fresh factor.
+    let refused = off(password_session.clone()).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{refused:?}");
+    assert_eq!(refused.error(), "invalid_code");
+
+    // One from the password and a passkey does, for 5 minutes.
+    let (challenge_id, _) = password_step(&app, "fay").await;
+    let options = challenge_options(&app, &challenge_id).await;
+    let passed = verify(
+        &app,
+        &challenge_id,
+        authenticator.assert(&options, &Tamper::default()),
+    )
+    .await;
+    let fresh = passed.body["session_token"].as_str().unwrap().to_string();
+    app.clock.advance(Duration::minutes(6));
+    let stale = off(fresh).await;
+    assert_eq!(stale.status, StatusCode::UNAUTHORIZED, "{stale:?}");
+
+    let (challenge_id, options) = passwordless_options(&app).await;
+    let signed_in = passwordless(
+        &app,
+        &challenge_id,
+        authenticator.assert(&options, &Tamper::default()),
+    )
+    .await;
+    let fresh = signed_in.body["session_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let done = off(fresh.clone()).await;
+    assert_eq!(done.status, StatusCode::NO_CONTENT, "{done:?}");
+    let me = app.get("/api/v1/me", &fresh).await;
+    assert_eq!(me.body["two_factor"]["status"], "disabled", "{me:?}");
+    let list = app.get("/api/v1/me/passkeys", &fresh).await;
+    assert_eq!(list.body["passkeys"], json!([]));
 }
