@@ -1130,3 +1130,98 @@ async fn a_passkey_only_user_turns_two_factor_off_with_a_fresh_passkey_session(b
     let list = app.get("/api/v1/me/passkeys", &fresh).await;
     assert_eq!(list.body["passkeys"], json!([]));
 }
+
+/// Every ceremony begun on one `twofold serve` process is finished on
+/// another (one PostgreSQL): the state lives in the store, not in a
+/// process's memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ceremony_begun_on_one_process_is_finished_on_another() {
+    use crate::processes::{Processes, MULTI_PROCESS};
+    use reqwest::Method;
+
+    let _one_at_a_time = MULTI_PROCESS.lock().await;
+    let cluster = Processes::start(2).await;
+    let admin = cluster.admin_token().await;
+    let created = cluster
+        .call(
+            0,
+            Method::POST,
+            "/api/v1/users",
+            Some(&admin),
+            Some(json!({ "username": "nia", "password": PASSWORD, "role": "user" })),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{created:?}");
+    let login = cluster.login(0, "nia", PASSWORD).await;
+    let token = login.body["session_token"].as_str().unwrap().to_string();
+
+    let mut authenticator = Authenticator::new(Algorithm::Es256).counting_from(1);
+    let begun = cluster
+        .call(0, Method::POST, "/api/v1/me/passkeys", Some(&token), None)
+        .await;
+    assert_eq!(begun.status, StatusCode::CREATED, "{begun:?}");
+    let registration_id = begun.body["registration_id"].as_str().unwrap();
+    let credential = authenticator.register(&begun.body["public_key"], &Tamper::default());
+    let finished = cluster
+        .call(
+            1,
+            Method::POST,
+            &format!("/api/v1/me/passkeys/{registration_id}"),
+            Some(&token),
+            Some(json!({ "name": "Laptop", "credential": credential })),
+        )
+        .await;
+    assert_eq!(finished.status, StatusCode::CREATED, "{finished:?}");
+
+    // The second step: password on 1, options on 0, answer on 1.
+    let login = cluster.login(1, "nia", PASSWORD).await;
+    let challenge_id = login.body["challenge_id"].as_str().unwrap().to_string();
+    let options = cluster
+        .call(
+            0,
+            Method::POST,
+            &format!("/api/v1/login/challenges/{challenge_id}/passkey"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(options.status, StatusCode::OK, "{options:?}");
+    let credential = authenticator.assert(&options.body["public_key"], &Tamper::default());
+    let verified = cluster
+        .call(
+            1,
+            Method::POST,
+            &format!("/api/v1/login/challenges/{challenge_id}/verify"),
+            None,
+            Some(json!({ "method": "passkey", "credential": credential.clone() })),
+        )
+        .await;
+    assert_eq!(verified.status, StatusCode::OK, "{verified:?}");
+    // The same answer again, on the other process: spent.
+    let replayed = cluster
+        .call(
+            0,
+            Method::POST,
+            &format!("/api/v1/login/challenges/{challenge_id}/verify"),
+            None,
+            Some(json!({ "method": "passkey", "credential": credential })),
+        )
+        .await;
+    assert_ne!(replayed.status, StatusCode::OK, "{replayed:?}");
+
+    // Without a password: options on 1, answer on 0, the replay on 1.
+    let options = cluster
+        .call(1, Method::POST, "/api/v1/login/passkey", None, None)
+        .await;
+    assert_eq!(options.status, StatusCode::OK, "{options:?}");
+    let challenge_id = options.body["challenge_id"].as_str().unwrap();
+    let credential = authenticator.assert(&options.body["public_key"], &Tamper::default());
+    let path = format!("/api/v1/login/passkey/{challenge_id}");
+    let body = json!({ "credential": credential });
+    let signed_in = cluster
+        .call(0, Method::POST, &path, None, Some(body.clone()))
+        .await;
+    assert_eq!(signed_in.status, StatusCode::OK, "{signed_in:?}");
+    let replayed = cluster.call(1, Method::POST, &path, None, Some(body)).await;
+    assert_eq!(replayed.status, StatusCode::UNAUTHORIZED, "{replayed:?}");
+}
