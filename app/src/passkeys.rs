@@ -680,6 +680,19 @@ impl App {
         challenge_id: Uuid,
         credential: serde_json::Value,
     ) -> Result<Written<SecondFactorPassed>, AppError> {
+        let answer = self
+            .passkey_sign_in_answer(origin, challenge_id, credential)
+            .await;
+        crate::metrics::passkey_sign_in(&answer);
+        answer
+    }
+
+    async fn passkey_sign_in_answer(
+        &self,
+        origin: &RequestOrigin,
+        challenge_id: Uuid,
+        credential: serde_json::Value,
+    ) -> Result<Written<SecondFactorPassed>, AppError> {
         self.admit_attempt(origin)?;
         let now = self.now();
         let started = self
