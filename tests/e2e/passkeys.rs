@@ -968,7 +968,7 @@ async fn an_administrators_reset_removes_the_passkeys(backend: Backend) {
     )
     .await;
     assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{answer:?}");
-    // The same authenticator may be registered again, by anyone.
+    // Its credential id is free again: the same authenticator registers anew.
     register(&app, &token, &mut authenticator).await;
 }
 
