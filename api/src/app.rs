@@ -16,7 +16,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 use twofold_app::mail::Mailer;
-use twofold_app::{passwords, App, AppError, Clock, Settings};
+use twofold_app::{passwords, App, AppError, Clock, RelyingParty, Settings};
 use twofold_domain::checkpoint::AuditSigningKey;
 use twofold_domain::totp::{TotpAlgorithm, TotpParameters};
 use twofold_domain::TwoFactorPolicy;
@@ -31,7 +31,7 @@ use crate::config::{CheckpointInterval, ServeArgs, TotpHash};
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::new_files::NewFiles;
 use crate::openapi as doc;
-use crate::routes::{audit, checkpoints, history, login, me, ops, reports, users};
+use crate::routes::{audit, checkpoints, history, login, me, ops, passkeys, reports, users};
 use crate::serve::{self, ConnectionLimits};
 use crate::state::AppState;
 use twofold_app::clock::SystemClock;
@@ -53,6 +53,15 @@ fn documented() -> OpenApiRouter<AppState> {
         .routes(routes!(login::verify))
         .routes(routes!(login::send_email_code))
         .routes(routes!(login::logout))
+        .routes(routes!(passkeys::challenge_options))
+        .routes(routes!(passkeys::start_sign_in))
+        .routes(routes!(passkeys::finish_sign_in))
+        .routes(routes!(passkeys::start_registration, passkeys::list))
+        .routes(routes!(
+            passkeys::finish_registration,
+            passkeys::rename,
+            passkeys::remove
+        ))
         .routes(routes!(me::me))
         .routes(routes!(me::change_password))
         .routes(routes!(me::disable_two_factor))
@@ -314,6 +323,10 @@ impl ServeConfig {
                 session_idle: chrono::Duration::minutes(i64::from(args.session_idle_minutes)),
                 remember_device: chrono::Duration::hours(i64::from(args.remember_device_hours)),
                 totp,
+                relying_party: RelyingParty {
+                    public_url: crate::config::public_url_or_default(args.public_url, args.listen),
+                    name: args.totp_issuer.clone(),
+                },
                 totp_issuer: args.totp_issuer,
                 login_rate_per_ip: args.login_rate_per_ip,
                 password_hash_workers,

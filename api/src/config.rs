@@ -324,6 +324,11 @@ pub struct ServeArgs {
     /// `issuer:account`).
     #[arg(long, env = "TWOFOLD_TOTP_ISSUER", default_value = "twofold", value_parser = parse_totp_issuer)]
     pub totp_issuer: String,
+    /// The address people reach the service at (`https://login.example.com`):
+    /// passkeys are bound to its host (the WebAuthn RP ID) and accepted
+    /// only from its origin. Default: `http://localhost:<port of --listen>`.
+    #[arg(long, env = "TWOFOLD_PUBLIC_URL", value_parser = parse_public_url)]
+    pub public_url: Option<url::Url>,
     /// Seconds a client has to send a request's headers, and then again its
     /// body.
     ///
@@ -415,6 +420,28 @@ fn parse_checkpoint_interval(text: &str) -> Result<CheckpointInterval, String> {
 
 /// The Key URI format forbids a colon in the issuer (apps split the label on
 /// it), and an empty issuer leaves the account unlabelled in the app.
+fn parse_public_url(value: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(value.trim()).map_err(|error| format!("not a URL: {error}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err("expected an http:// or https:// URL".into());
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("the URL names no host".into());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("the URL may not hold a user name or password".into());
+    }
+    Ok(url)
+}
+
+/// `--public-url`, or `http://localhost:<port of --listen>`.
+pub fn public_url_or_default(public_url: Option<url::Url>, listen: SocketAddr) -> url::Url {
+    public_url.unwrap_or_else(|| {
+        let default = format!("http://localhost:{}", listen.port());
+        url::Url::parse(&default).unwrap_or_else(|_| unreachable!("a valid URL: {default}"))
+    })
+}
+
 fn parse_totp_issuer(value: &str) -> Result<String, String> {
     let issuer = value.trim();
     if issuer.is_empty() {
@@ -433,7 +460,10 @@ fn parse_totp_issuer(value: &str) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_checkpoint_interval, parse_totp_issuer, CheckpointInterval};
+    use super::{
+        parse_checkpoint_interval, parse_public_url, parse_totp_issuer, public_url_or_default,
+        CheckpointInterval,
+    };
     use std::time::Duration;
 
     #[test]
@@ -450,6 +480,23 @@ mod tests {
         for refused in ["-1", "NaN", "inf", "1e300", "soon", ""] {
             assert!(parse_checkpoint_interval(refused).is_err(), "{refused}");
         }
+    }
+
+    #[test]
+    fn a_public_url_is_http_or_https_with_a_host() {
+        assert!(parse_public_url("https://login.example.com").is_ok());
+        assert!(parse_public_url("ftp://login.example.com").is_err());
+        assert!(parse_public_url("https://user:pw@login.example.com").is_err());
+        assert!(parse_public_url("login.example.com").is_err());
+    }
+
+    #[test]
+    fn the_public_url_defaults_to_localhost_on_the_listen_port() {
+        let listen = "0.0.0.0:9191".parse().unwrap_or_else(|_| unreachable!());
+        assert_eq!(
+            public_url_or_default(None, listen).as_str(),
+            "http://localhost:9191/"
+        );
     }
 
     #[test]

@@ -30,7 +30,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 pub use app::{openapi, start, MailConfig, Running, ServeConfig};
 pub use client_address::TrustedProxies;
 pub use serve::ConnectionLimits;
-pub use twofold_app::{Clock, Settings};
+pub use twofold_app::{Clock, RelyingParty, Settings};
 
 use config::{
     AuditAction, Cli, Command, ConfigAction, ExportFormat, MasterKeyAction, ProjectionsAction,

@@ -346,6 +346,7 @@ impl App {
             )
             .await?;
         self.vault.erase(id).await?;
+        self.release_passkeys(id).await?;
         self.notify(
             email.as_deref(),
             TWO_FACTOR_OFF_SUBJECT,

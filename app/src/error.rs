@@ -77,6 +77,11 @@ impl AppError {
             TwoFactorEnforced => AppError::TwoFactorEnforced,
             ImpersonationForbidden => AppError::Forbidden("you may not log in as this user"),
             SessionNotFound => AppError::NotFound("no such session"),
+            PasskeyRegistrationNotFound => AppError::NotFound("no such passkey registration"),
+            PasskeyRegistrationExpired => AppError::ChallengeExpired,
+            PasskeyAlreadyRegistered | TooManyPasskeys => AppError::Conflict(error.to_string()),
+            PasskeyNotFound => AppError::NotFound("no such passkey"),
+            InvalidPasskeyName => AppError::InvalidRequest(error.to_string()),
             TooManyEmailCodes { retry_at } => AppError::RateLimited {
                 retry_after: (retry_at - now).num_seconds().max(1),
             },

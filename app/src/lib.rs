@@ -18,6 +18,7 @@ pub mod secrets;
 
 mod admin;
 mod me;
+mod passkeys;
 mod reads;
 mod session;
 mod sign_in;
@@ -33,13 +34,14 @@ use twofold_domain::sealed::CodeKey;
 use twofold_domain::totp::TotpParameters;
 use twofold_domain::{TwoFactorPolicy, UserCommand};
 use twofold_projections::{EventPosition, Projector, ReadModels};
-use twofold_store::{Committed, EventMetadata, EventStore, Loaded, SecretVault};
+use twofold_store::{Committed, EventMetadata, EventStore, Loaded, PasskeyIndex, SecretVault};
 use uuid::Uuid;
 
 pub use admin::{Impersonation, NewUser, UserChanges};
 pub use clock::Clock;
 pub use error::AppError;
 pub use me::{EnrollmentStarted, Profile, TwoFactorOff, TwoFactorView};
+pub use passkeys::{PasskeyRegistrationOptions, PasskeySignInOptions, PasskeyView, RelyingParty};
 pub use reads::{AuditQuery, Forecast, RoleCount, TwoFactorReport, UserTimeline, FORECAST_DAYS};
 pub use session::Session;
 pub use sign_in::{EmailCodeSent, SecondFactorPassed, SignInAnswer};
@@ -58,6 +60,8 @@ pub struct Settings {
     pub remember_device: chrono::Duration,
     pub totp: TotpParameters,
     pub totp_issuer: String,
+    /// Who passkeys are registered for (`--public-url`).
+    pub relying_party: RelyingParty,
     pub login_rate_per_ip: u32,
     /// Threads that hash passwords, each keeping a 19 MiB buffer.
     pub password_hash_workers: NonZeroUsize,
@@ -113,6 +117,8 @@ pub struct App {
     attempts: AttemptLimiter,
     /// Signs audit checkpoints; `None`: this service signs none.
     audit_signing_key: Option<AuditSigningKey>,
+    /// Credential ids by holder, and sign-ins without a password under way.
+    passkeys: PasskeyIndex,
 }
 
 impl App {
@@ -131,6 +137,7 @@ impl App {
         )?;
         Ok(App {
             attempts: AttemptLimiter::new(settings.login_rate_per_ip),
+            passkeys: PasskeyIndex::new(store.db().clone()),
             code_key: vault.code_key(),
             store,
             projector,

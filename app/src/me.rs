@@ -74,12 +74,15 @@ impl App {
                 methods.push(SecondFactorMethod::RecoveryCode);
             }
         }
+        if !user.passkeys().is_empty() {
+            methods.push(SecondFactorMethod::Passkey);
+        }
         TwoFactorView {
             status: user.two_factor_status(),
             methods,
             enforced: user.is_enforced(),
             required: user.must_have_two_factor(&self.settings.policy, self.now()),
-            enabled_at: user.active_totp().map(|totp| totp.enabled_at),
+            enabled_at: user.two_factor_enabled_at(),
         }
     }
 
@@ -107,7 +110,7 @@ impl App {
 
     /// An administrator acting as the user must not hold the user's second
     /// factor: only the user enrolls their authenticator.
-    fn refuse_impersonation(session: &Session) -> Result<(), AppError> {
+    pub(crate) fn refuse_impersonation(session: &Session) -> Result<(), AppError> {
         if session.is_impersonation() {
             return Err(AppError::Forbidden(
                 "an administrator acting as the user cannot enroll their authenticator",
@@ -261,6 +264,9 @@ impl App {
                 password,
                 code: request.code,
                 totp_secret,
+                passkey_signed_in_at: (session.record.authenticated_by
+                    == twofold_domain::AuthenticatedBy::Passkey)
+                    .then_some(session.record.started_at),
             }
         };
         let committed = self
@@ -290,6 +296,7 @@ impl App {
         }
         if !committed.events.is_empty() {
             self.vault.erase(user_id).await?;
+            self.release_passkeys(user_id).await?;
             self.notify(
                 session.record.email.as_deref(),
                 TWO_FACTOR_OFF_SUBJECT,

@@ -4,6 +4,7 @@
 //! the events its command committed, or the refusal it answered.
 
 use ::metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, Unit};
+use twofold_domain::passkey::PasskeyCeremony;
 use twofold_domain::{SecondFactorMethod, UserEvent};
 
 use crate::error::AppError;
@@ -124,11 +125,26 @@ pub(crate) fn sign_in(answer: &Result<Written<SignInAnswer>, AppError>) {
             SignInAnswer::TwoFactorRequired { .. } => "second_factor_required",
             SignInAnswer::EnrollmentRequired { .. } => "enrollment_required",
         },
-        Err(AppError::InvalidCredentials) => "invalid_credentials",
-        Err(AppError::AccountLocked { .. }) => "locked",
-        Err(AppError::RateLimited { .. }) => "rate_limited",
-        Err(AppError::Unavailable { .. }) => "busy",
-        Err(_) => "error",
+        Err(error) => refused_sign_in(error),
+    };
+    counter!(SIGN_INS, "outcome" => outcome).increment(1);
+}
+
+fn refused_sign_in(error: &AppError) -> &'static str {
+    match error {
+        AppError::InvalidCredentials => "invalid_credentials",
+        AppError::AccountLocked { .. } => "locked",
+        AppError::RateLimited { .. } => "rate_limited",
+        AppError::Unavailable { .. } => "busy",
+        _ => "error",
+    }
+}
+
+/// A sign-in without a password's outcome (it stands for both steps).
+pub(crate) fn passkey_sign_in<T>(answer: &Result<T, AppError>) {
+    let outcome = match answer {
+        Ok(_) => "authenticated",
+        Err(error) => refused_sign_in(error),
     };
     counter!(SIGN_INS, "outcome" => outcome).increment(1);
 }
@@ -173,6 +189,22 @@ pub(crate) fn committed(events: &[UserEvent]) {
                 }
             }
             UserEvent::SecondFactorSuspended { .. } => lockout("second_factor_suspended"),
+            // A sign-in without a password: the passkey's check (the second
+            // step's is counted by SecondFactorAccepted/Rejected above).
+            UserEvent::PasskeyUsed {
+                ceremony: PasskeyCeremony::SignIn,
+                ..
+            } => check(&SecondFactorMethod::Passkey, "accepted"),
+            UserEvent::PasskeyRejected {
+                ceremony: PasskeyCeremony::SignIn,
+                locked_until,
+                ..
+            } => {
+                check(&SecondFactorMethod::Passkey, "rejected");
+                if locked_until.is_some() {
+                    lockout("password");
+                }
+            }
             UserEvent::PasswordRejected {
                 locked_until: Some(_),
                 ..

@@ -37,6 +37,8 @@ pub struct TwoFactorReport {
     pub enforced_not_enabled: i64,
     /// Every role, always listed.
     pub by_role: BTreeMap<Role, RoleCount>,
+    /// Users with each factor enabled.
+    pub by_method: twofold_projections::MethodCounts,
     /// When the counts were read.
     pub as_of: DateTime<Utc>,
 }
@@ -164,7 +166,12 @@ impl App {
             None => self.read_models().two_factor_counts().await?,
             Some(at) => self.read_models().two_factor_counts_as_of(at).await?,
         };
+        let by_method = match as_of {
+            None => self.read_models().two_factor_methods().await?,
+            Some(at) => self.read_models().two_factor_methods_as_of(at).await?,
+        };
         let mut report = TwoFactorReport {
+            by_method,
             total: 0,
             enabled: 0,
             pending: 0,

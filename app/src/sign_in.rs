@@ -57,7 +57,7 @@ pub struct SecondFactorPassed {
 
 impl App {
     /// A fresh session token; only its hash goes into the event.
-    fn new_session(&self, lifetime: chrono::Duration) -> (String, NewSession) {
+    pub(crate) fn new_session(&self, lifetime: chrono::Duration) -> (String, NewSession) {
         let token = secrets::new_token();
         let session = NewSession {
             session_id: Uuid::new_v4(),
@@ -197,7 +197,7 @@ impl App {
     }
 
     /// The user a sign-in challenge belongs to, loaded.
-    async fn challenge_owner(&self, challenge_id: Uuid) -> Result<Loaded, AppError> {
+    pub(crate) async fn challenge_owner(&self, challenge_id: Uuid) -> Result<Loaded, AppError> {
         let user_id = self
             .read_models()
             .challenge_owner(challenge_id)

@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::event::ImpersonationRevocation;
+use crate::passkey::{CeremonyState, PasskeyRefusal, VerifiedAssertion, VerifiedRegistration};
 use crate::policy::TwoFactorPolicy;
 use crate::sealed::CodeKey;
 use crate::totp::{TotpParameters, TotpSecret, UnsealedTotp};
@@ -31,6 +32,10 @@ pub enum TwoFactorOffProof {
         code: Option<String>,
         /// The active TOTP secret, decrypted by the caller.
         totp_secret: Option<UnsealedTotp>,
+        /// When the session asking began, if its second factor was a
+        /// passkey: a user whose only factor is passkeys shows a fresh one
+        /// this way (`policy::passkey_reauthentication_window`).
+        passkey_signed_in_at: Option<DateTime<Utc>>,
     },
     /// "Login as" (the help article's rescue flow): the reason given when
     /// the impersonation started stands for it, while it lasts.
@@ -164,6 +169,51 @@ pub enum UserCommand {
         /// Set when the impersonation ends because it is no longer allowed.
         revoked: Option<ImpersonationRevocation>,
     },
+    /// Options to create a passkey were made (by the WebAuthn library,
+    /// whose state comes along to be kept).
+    StartPasskeyRegistration {
+        registration_id: Uuid,
+        ceremony_secret: CeremonyState,
+        at: DateTime<Utc>,
+    },
+    /// The answer to `StartPasskeyRegistration`, as the library judged it.
+    FinishPasskeyRegistration {
+        registration_id: Uuid,
+        passkey_id: Uuid,
+        name: String,
+        verdict: Result<VerifiedRegistration, PasskeyRefusal>,
+        at: DateTime<Utc>,
+    },
+    RenamePasskey {
+        passkey_id: Uuid,
+        name: String,
+    },
+    RemovePasskey {
+        passkey_id: Uuid,
+        policy: TwoFactorPolicy,
+        at: DateTime<Utc>,
+    },
+    /// Options to sign an open sign-in challenge with a passkey were made.
+    StartPasskeyAssertion {
+        challenge_id: Uuid,
+        ceremony_secret: CeremonyState,
+        at: DateTime<Utc>,
+    },
+    /// The second step with a passkey, as the library judged the assertion.
+    VerifyPasskey {
+        challenge_id: Uuid,
+        verdict: Result<VerifiedAssertion, PasskeyRefusal>,
+        session: NewSession,
+        remember_device: Option<NewDevice>,
+        at: DateTime<Utc>,
+    },
+    /// A sign-in without a password: the assertion (user verification
+    /// required) stands for both factors.
+    SignInWithPasskey {
+        verdict: Result<VerifiedAssertion, PasskeyRefusal>,
+        session: NewSession,
+        at: DateTime<Utc>,
+    },
 }
 
 impl UserCommand {
@@ -189,6 +239,13 @@ impl UserCommand {
             UserCommand::LiftTwoFactorEnforcement { .. } => "LiftTwoFactorEnforcement",
             UserCommand::StartImpersonation { .. } => "StartImpersonation",
             UserCommand::EndImpersonation { .. } => "EndImpersonation",
+            UserCommand::StartPasskeyRegistration { .. } => "StartPasskeyRegistration",
+            UserCommand::FinishPasskeyRegistration { .. } => "FinishPasskeyRegistration",
+            UserCommand::RenamePasskey { .. } => "RenamePasskey",
+            UserCommand::RemovePasskey { .. } => "RemovePasskey",
+            UserCommand::StartPasskeyAssertion { .. } => "StartPasskeyAssertion",
+            UserCommand::VerifyPasskey { .. } => "VerifyPasskey",
+            UserCommand::SignInWithPasskey { .. } => "SignInWithPasskey",
         }
     }
 }

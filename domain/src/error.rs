@@ -44,6 +44,18 @@ pub enum UserError {
     EmailUnavailable,
     #[error("this session can not turn two-factor authentication off")]
     ReauthenticationRequired,
+    #[error("no such passkey registration (it may have been used already)")]
+    PasskeyRegistrationNotFound,
+    #[error("the passkey registration has expired")]
+    PasskeyRegistrationExpired,
+    #[error("this passkey is already registered")]
+    PasskeyAlreadyRegistered,
+    #[error("no such passkey")]
+    PasskeyNotFound,
+    #[error("a passkey name is 1 to 64 characters, without control characters")]
+    InvalidPasskeyName,
+    #[error("too many passkeys; remove one first")]
+    TooManyPasskeys,
     #[error("too many email codes; wait before asking for another")]
     TooManyEmailCodes { retry_at: DateTime<Utc> },
 }

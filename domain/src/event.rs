@@ -6,6 +6,7 @@ use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::passkey::{CeremonyState, PasskeyCeremony, PasskeyCredential, PasskeyRefusal};
 use crate::totp::TotpParameters;
 use crate::values::{
     AuthenticatedBy, Email, EmailRefusal, PasswordHash, Role, SecondFactorMethod, TokenHash,
@@ -162,6 +163,70 @@ pub enum UserEvent {
         /// Why it ended before its administrator ended it, if it did.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         revoked: Option<ImpersonationRevocation>,
+    },
+    /// Options to create a passkey were handed out; `ceremony_secret` (the
+    /// library's state with the single-use challenge) never reaches the
+    /// audit trail.
+    PasskeyRegistrationStarted {
+        registration_id: Uuid,
+        ceremony_secret: CeremonyState,
+        expires_at: DateTime<Utc>,
+    },
+    PasskeyRegistered {
+        passkey_id: Uuid,
+        registration_id: Uuid,
+        name: String,
+        /// base64url without padding; not a secret.
+        credential_id: String,
+        /// The public key and what the authenticator said of itself.
+        credential: PasskeyCredential,
+        counter: u32,
+        user_verified: bool,
+        attestation_format: String,
+        registered_at: DateTime<Utc>,
+    },
+    /// A WebAuthn response was refused. In a sign-in without a password
+    /// it counts like a wrong password (`consecutive_failures`,
+    /// `locked_until`); in the second step `SecondFactorRejected` counts it.
+    PasskeyRejected {
+        ceremony: PasskeyCeremony,
+        reason: PasskeyRefusal,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        registration_id: Option<Uuid>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        passkey_id: Option<Uuid>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        consecutive_failures: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        locked_until: Option<DateTime<Utc>>,
+    },
+    /// Options to sign a sign-in challenge with a passkey were handed out.
+    PasskeyAssertionStarted {
+        challenge_id: Uuid,
+        ceremony_secret: CeremonyState,
+    },
+    PasskeyUsed {
+        passkey_id: Uuid,
+        ceremony: PasskeyCeremony,
+        counter: u32,
+        user_verified: bool,
+        used_at: DateTime<Utc>,
+    },
+    /// A signature counter at or below the stored one: the authenticator
+    /// may have been cloned. The assertion was refused.
+    PasskeyCounterRegressed {
+        passkey_id: Uuid,
+        ceremony: PasskeyCeremony,
+        stored_counter: u32,
+        asserted_counter: u32,
+    },
+    PasskeyRenamed {
+        passkey_id: Uuid,
+        name: String,
+    },
+    PasskeyRemoved {
+        passkey_id: Uuid,
+        credential_id: String,
     },
 }
 

@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod command;
 pub mod error;
 pub mod event;
+pub mod passkey;
 pub mod policy;
 pub mod sealed;
 pub mod totp;

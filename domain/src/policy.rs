@@ -27,6 +27,33 @@ pub fn email_code_lifetime() -> Duration {
     Duration::minutes(10)
 }
 
+/// Passkeys one user may hold.
+pub const PASSKEYS_PER_USER: usize = 20;
+/// Longest passkey name, in characters.
+pub const PASSKEY_NAME_MAX_CHARS: usize = 64;
+/// Longest credential id accepted, in bytes (WebAuthn Level 3 caps it at 1023).
+pub const PASSKEY_CREDENTIAL_ID_MAX_BYTES: usize = 1023;
+/// Registration ceremonies begun and unfinished that one user may hold at
+/// once; beginning another drops the oldest.
+pub const PENDING_PASSKEY_REGISTRATIONS: usize = 5;
+
+/// How recent a passkey sign-in must be to stand for a fresh second
+/// factor (turning 2FA off) for a user whose only factor is passkeys.
+pub fn passkey_reauthentication_window() -> Duration {
+    Duration::minutes(5)
+}
+
+/// How long a passkey registration's options stay valid.
+pub fn passkey_registration_lifetime() -> Duration {
+    Duration::minutes(5)
+}
+
+/// How long a sign-in without a password may take from its options to its
+/// answer.
+pub fn passkey_sign_in_lifetime() -> Duration {
+    Duration::minutes(5)
+}
+
 pub fn challenge_lifetime() -> Duration {
     Duration::minutes(5)
 }

@@ -10,6 +10,10 @@ use uuid::Uuid;
 use crate::command::{NewDevice, NewSession, PasswordCheck, TwoFactorOffProof, UserCommand};
 use crate::error::UserError;
 use crate::event::{ImpersonationRevocation, UserEvent};
+use crate::passkey::{
+    passkey_name, Passkey, PasskeyCeremony, PasskeyRefusal, PendingPasskeyRegistration,
+    VerifiedAssertion, VerifiedRegistration,
+};
 use crate::policy::{self, TwoFactorPolicy};
 use crate::sealed::CodeKey;
 use crate::totp::{normalize_code, TotpParameters, TotpSecret, UnsealedTotp};
@@ -71,6 +75,10 @@ struct Challenge {
     /// recorded once, not once per request.
     #[serde(default)]
     email_refused: bool,
+    /// The passkey options handed out for this challenge (the library's
+    /// state, with its single-use challenge); spent by any answer.
+    #[serde(default)]
+    passkey_ceremony: Option<crate::passkey::CeremonyState>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -123,6 +131,10 @@ pub struct User {
     impersonations: Vec<Impersonation>,
     /// When recent email codes were sent (the rate limit's window).
     email_codes_sent: Vec<DateTime<Utc>>,
+    #[serde(default)]
+    passkeys: Vec<Passkey>,
+    #[serde(default)]
+    pending_passkeys: Vec<PendingPasskeyRegistration>,
 }
 
 impl User {
@@ -143,11 +155,59 @@ impl User {
     }
 
     pub fn two_factor_status(&self) -> TwoFactorStatus {
-        match (&self.totp, &self.pending_totp) {
-            (Some(_), _) => TwoFactorStatus::Enabled,
-            (None, Some(_)) => TwoFactorStatus::Pending,
-            (None, None) => TwoFactorStatus::Disabled,
+        if self.has_second_factor() {
+            return TwoFactorStatus::Enabled;
         }
+        match &self.pending_totp {
+            Some(_) => TwoFactorStatus::Pending,
+            None => TwoFactorStatus::Disabled,
+        }
+    }
+
+    /// An authenticator app or a passkey: 2FA is on.
+    pub fn has_second_factor(&self) -> bool {
+        self.totp.is_some() || !self.passkeys.is_empty()
+    }
+
+    /// Since when 2FA has been on: the authenticator app's confirmation,
+    /// else the oldest passkey's registration.
+    pub fn two_factor_enabled_at(&self) -> Option<DateTime<Utc>> {
+        self.totp
+            .as_ref()
+            .map(|totp| totp.enabled_at)
+            .or_else(|| self.passkeys.iter().map(|p| p.created_at).min())
+    }
+
+    pub fn passkeys(&self) -> &[Passkey] {
+        &self.passkeys
+    }
+
+    pub fn passkey_by_credential(&self, credential_id: &str) -> Option<&Passkey> {
+        self.passkeys
+            .iter()
+            .find(|p| p.credential_id == credential_id)
+    }
+
+    /// An unfinished passkey registration (expired or not).
+    pub fn pending_passkey_registration(
+        &self,
+        registration_id: Uuid,
+    ) -> Option<&PendingPasskeyRegistration> {
+        self.pending_passkeys
+            .iter()
+            .find(|p| p.id == registration_id)
+    }
+
+    /// The passkey options handed out for an open challenge, if any.
+    pub fn passkey_assertion_state(
+        &self,
+        challenge_id: Uuid,
+        at: DateTime<Utc>,
+    ) -> Result<Option<&crate::passkey::CeremonyState>, UserError> {
+        Ok(self
+            .open_challenge(challenge_id, at)?
+            .passkey_ceremony
+            .as_ref())
     }
 
     pub fn must_have_two_factor(&self, policy: &TwoFactorPolicy, at: DateTime<Utc>) -> bool {
@@ -182,6 +242,9 @@ impl User {
             if self.recovery_codes_remaining() > 0 {
                 methods.push(SecondFactorMethod::RecoveryCode);
             }
+        }
+        if !self.passkeys.is_empty() {
+            methods.push(SecondFactorMethod::Passkey);
         }
         methods.retain(|method| self.factor_lock(*method, at).is_none());
         methods
@@ -576,7 +639,290 @@ impl User {
                     revoked,
                 }])
             }
+            StartPasskeyRegistration {
+                registration_id,
+                ceremony_secret,
+                at,
+            } => {
+                if self.passkeys.len() >= policy::PASSKEYS_PER_USER {
+                    return Err(UserError::TooManyPasskeys);
+                }
+                Ok(vec![UserEvent::PasskeyRegistrationStarted {
+                    registration_id,
+                    ceremony_secret,
+                    expires_at: at + policy::passkey_registration_lifetime(),
+                }])
+            }
+            FinishPasskeyRegistration {
+                registration_id,
+                passkey_id,
+                name,
+                verdict,
+                at,
+            } => self.finish_passkey_registration(registration_id, passkey_id, &name, verdict, at),
+            RenamePasskey { passkey_id, name } => {
+                let passkey = self.passkey(passkey_id)?;
+                let name = passkey_name(&name)?;
+                Ok(if passkey.name == name {
+                    vec![]
+                } else {
+                    vec![UserEvent::PasskeyRenamed { passkey_id, name }]
+                })
+            }
+            RemovePasskey {
+                passkey_id,
+                policy,
+                at,
+            } => {
+                let passkey = self.passkey(passkey_id)?;
+                let last_factor = self.totp.is_none() && self.passkeys.len() == 1;
+                if last_factor && self.must_have_two_factor(&policy, at) {
+                    return Err(UserError::TwoFactorEnforced);
+                }
+                Ok(vec![UserEvent::PasskeyRemoved {
+                    passkey_id,
+                    credential_id: passkey.credential_id.clone(),
+                }])
+            }
+            StartPasskeyAssertion {
+                challenge_id,
+                ceremony_secret,
+                at,
+            } => {
+                let challenge = self.open_challenge(challenge_id, at)?;
+                if !challenge.methods.contains(&SecondFactorMethod::Passkey) {
+                    return Err(UserError::MethodUnavailable);
+                }
+                if let Some(until) = self.factor_lock(SecondFactorMethod::Passkey, at) {
+                    return Err(UserError::AccountLocked { until });
+                }
+                Ok(vec![UserEvent::PasskeyAssertionStarted {
+                    challenge_id,
+                    ceremony_secret,
+                }])
+            }
+            VerifyPasskey {
+                challenge_id,
+                verdict,
+                session,
+                remember_device,
+                at,
+            } => self.verify_passkey(challenge_id, verdict, session, remember_device, at),
+            SignInWithPasskey {
+                verdict,
+                session,
+                at,
+            } => self.sign_in_with_passkey(verdict, session, at),
         }
+    }
+
+    fn passkey(&self, passkey_id: Uuid) -> Result<&Passkey, UserError> {
+        self.passkeys
+            .iter()
+            .find(|p| p.id == passkey_id)
+            .ok_or(UserError::PasskeyNotFound)
+    }
+
+    fn finish_passkey_registration(
+        &self,
+        registration_id: Uuid,
+        passkey_id: Uuid,
+        name: &str,
+        verdict: Result<VerifiedRegistration, PasskeyRefusal>,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<UserEvent>, UserError> {
+        let pending = self
+            .pending_passkey_registration(registration_id)
+            .ok_or(UserError::PasskeyRegistrationNotFound)?;
+        if at >= pending.expires_at {
+            return Err(UserError::PasskeyRegistrationExpired);
+        }
+        let name = passkey_name(name)?;
+        let verified = match verdict {
+            Ok(verified) => verified,
+            Err(reason) => {
+                return Ok(vec![UserEvent::PasskeyRejected {
+                    ceremony: PasskeyCeremony::Registration,
+                    reason,
+                    registration_id: Some(registration_id),
+                    passkey_id: None,
+                    consecutive_failures: None,
+                    locked_until: None,
+                }])
+            }
+        };
+        if self
+            .passkey_by_credential(&verified.credential_id)
+            .is_some()
+        {
+            return Err(UserError::PasskeyAlreadyRegistered);
+        }
+        if self.passkeys.len() >= policy::PASSKEYS_PER_USER {
+            return Err(UserError::TooManyPasskeys);
+        }
+        Ok(vec![UserEvent::PasskeyRegistered {
+            passkey_id,
+            registration_id,
+            name,
+            credential_id: verified.credential_id,
+            credential: verified.credential,
+            counter: verified.counter,
+            user_verified: verified.user_verified,
+            attestation_format: verified.attestation_format,
+            registered_at: at,
+        }])
+    }
+
+    /// Which passkey signed, or why the assertion is refused: an unknown
+    /// credential, a counter that went backwards (recorded as such), or
+    /// what the library found.
+    fn judge_assertion(
+        &self,
+        verdict: Result<VerifiedAssertion, PasskeyRefusal>,
+        ceremony: PasskeyCeremony,
+    ) -> (
+        Result<(&Passkey, VerifiedAssertion), PasskeyRefusal>,
+        Vec<UserEvent>,
+    ) {
+        let assertion = match verdict {
+            Ok(assertion) => assertion,
+            Err(reason) => return (Err(reason), vec![]),
+        };
+        let Some(passkey) = self.passkey_by_credential(&assertion.credential_id) else {
+            return (Err(PasskeyRefusal::UnknownCredential), vec![]);
+        };
+        if passkey.counter_goes_backwards(assertion.counter) {
+            let regressed = UserEvent::PasskeyCounterRegressed {
+                passkey_id: passkey.id,
+                ceremony,
+                stored_counter: passkey.counter,
+                asserted_counter: assertion.counter,
+            };
+            return (Err(PasskeyRefusal::PossibleClone), vec![regressed]);
+        }
+        (Ok((passkey, assertion)), vec![])
+    }
+
+    fn verify_passkey(
+        &self,
+        challenge_id: Uuid,
+        verdict: Result<VerifiedAssertion, PasskeyRefusal>,
+        session: NewSession,
+        remember_device: Option<NewDevice>,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<UserEvent>, UserError> {
+        let method = SecondFactorMethod::Passkey;
+        let challenge = self.open_challenge(challenge_id, at)?;
+        if !challenge.methods.contains(&method) || challenge.passkey_ceremony.is_none() {
+            return Err(UserError::MethodUnavailable);
+        }
+        if let Some(until) = self.factor_lock(method, at) {
+            return Err(UserError::AccountLocked { until });
+        }
+        let (judged, mut events) = self.judge_assertion(verdict, PasskeyCeremony::SecondFactor);
+        match judged {
+            Ok((passkey, assertion)) => {
+                events.extend([
+                    UserEvent::SecondFactorAccepted {
+                        challenge_id,
+                        method,
+                        totp_step: None,
+                        recovery_code_index: None,
+                    },
+                    UserEvent::PasskeyUsed {
+                        passkey_id: passkey.id,
+                        ceremony: PasskeyCeremony::SecondFactor,
+                        counter: assertion.counter,
+                        user_verified: assertion.user_verified,
+                        used_at: at,
+                    },
+                    Self::session_started(session, AuthenticatedBy::Passkey, at),
+                ]);
+                if let Some(device) = remember_device {
+                    events.push(UserEvent::DeviceRemembered {
+                        device_id: device.device_id,
+                        token_hash: device.token_hash,
+                        remembered_at: at,
+                        expires_at: device.expires_at,
+                        user_agent: device.user_agent,
+                    });
+                }
+            }
+            Err(reason) => {
+                let consecutive_failures = self
+                    .budgets
+                    .get(&method)
+                    .map_or(0, |b| b.consecutive_failures)
+                    .saturating_add(1);
+                events.extend([
+                    UserEvent::PasskeyRejected {
+                        ceremony: PasskeyCeremony::SecondFactor,
+                        reason,
+                        registration_id: None,
+                        passkey_id: None,
+                        consecutive_failures: None,
+                        locked_until: None,
+                    },
+                    UserEvent::SecondFactorRejected {
+                        challenge_id,
+                        method,
+                        attempts_remaining: challenge.attempts_remaining.saturating_sub(1),
+                        consecutive_failures,
+                        locked_until: policy::second_factor_lock(consecutive_failures, at),
+                    },
+                ]);
+                if consecutive_failures == policy::SECOND_FACTOR_FAILURES_BEFORE_SUSPENSION {
+                    events.push(UserEvent::SecondFactorSuspended {
+                        method,
+                        consecutive_failures,
+                    });
+                }
+            }
+        }
+        Ok(events)
+    }
+
+    fn sign_in_with_passkey(
+        &self,
+        verdict: Result<VerifiedAssertion, PasskeyRefusal>,
+        session: NewSession,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<UserEvent>, UserError> {
+        if let Some(until) = self.password_locked_until(at) {
+            return Err(UserError::AccountLocked { until: Some(until) });
+        }
+        let verdict = verdict.and_then(|assertion| {
+            if assertion.user_verified {
+                Ok(assertion)
+            } else {
+                Err(PasskeyRefusal::UserNotVerified)
+            }
+        });
+        let (judged, mut events) = self.judge_assertion(verdict, PasskeyCeremony::SignIn);
+        match judged {
+            Ok((passkey, assertion)) => events.extend([
+                UserEvent::PasskeyUsed {
+                    passkey_id: passkey.id,
+                    ceremony: PasskeyCeremony::SignIn,
+                    counter: assertion.counter,
+                    user_verified: assertion.user_verified,
+                    used_at: at,
+                },
+                Self::session_started(session, AuthenticatedBy::Passkey, at),
+            ]),
+            Err(reason) => {
+                let consecutive_failures = self.password_failures.saturating_add(1);
+                events.push(UserEvent::PasskeyRejected {
+                    ceremony: PasskeyCeremony::SignIn,
+                    reason,
+                    registration_id: None,
+                    passkey_id: None,
+                    consecutive_failures: Some(consecutive_failures),
+                    locked_until: policy::password_lock(consecutive_failures, at),
+                });
+            }
+        }
+        Ok(events)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -599,24 +945,20 @@ impl User {
         });
         // Every factor backing off or suspended: refused before the password
         // is looked at, so the answer does not tell whether it was right.
-        if self.totp.is_some() && remembered.is_none() {
+        if self.has_second_factor() && remembered.is_none() {
             let methods = self.challenge_methods(email_offered, at);
             if methods.is_empty() {
-                let until = [
-                    SecondFactorMethod::Totp,
-                    SecondFactorMethod::Email,
-                    SecondFactorMethod::RecoveryCode,
-                ]
-                .into_iter()
-                .filter_map(|method| self.factor_lock(method, at).flatten())
-                .min();
+                let until = SecondFactorMethod::ALL
+                    .into_iter()
+                    .filter_map(|method| self.factor_lock(method, at).flatten())
+                    .min();
                 return Err(UserError::AccountLocked { until });
             }
         }
         if !self.checked_password(&password, at)? {
             return Ok(vec![self.password_rejected(at)]);
         }
-        if self.totp.is_none() {
+        if !self.has_second_factor() {
             let mut started = Self::session_started(session, AuthenticatedBy::Password, at);
             if let UserEvent::SessionStarted {
                 enrollment_required,
@@ -705,6 +1047,8 @@ impl User {
                     })
                 })
                 .map(|_| (None, None)),
+            // A passkey answers with a signature, not a code: `VerifyPasskey`.
+            SecondFactorMethod::Passkey => return Err(UserError::MethodUnavailable),
         };
         match accepted {
             Some((totp_step, recovery_code_index)) => {
@@ -771,6 +1115,7 @@ impl User {
                 password,
                 code,
                 totp_secret,
+                passkey_signed_in_at,
             } => {
                 if !self.checked_password(&password, at)? {
                     return Ok(vec![self.password_rejected(at)]);
@@ -781,16 +1126,53 @@ impl User {
                     if !rejected.is_empty() {
                         return Ok(rejected);
                     }
+                } else if !self.passkeys.is_empty() {
+                    let fresh = passkey_signed_in_at.is_some_and(|signed_in| {
+                        signed_in <= at
+                            && at - signed_in <= policy::passkey_reauthentication_window()
+                    });
+                    if !fresh {
+                        return Ok(self.reauthentication_rejected(SecondFactorMethod::Passkey, at));
+                    }
                 }
             }
         }
-        let nothing_to_disable =
-            self.totp.is_none() && self.pending_totp.is_none() && self.devices.is_empty();
+        let nothing_to_disable = self.totp.is_none()
+            && self.pending_totp.is_none()
+            && self.devices.is_empty()
+            && self.passkeys.is_empty()
+            && self.pending_passkeys.is_empty();
         Ok(if nothing_to_disable {
             vec![]
         } else {
             vec![UserEvent::TwoFactorDisabled]
         })
+    }
+
+    /// A fresh second factor refused outside a sign-in, counted toward the
+    /// factor's back-off as a sign-in's wrong codes are.
+    fn reauthentication_rejected(
+        &self,
+        method: SecondFactorMethod,
+        at: DateTime<Utc>,
+    ) -> Vec<UserEvent> {
+        let consecutive_failures = self
+            .budgets
+            .get(&method)
+            .map_or(0, |b| b.consecutive_failures)
+            .saturating_add(1);
+        let mut events = vec![UserEvent::ReauthenticationCodeRejected {
+            method,
+            consecutive_failures,
+            locked_until: policy::second_factor_lock(consecutive_failures, at),
+        }];
+        if consecutive_failures == policy::SECOND_FACTOR_FAILURES_BEFORE_SUSPENSION {
+            events.push(UserEvent::SecondFactorSuspended {
+                method,
+                consecutive_failures,
+            });
+        }
+        events
     }
 
     /// Checks a fresh second factor asked for outside a sign-in: a TOTP code
@@ -949,6 +1331,7 @@ impl User {
                     attempts_remaining: policy::CHALLENGE_ATTEMPTS,
                     email_code: None,
                     email_refused: false,
+                    passkey_ceremony: None,
                 });
             }
             EmailCodeSent {
@@ -1006,6 +1389,9 @@ impl User {
             } => {
                 if let Some(challenge) = self.challenges.iter_mut().find(|c| c.id == challenge_id) {
                     challenge.attempts_remaining = attempts_remaining;
+                    if method == SecondFactorMethod::Passkey {
+                        challenge.passkey_ceremony = None;
+                    }
                 }
                 let budget = self.budgets.entry(method).or_default();
                 budget.consecutive_failures = consecutive_failures;
@@ -1080,6 +1466,8 @@ impl User {
                 self.budgets.clear();
             }
             TwoFactorDisabled | TwoFactorReset { .. } => {
+                self.passkeys.clear();
+                self.pending_passkeys.clear();
                 self.totp = None;
                 self.pending_totp = None;
                 self.recovery_codes.clear();
@@ -1120,6 +1508,93 @@ impl User {
             ImpersonationEnded {
                 impersonation_id, ..
             } => self.impersonations.retain(|i| i.id != impersonation_id),
+            PasskeyRegistrationStarted {
+                registration_id,
+                ceremony_secret,
+                expires_at,
+            } => {
+                let started_at = expires_at - policy::passkey_registration_lifetime();
+                self.pending_passkeys.retain(|p| p.expires_at > started_at);
+                self.pending_passkeys.push(PendingPasskeyRegistration {
+                    id: registration_id,
+                    expires_at,
+                    ceremony_secret,
+                });
+                let over = self
+                    .pending_passkeys
+                    .len()
+                    .saturating_sub(policy::PENDING_PASSKEY_REGISTRATIONS);
+                self.pending_passkeys.drain(..over);
+            }
+            PasskeyRegistered {
+                passkey_id,
+                registration_id,
+                name,
+                credential_id,
+                credential,
+                counter,
+                user_verified,
+                attestation_format,
+                registered_at,
+            } => {
+                self.pending_passkeys.retain(|p| p.id != registration_id);
+                self.passkeys.push(Passkey {
+                    id: passkey_id,
+                    name,
+                    credential_id,
+                    credential,
+                    counter,
+                    user_verified,
+                    attestation_format,
+                    created_at: registered_at,
+                    last_used_at: None,
+                });
+            }
+            PasskeyRejected {
+                ceremony,
+                registration_id,
+                consecutive_failures,
+                locked_until,
+                ..
+            } => match ceremony {
+                PasskeyCeremony::Registration => {
+                    self.pending_passkeys
+                        .retain(|p| Some(p.id) != registration_id);
+                }
+                PasskeyCeremony::SignIn => {
+                    if let Some(failures) = consecutive_failures {
+                        self.password_failures = failures;
+                        self.password_locked_until = locked_until;
+                    }
+                }
+                PasskeyCeremony::SecondFactor => {}
+            },
+            PasskeyAssertionStarted {
+                challenge_id,
+                ceremony_secret,
+            } => {
+                if let Some(challenge) = self.challenges.iter_mut().find(|c| c.id == challenge_id) {
+                    challenge.passkey_ceremony = Some(ceremony_secret);
+                }
+            }
+            PasskeyUsed {
+                passkey_id,
+                counter,
+                used_at,
+                ..
+            } => {
+                if let Some(passkey) = self.passkeys.iter_mut().find(|p| p.id == passkey_id) {
+                    passkey.counter = passkey.counter.max(counter);
+                    passkey.last_used_at = Some(used_at);
+                }
+            }
+            PasskeyCounterRegressed { .. } => {}
+            PasskeyRenamed { passkey_id, name } => {
+                if let Some(passkey) = self.passkeys.iter_mut().find(|p| p.id == passkey_id) {
+                    passkey.name = name;
+                }
+            }
+            PasskeyRemoved { passkey_id, .. } => self.passkeys.retain(|p| p.id != passkey_id),
         }
     }
 

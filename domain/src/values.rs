@@ -248,13 +248,16 @@ pub enum SecondFactorMethod {
     Totp,
     Email,
     RecoveryCode,
+    /// A WebAuthn credential's signature (docs/security.md).
+    Passkey,
 }
 
 impl SecondFactorMethod {
-    pub const ALL: [SecondFactorMethod; 3] = [
+    pub const ALL: [SecondFactorMethod; 4] = [
         SecondFactorMethod::Totp,
         SecondFactorMethod::Email,
         SecondFactorMethod::RecoveryCode,
+        SecondFactorMethod::Passkey,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -262,6 +265,7 @@ impl SecondFactorMethod {
             SecondFactorMethod::Totp => "totp",
             SecondFactorMethod::Email => "email",
             SecondFactorMethod::RecoveryCode => "recovery_code",
+            SecondFactorMethod::Passkey => "passkey",
         }
     }
 }
@@ -367,16 +371,19 @@ pub enum AuthenticatedBy {
     RecoveryCode,
     RememberedDevice,
     Impersonation,
+    /// A passkey: as the second step, or alone (with user verification).
+    Passkey,
 }
 
 impl AuthenticatedBy {
-    pub const ALL: [AuthenticatedBy; 6] = [
+    pub const ALL: [AuthenticatedBy; 7] = [
         AuthenticatedBy::Password,
         AuthenticatedBy::Totp,
         AuthenticatedBy::Email,
         AuthenticatedBy::RecoveryCode,
         AuthenticatedBy::RememberedDevice,
         AuthenticatedBy::Impersonation,
+        AuthenticatedBy::Passkey,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -387,6 +394,7 @@ impl AuthenticatedBy {
             AuthenticatedBy::RecoveryCode => "recovery_code",
             AuthenticatedBy::RememberedDevice => "remembered_device",
             AuthenticatedBy::Impersonation => "impersonation",
+            AuthenticatedBy::Passkey => "passkey",
         }
     }
 }
@@ -405,6 +413,7 @@ impl From<SecondFactorMethod> for AuthenticatedBy {
             SecondFactorMethod::Totp => AuthenticatedBy::Totp,
             SecondFactorMethod::Email => AuthenticatedBy::Email,
             SecondFactorMethod::RecoveryCode => AuthenticatedBy::RecoveryCode,
+            SecondFactorMethod::Passkey => AuthenticatedBy::Passkey,
         }
     }
 }

@@ -30,6 +30,7 @@ use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use uuid::Uuid;
 
 use twofold_domain::command::{NewDevice, NewSession, PasswordCheck, TwoFactorOffProof};
+use twofold_domain::passkey::{CeremonyState, PasskeyCeremony, PasskeyCredential, PasskeyRefusal};
 use twofold_domain::policy;
 use twofold_domain::sealed::CodeKey;
 use twofold_domain::totp::{
@@ -660,6 +661,7 @@ impl World {
                             enrollment_id,
                             secret: secret(seed),
                         }),
+                        passkey_signed_in_at: None,
                     },
                     at,
                 })
@@ -1199,6 +1201,7 @@ fn method() -> impl Strategy<Value = SecondFactorMethod> {
         SecondFactorMethod::Totp,
         SecondFactorMethod::Email,
         SecondFactorMethod::RecoveryCode,
+        SecondFactorMethod::Passkey,
     ])
 }
 
@@ -1210,7 +1213,78 @@ fn authenticated_by() -> impl Strategy<Value = AuthenticatedBy> {
         AuthenticatedBy::RecoveryCode,
         AuthenticatedBy::RememberedDevice,
         AuthenticatedBy::Impersonation,
+        AuthenticatedBy::Passkey,
     ])
+}
+
+fn ceremony() -> impl Strategy<Value = PasskeyCeremony> {
+    prop::sample::select(vec![
+        PasskeyCeremony::Registration,
+        PasskeyCeremony::SecondFactor,
+        PasskeyCeremony::SignIn,
+    ])
+}
+
+fn credential_id() -> impl Strategy<Value = String> {
+    prop::sample::select(vec!["AAEC", "AwQF", "BgcI"]).prop_map(str::to_string)
+}
+
+/// The passkey events, with any payload.
+fn passkey_event() -> impl Strategy<Value = UserEvent> {
+    use UserEvent as E;
+    prop_oneof![
+        2 => (small_id(), text(), instant()).prop_map(|(registration_id, state, expires_at)| {
+            E::PasskeyRegistrationStarted {
+                registration_id,
+                ceremony_secret: CeremonyState::new(state),
+                expires_at,
+            }
+        }),
+        2 => (small_id(), small_id(), text(), credential_id(), any::<u32>(), any::<bool>(), instant())
+            .prop_map(|(passkey_id, registration_id, name, credential_id, counter, user_verified,
+                        registered_at)| E::PasskeyRegistered {
+                passkey_id,
+                registration_id,
+                name,
+                credential: PasskeyCredential::new(serde_json::json!({ "id": credential_id })),
+                credential_id,
+                counter,
+                user_verified,
+                attestation_format: "none".into(),
+                registered_at,
+            }),
+        1 => (ceremony(), prop::option::of(small_id()), prop::option::of(0_u32..20),
+            prop::option::of(instant()))
+            .prop_map(|(ceremony, registration_id, consecutive_failures, locked_until)| {
+                E::PasskeyRejected {
+                    ceremony,
+                    reason: PasskeyRefusal::BadSignature,
+                    registration_id,
+                    passkey_id: None,
+                    consecutive_failures,
+                    locked_until,
+                }
+            }),
+        1 => (small_id(), text()).prop_map(|(challenge_id, state)| E::PasskeyAssertionStarted {
+            challenge_id,
+            ceremony_secret: CeremonyState::new(state),
+        }),
+        2 => (small_id(), ceremony(), any::<u32>(), any::<bool>(), instant())
+            .prop_map(|(passkey_id, ceremony, counter, user_verified, used_at)| E::PasskeyUsed {
+                passkey_id,
+                ceremony,
+                counter,
+                user_verified,
+                used_at,
+            }),
+        1 => (small_id(), ceremony(), any::<u32>(), any::<u32>())
+            .prop_map(|(passkey_id, ceremony, stored_counter, asserted_counter)| {
+                E::PasskeyCounterRegressed { passkey_id, ceremony, stored_counter, asserted_counter }
+            }),
+        1 => (small_id(), text()).prop_map(|(passkey_id, name)| E::PasskeyRenamed { passkey_id, name }),
+        1 => (small_id(), credential_id())
+            .prop_map(|(passkey_id, credential_id)| E::PasskeyRemoved { passkey_id, credential_id }),
+    ]
 }
 
 fn email() -> impl Strategy<Value = Option<Email>> {
@@ -1333,6 +1407,7 @@ fn any_event() -> impl Strategy<Value = UserEvent> {
             impersonation_id,
             session_id,
         }),
+        6 => passkey_event(),
     ]
 }
 

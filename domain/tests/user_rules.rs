@@ -123,6 +123,7 @@ fn turn_off(password_matches: bool, code: Option<&str>, offset: i64) -> UserComm
             password: alices_password(password_matches),
             code: code.map(str::to_string),
             totp_secret: Some(unsealed()),
+            passkey_signed_in_at: None,
         },
         at: t(offset),
     }
@@ -1278,6 +1279,7 @@ fn a_secret_unsealed_before_a_re_enrollment_is_not_checked() {
                 password: alices_password(true),
                 code: Some(code_at(5)),
                 totp_secret: Some(unsealed()),
+                passkey_signed_in_at: None,
             },
             at: t(5),
         },

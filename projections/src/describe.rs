@@ -278,6 +278,7 @@ fn method(data: &Value) -> &'static str {
         Some(SecondFactorMethod::Totp) => "authenticator app",
         Some(SecondFactorMethod::Email) => "emailed",
         Some(SecondFactorMethod::RecoveryCode) => "recovery",
+        Some(SecondFactorMethod::Passkey) => "passkey",
         None => "second-factor",
     }
 }
@@ -289,7 +290,18 @@ fn signed_in_with(data: &Value) -> &'static str {
         Some(AuthenticatedBy::Email) => "with a password and an emailed code",
         Some(AuthenticatedBy::RecoveryCode) => "with a password and a recovery code",
         Some(AuthenticatedBy::RememberedDevice) => "with a password on a remembered device",
+        Some(AuthenticatedBy::Passkey) => "with a passkey",
         Some(AuthenticatedBy::Impersonation) | None => "",
+    }
+}
+
+/// In which ceremony a passkey was used or refused.
+fn ceremony(data: &Value, user: &str) -> String {
+    match text(data, "ceremony") {
+        Some("registration") => format!("while {user} added a passkey"),
+        Some("second_factor") => format!("at {user}'s second step"),
+        Some("sign_in") => format!("to sign in as {user} without a password"),
+        _ => format!("for {user}"),
     }
 }
 
@@ -451,6 +463,48 @@ pub fn summary(entry: &AuditEntry, people: &People) -> String {
                 _ => format!("{session} ended"),
             }
         }
+        "PasskeyRegistrationStarted" => format!(
+            "{} began adding a passkey",
+            parties.actor.as_deref().unwrap_or(user)
+        ),
+        "PasskeyRegistered" => match text(data, "name") {
+            Some(name) => format!(
+                "{} added the passkey \"{name}\"",
+                parties.actor.as_deref().unwrap_or(user)
+            ),
+            None => format!(
+                "{} added a passkey",
+                parties.actor.as_deref().unwrap_or(user)
+            ),
+        },
+        "PasskeyRejected" => format!(
+            "A passkey answer {} was refused: {}{}",
+            ceremony(data, user),
+            text(data, "reason").map_or("no reason recorded".to_string(), |reason| reason
+                .replace('_', " ")),
+            lock(data, "the account is")
+        ),
+        "PasskeyAssertionStarted" => {
+            format!("{user} was asked to use a passkey for the second step")
+        }
+        "PasskeyUsed" => format!("{user} used a passkey {}", ceremony(data, user)),
+        "PasskeyCounterRegressed" => format!(
+            "A passkey of {user} presented a signature counter that went backwards ({} after {}): \
+             the authenticator may have been cloned; refused",
+            number(data, "asserted_counter").unwrap_or(0),
+            number(data, "stored_counter").unwrap_or(0)
+        ),
+        "PasskeyRenamed" => match text(data, "name") {
+            Some(name) => format!(
+                "{} renamed a passkey to \"{name}\"",
+                parties.actor.as_deref().unwrap_or(user)
+            ),
+            None => format!(
+                "{} renamed a passkey",
+                parties.actor.as_deref().unwrap_or(user)
+            ),
+        },
+        "PasskeyRemoved" => parties.changed("removed", "passkey"),
         other => format!("{} for {user}", words(other)),
     };
     format!("{}.", capitalised(&sentence))

@@ -30,6 +30,11 @@ pub(crate) struct DirectoryRow {
     pub enabled_at: Option<DateTime<Utc>>,
     pub last_login_at: Option<DateTime<Utc>>,
     pub registered_at: DateTime<Utc>,
+    /// The authenticator app's own status (`two_factor_status` also counts
+    /// passkeys).
+    pub totp_status: TwoFactorStatus,
+    /// How many passkeys the user holds.
+    pub passkeys: i64,
 }
 
 impl DirectoryRow {
@@ -45,6 +50,8 @@ impl DirectoryRow {
             &self.email,
             self.role,
             self.two_factor_status,
+            self.totp_status,
+            self.passkeys,
             self.enforced,
             self.enabled_at,
         )
@@ -65,7 +72,18 @@ impl DirectoryRow {
             self.enforced.into(),
             self.enabled_at.into(),
             self.registered_at.into(),
+            self.totp_status.as_str().into(),
+            self.passkeys.into(),
         ]
+    }
+
+    /// 2FA is on with an authenticator app or any passkey.
+    fn settle_status(&mut self) {
+        self.two_factor_status = if self.passkeys > 0 {
+            TwoFactorStatus::Enabled
+        } else {
+            self.totp_status
+        };
     }
 
     /// Per column of `USER_DIRECTORY`, whether this row differs from
@@ -82,6 +100,8 @@ impl DirectoryRow {
             self.enabled_at != stored.enabled_at,
             self.last_login_at != stored.last_login_at,
             self.registered_at != stored.registered_at,
+            self.totp_status != stored.totp_status,
+            self.passkeys != stored.passkeys,
         ]
     }
 
@@ -98,6 +118,8 @@ impl DirectoryRow {
             self.enabled_at.into(),
             self.last_login_at.into(),
             self.registered_at.into(),
+            self.totp_status.as_str().into(),
+            self.passkeys.into(),
         ]
     }
 }
@@ -445,6 +467,8 @@ impl Fold {
                             enabled_at: None,
                             last_login_at: None,
                             registered_at,
+                            totp_status: TwoFactorStatus::Disabled,
+                            passkeys: 0,
                         },
                     );
                 }
@@ -463,16 +487,33 @@ impl Fold {
                 self.end_sessions_of(user_id, None);
             }
             UserEvent::TotpEnrollmentStarted { .. } => {
-                self.set_status(user_id, TwoFactorStatus::Pending);
+                self.set_totp_status(user_id, TwoFactorStatus::Pending);
             }
             UserEvent::TotpEnrollmentCodeRejected {
                 attempts_remaining: 0,
                 ..
-            } => self.set_status(user_id, TwoFactorStatus::Disabled),
+            } => self.set_totp_status(user_id, TwoFactorStatus::Disabled),
             UserEvent::TotpEnrollmentConfirmed { enabled_at, .. } => {
                 if let Some(row) = self.directory.get_mut(user_id) {
-                    row.two_factor_status = TwoFactorStatus::Enabled;
+                    row.totp_status = TwoFactorStatus::Enabled;
                     row.enabled_at = Some(enabled_at);
+                    row.settle_status();
+                }
+            }
+            UserEvent::PasskeyRegistered { registered_at, .. } => {
+                if let Some(row) = self.directory.get_mut(user_id) {
+                    row.passkeys += 1;
+                    row.enabled_at = row.enabled_at.or(Some(registered_at));
+                    row.settle_status();
+                }
+            }
+            UserEvent::PasskeyRemoved { .. } => {
+                if let Some(row) = self.directory.get_mut(user_id) {
+                    row.passkeys = (row.passkeys - 1).max(0);
+                    if row.passkeys == 0 && row.totp_status != TwoFactorStatus::Enabled {
+                        row.enabled_at = None;
+                    }
+                    row.settle_status();
                 }
             }
             UserEvent::TwoFactorDisabled => self.two_factor_off(user_id),
@@ -581,7 +622,13 @@ impl Fold {
             | UserEvent::TotpEnrollmentCodeRejected { .. }
             | UserEvent::DeviceRemembered { .. }
             | UserEvent::RememberedDevicesRevoked
-            | UserEvent::ImpersonationStarted { .. } => {}
+            | UserEvent::ImpersonationStarted { .. }
+            | UserEvent::PasskeyRegistrationStarted { .. }
+            | UserEvent::PasskeyRejected { .. }
+            | UserEvent::PasskeyAssertionStarted { .. }
+            | UserEvent::PasskeyUsed { .. }
+            | UserEvent::PasskeyCounterRegressed { .. }
+            | UserEvent::PasskeyRenamed { .. } => {}
         }
         // The report: out of the bucket the user was in, into the one it is
         // in now.
@@ -596,9 +643,10 @@ impl Fold {
         }
     }
 
-    fn set_status(&mut self, user_id: &str, status: TwoFactorStatus) {
+    fn set_totp_status(&mut self, user_id: &str, status: TwoFactorStatus) {
         if let Some(row) = self.directory.get_mut(user_id) {
-            row.two_factor_status = status;
+            row.totp_status = status;
+            row.settle_status();
         }
     }
 
@@ -611,6 +659,8 @@ impl Fold {
     fn two_factor_off(&mut self, user_id: &str) {
         if let Some(row) = self.directory.get_mut(user_id) {
             row.two_factor_status = TwoFactorStatus::Disabled;
+            row.totp_status = TwoFactorStatus::Disabled;
+            row.passkeys = 0;
             row.enabled_at = None;
         }
         self.end_challenges_of(user_id, |_| true);

@@ -27,7 +27,7 @@ pub use db::{Db, ProjectionError, ReadModels};
 pub use describe::{event_types, summary, DescribedEntry, People, Person};
 pub use feed::EventPosition;
 pub use queries::{DirectoryEntry, DirectoryFilter, SessionRecord};
-pub use report::TwoFactorCount;
+pub use report::{MethodCounts, TwoFactorCount};
 pub use runner::Projector;
 pub use timeline::{cases, Case, CaseKind};
 pub use verify::{CheckpointCheck, ExpectedHead, Mismatch, VerifyReport};

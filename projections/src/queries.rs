@@ -1,7 +1,7 @@
 //! Reads of the read models: the only SQL the API runs against them.
 
 use chrono::{DateTime, Utc};
-use twofold_domain::{AuthenticatedBy, Role, TwoFactorStatus};
+use twofold_domain::{AuthenticatedBy, Role, SecondFactorMethod, TwoFactorStatus};
 use twofold_store::sql::Arg;
 use twofold_store::{Dialect, Row};
 use uuid::Uuid;
@@ -39,6 +39,8 @@ pub struct DirectoryEntry {
     pub enforced: bool,
     pub enabled_at: Option<DateTime<Utc>>,
     pub last_login_at: Option<DateTime<Utc>>,
+    /// The factors the user has enabled: `totp`, `passkey`.
+    pub two_factor_methods: Vec<SecondFactorMethod>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -61,10 +63,10 @@ pub struct DirectoryFilter {
 /// Each user's row as it stood at the instant bound at `$n`: their last
 /// version from before it (a user created later has none). The last
 /// sign-in is not versioned: NULL.
-fn directory_as_of(dialect: Dialect, n: usize) -> String {
+pub(crate) fn directory_as_of(dialect: Dialect, n: usize) -> String {
     format!(
         "SELECT user_id, username, email, email_key, role, two_factor_status, enforced,
-                enabled_at, {} AS last_login_at, registered_at
+                enabled_at, {} AS last_login_at, registered_at, totp_status, passkeys
            FROM user_versions AS version
           WHERE valid_from <= ${n}
             AND NOT EXISTS (SELECT 1 FROM user_versions AS later
@@ -75,8 +77,20 @@ fn directory_as_of(dialect: Dialect, n: usize) -> String {
     )
 }
 
-const DIRECTORY_COLUMNS: &str =
-    "user_id, username, email, role, two_factor_status, enforced, enabled_at, last_login_at";
+const DIRECTORY_COLUMNS: &str = "user_id, username, email, role, two_factor_status, enforced, \
+     enabled_at, last_login_at, totp_status, passkeys";
+
+/// The factors a directory row says are enabled.
+fn enabled_methods(row: &Row) -> Result<Vec<SecondFactorMethod>, sqlx::Error> {
+    let mut methods = Vec::new();
+    if row.parsed::<TwoFactorStatus>("totp_status")? == TwoFactorStatus::Enabled {
+        methods.push(SecondFactorMethod::Totp);
+    }
+    if row.get::<i64>("passkeys")? > 0 {
+        methods.push(SecondFactorMethod::Passkey);
+    }
+    Ok(methods)
+}
 
 fn directory_entry(row: &Row) -> Result<DirectoryEntry, sqlx::Error> {
     Ok(DirectoryEntry {
@@ -88,6 +102,7 @@ fn directory_entry(row: &Row) -> Result<DirectoryEntry, sqlx::Error> {
         enforced: row.get("enforced")?,
         enabled_at: row.get("enabled_at")?,
         last_login_at: row.get("last_login_at")?,
+        two_factor_methods: enabled_methods(row)?,
     })
 }
 
@@ -300,7 +315,7 @@ SELECT s.session_id, s.user_id, u.username, u.email, u.role, u.two_factor_status
     ) -> Result<Option<DirectoryEntry>, ProjectionError> {
         let sql = format!(
             "SELECT user_id, username, email, role, two_factor_status, enforced, enabled_at,
-                    {} AS last_login_at
+                    {} AS last_login_at, totp_status, passkeys
                FROM user_versions WHERE user_id = $1 AND valid_from <= $2
               ORDER BY position DESC LIMIT 1",
             self.0.dialect().null_time()

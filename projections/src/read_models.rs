@@ -48,6 +48,8 @@ pub(crate) const USER_DIRECTORY: Table = Table {
         "enabled_at",
         "last_login_at",
         "registered_at",
+        "totp_status",
+        "passkeys",
     ],
 };
 
@@ -65,6 +67,8 @@ pub(crate) const USER_VERSIONS: Table = Table {
         "enforced",
         "enabled_at",
         "registered_at",
+        "totp_status",
+        "passkeys",
     ],
 };
 
@@ -165,7 +169,7 @@ pub(crate) async fn directory_rows(
 ) -> Result<Vec<(String, DirectoryRow)>, ProjectionError> {
     let sql = format!(
         "SELECT user_id, username, email, email_key, role, two_factor_status, enforced,
-                enabled_at, last_login_at, registered_at
+                enabled_at, last_login_at, registered_at, totp_status, passkeys
            FROM user_directory WHERE user_id IN ({})",
         tx.dialect().listed(1)
     );
@@ -184,6 +188,8 @@ pub(crate) async fn directory_rows(
                 enabled_at: row.get("enabled_at")?,
                 last_login_at: row.get("last_login_at")?,
                 registered_at: row.get("registered_at")?,
+                totp_status: row.parsed("totp_status")?,
+                passkeys: row.get("passkeys")?,
             },
         ));
     }

@@ -10,6 +10,7 @@ mod support;
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::json;
 use sqlx::{Connection, PgConnection};
+use twofold_domain::passkey::{CeremonyState, PasskeyCeremony, PasskeyCredential, PasskeyRefusal};
 use twofold_domain::totp::TotpParameters;
 use twofold_domain::values::SecondFactorMethod;
 use twofold_domain::values::{AuthenticatedBy, Email, PasswordHash, Role, TokenHash, Username};
@@ -36,6 +37,7 @@ struct User {
     sequence: i64,
     sessions: Vec<Uuid>,
     challenges: Vec<Uuid>,
+    passkeys: Vec<(Uuid, String)>,
 }
 
 /// An event as appended: its stream, sequence, type, payload, metadata and
@@ -97,6 +99,7 @@ impl History {
             sequence: 0,
             sessions: vec![],
             challenges: vec![],
+            passkeys: vec![],
         });
         let role = [Role::User, Role::Auditor, Role::Admin, Role::SuperAdmin][index % 4];
         let email = (!index.is_multiple_of(3))
@@ -115,7 +118,7 @@ impl History {
     /// One thing a user might do next.
     async fn step(&mut self, user: usize, dice: &mut Dice) {
         let now = self.now;
-        let event = match dice.roll(17) {
+        let event = match dice.roll(20) {
             0 => UserEvent::TotpEnrollmentStarted {
                 enrollment_id: Uuid::new_v4(),
                 parameters: TotpParameters::default(),
@@ -214,6 +217,52 @@ impl History {
                     .copied()
                     .filter(|_| dice.roll(3) != 0),
                 changed_at: Some(now),
+            },
+            17 => {
+                let passkey_id = Uuid::new_v4();
+                let credential_id = format!("cred-{passkey_id}");
+                self.users[user]
+                    .passkeys
+                    .push((passkey_id, credential_id.clone()));
+                UserEvent::PasskeyRegistered {
+                    passkey_id,
+                    registration_id: Uuid::new_v4(),
+                    name: "Laptop".into(),
+                    credential_id,
+                    credential: PasskeyCredential::new(json!({ "public": "key" })),
+                    counter: 0,
+                    user_verified: true,
+                    attestation_format: "none".into(),
+                    registered_at: now,
+                }
+            }
+            18 => match self.users[user].passkeys.pop() {
+                Some((passkey_id, credential_id)) => UserEvent::PasskeyRemoved {
+                    passkey_id,
+                    credential_id,
+                },
+                None => UserEvent::PasskeyRegistrationStarted {
+                    registration_id: Uuid::new_v4(),
+                    ceremony_secret: CeremonyState::new("challenge state".into()),
+                    expires_at: now + Duration::minutes(5),
+                },
+            },
+            19 => match self.users[user].passkeys.last() {
+                Some((passkey_id, _)) => UserEvent::PasskeyUsed {
+                    passkey_id: *passkey_id,
+                    ceremony: PasskeyCeremony::SignIn,
+                    counter: 0,
+                    user_verified: true,
+                    used_at: now,
+                },
+                None => UserEvent::PasskeyRejected {
+                    ceremony: PasskeyCeremony::SignIn,
+                    reason: PasskeyRefusal::BadSignature,
+                    registration_id: None,
+                    passkey_id: None,
+                    consecutive_failures: Some(1),
+                    locked_until: None,
+                },
             },
             _ => UserEvent::SecondFactorRejected {
                 challenge_id: Uuid::new_v4(),

@@ -8,6 +8,7 @@ mod connect;
 mod db;
 mod events;
 pub mod feed;
+mod passkeys;
 pub mod sql;
 mod vault;
 
@@ -24,4 +25,5 @@ pub use events::{
     EVENT_COLUMNS,
 };
 pub use feed::EventPosition;
+pub use passkeys::{PasskeyIndex, PasskeySignIn};
 pub use vault::SecretVault;

@@ -283,7 +283,7 @@ async fn run_twofold(args: &[&str]) -> std::process::Output {
 
 /// The read models as the running service left them equal what
 /// `twofold projections rebuild` makes of the events.
-async fn assert_read_models_equal_a_rebuild(db: &Db, database_url: &str) {
+pub(crate) async fn assert_read_models_equal_a_rebuild(db: &Db, database_url: &str) {
     let incremental = read_model_rows(db).await;
     run_twofold(&["projections", "rebuild", "--database-url", database_url]).await;
     let rebuilt = read_model_rows(db).await;

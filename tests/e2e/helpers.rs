@@ -60,6 +60,10 @@ impl Clock for ManualClock {
     }
 }
 
+/// The service's address as passkeys see it (`--public-url`): the tests'
+/// software authenticator signs for this origin and RP ID.
+pub const PUBLIC_URL: &str = "https://twofold.test";
+
 pub fn default_settings() -> Settings {
     Settings {
         policy: TwoFactorPolicy::default(),
@@ -68,6 +72,10 @@ pub fn default_settings() -> Settings {
         remember_device: Duration::hours(23),
         totp: TotpParameters::default(),
         totp_issuer: "twofold".into(),
+        relying_party: twofold_api::RelyingParty {
+            public_url: PUBLIC_URL.parse().unwrap(),
+            name: "twofold".into(),
+        },
         login_rate_per_ip: 10_000,
         password_hash_workers: std::num::NonZeroUsize::new(2).unwrap(),
         password_hash_queue: 64,

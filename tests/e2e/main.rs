@@ -19,6 +19,7 @@ mod hygiene;
 mod lifecycle;
 mod malformed;
 mod openapi;
+mod passkeys;
 mod processes;
 mod read_models;
 mod two_factor;

@@ -133,7 +133,10 @@ impl Processes {
                 .arg("--password-hash-queue")
                 .arg("512")
                 .arg("--mail-dir")
-                .arg(self.dir.path().join(format!("mail-{index}")));
+                .arg(self.dir.path().join(format!("mail-{index}")))
+                // One service to its users: passkeys are bound to one origin.
+                .arg("--public-url")
+                .arg(crate::helpers::PUBLIC_URL);
             // Only what this test says: nothing inherited from the caller.
             for (name, _) in std::env::vars_os() {
                 if name.to_string_lossy().starts_with("TWOFOLD_") {

@@ -191,7 +191,11 @@ fn remember_by_default() -> bool {
 pub struct VerifyRequest {
     #[schema(value_type = MethodSchema)]
     method: SecondFactorMethod,
-    code: String,
+    /// The code, for every method but `passkey`.
+    code: Option<String>,
+    /// For `passkey`: the browser's `AuthenticationResponseJSON`.
+    #[schema(value_type = Option<Object>)]
+    credential: Option<serde_json::Value>,
     /// Remember this device for 23 hours (default true).
     #[serde(default = "remember_by_default")]
     remember_device: bool,
@@ -244,16 +248,35 @@ pub async fn verify(
     Path(challenge_id): Path<Uuid>,
     Json(request): Json<VerifyRequest>,
 ) -> Result<Written<Json<Authenticated>>, ApiError> {
-    let passed = state
-        .app
-        .verify_second_factor(
-            &origin,
-            challenge_id,
-            request.method,
-            request.code,
-            request.remember_device,
-        )
-        .await?;
+    let passed = match (request.method, request.code, request.credential) {
+        (SecondFactorMethod::Passkey, None, Some(credential)) => {
+            state
+                .app
+                .verify_passkey_second_factor(
+                    &origin,
+                    challenge_id,
+                    credential,
+                    request.remember_device,
+                )
+                .await?
+        }
+        (SecondFactorMethod::Passkey, _, _) => {
+            return Err(ApiError::invalid_request(
+                "method passkey takes a `credential` and no `code`",
+            ))
+        }
+        (method, Some(code), None) => {
+            state
+                .app
+                .verify_second_factor(&origin, challenge_id, method, code, request.remember_device)
+                .await?
+        }
+        (_, _, _) => {
+            return Err(ApiError::invalid_request(
+                "this method takes a `code` and no `credential`",
+            ))
+        }
+    };
     Ok(Written::of(StatusCode::OK, passed, |passed| {
         let (device_token, device_expires_at) = passed.device.unzip();
         Json(Authenticated {

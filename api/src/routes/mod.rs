@@ -4,5 +4,6 @@ pub mod history;
 pub mod login;
 pub mod me;
 pub mod ops;
+pub mod passkeys;
 pub mod reports;
 pub mod users;

@@ -38,6 +38,13 @@ pub struct RoleCount {
     pub enabled: i64,
 }
 
+/// Users with each factor enabled.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct MethodCount {
+    pub totp: i64,
+    pub passkey: i64,
+}
+
 /// Counts of users by 2FA status.
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct TwoFactorReport {
@@ -50,6 +57,8 @@ pub struct TwoFactorReport {
     /// Every role, always listed.
     #[schema(value_type = BTreeMap<String, RoleCount>)]
     pub by_role: BTreeMap<Role, RoleCount>,
+    /// Users with each factor enabled (a user with both counts in both).
+    pub by_method: MethodCount,
     /// When the counts were read, or the instant `as_of` asked for.
     pub as_of: chrono::DateTime<chrono::Utc>,
 }
@@ -126,6 +135,10 @@ pub async fn two_factor_report(
         enforced: report.enforced,
         enforced_not_enabled: report.enforced_not_enabled,
         by_role,
+        by_method: MethodCount {
+            totp: report.by_method.totp,
+            passkey: report.by_method.passkey,
+        },
         as_of: report.as_of,
     })
     .into_response())

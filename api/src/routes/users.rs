@@ -7,7 +7,7 @@ use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 use twofold_app::{NewUser, UserChanges};
-use twofold_domain::{Role, TwoFactorStatus};
+use twofold_domain::{Role, SecondFactorMethod, TwoFactorStatus};
 use twofold_projections::{DirectoryEntry, DirectoryFilter};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -16,7 +16,8 @@ use crate::auth::FullCaller;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Json, Origin, Path};
 use crate::openapi::{
-    BadRequest, BodyErrors, RoleSchema, SessionErrors, TwoFactorStatusSchema, Unavailable,
+    BadRequest, BodyErrors, MethodSchema, RoleSchema, SessionErrors, TwoFactorStatusSchema,
+    Unavailable,
 };
 use crate::read_query::{parse_as_of, MinPosition, ReadQuery};
 use crate::respond::Written;
@@ -37,6 +38,9 @@ pub struct UserView {
     pub enforced: bool,
     pub enabled_at: Option<DateTime<Utc>>,
     pub last_login_at: Option<DateTime<Utc>>,
+    /// The factors the user has enabled: `totp`, `passkey`.
+    #[schema(value_type = Vec<MethodSchema>)]
+    pub two_factor_methods: Vec<SecondFactorMethod>,
 }
 
 impl From<DirectoryEntry> for UserView {
@@ -50,6 +54,7 @@ impl From<DirectoryEntry> for UserView {
             enforced: entry.enforced,
             enabled_at: entry.enabled_at,
             last_login_at: entry.last_login_at,
+            two_factor_methods: entry.two_factor_methods,
         }
     }
 }

@@ -115,6 +115,7 @@ struct SettingsPage {
     chrome: Chrome,
     enabled_at: String,
     devices: Vec<DeviceRow>,
+    passkeys: Vec<super::passkeys::PasskeyRow>,
 }
 
 async fn settings_page(
@@ -126,6 +127,7 @@ async fn settings_page(
 ) -> Result<Reply, PageError> {
     let chrome = signed_in(web, visitor).await?;
     let devices = remembered_devices(web, visitor, "/me/remembered-devices").await?;
+    let passkeys = super::passkeys::passkey_rows(web, visitor).await?;
     let enabled_at = when(
         chrome
             .user
@@ -136,6 +138,7 @@ async fn settings_page(
         chrome: chrome.notice(notice).error(error),
         enabled_at,
         devices,
+        passkeys,
     };
     Reply::render(status, &page)
 }

@@ -11,6 +11,18 @@ use super::visitor::Visitor;
 use crate::routes::me::{Impersonator, MeView};
 
 impl MeView {
+    /// An authenticator app is one of the user's methods.
+    pub fn has_totp(&self) -> bool {
+        self.two_factor.methods.contains(&SecondFactorMethod::Totp)
+    }
+
+    /// A passkey is one of the user's methods.
+    pub fn has_passkey(&self) -> bool {
+        self.two_factor
+            .methods
+            .contains(&SecondFactorMethod::Passkey)
+    }
+
     /// Codes may also come by email.
     pub fn offers_email(&self) -> bool {
         self.two_factor.methods.contains(&SecondFactorMethod::Email)

@@ -18,6 +18,7 @@ mod csrf;
 mod forms;
 mod history;
 mod pages;
+mod passkeys;
 mod reply;
 mod signin;
 mod visitor;
@@ -64,6 +65,16 @@ pub fn with_pages(api: axum::Router, state: &AppState) -> axum::Router {
             get(signin::code_page).post(signin::verify_code),
         )
         .route("/login/code/email", post(signin::send_email_code))
+        .route(
+            "/login/code/passkey/options",
+            post(signin::passkey_step_options),
+        )
+        .route("/login/code/passkey", post(signin::passkey_step))
+        .route(
+            "/login/passkey/options",
+            post(signin::passkey_sign_in_options),
+        )
+        .route("/login/passkey", post(signin::passkey_sign_in))
         .route("/logout", post(signin::sign_out))
         .route("/home", get(account::home))
         .route("/enroll", get(account::enroll_page))
@@ -78,6 +89,11 @@ pub fn with_pages(api: axum::Router, state: &AppState) -> axum::Router {
             post(account::disable_two_factor),
         )
         .route("/settings/devices/forget", post(account::forget_devices))
+        .route("/settings/passkeys/options", post(passkeys::options))
+        .route("/settings/passkeys/add", post(passkeys::add))
+        .route("/settings/passkeys/{id}/rename", post(passkeys::rename))
+        .route("/settings/passkeys/{id}/remove", post(passkeys::remove))
+        .route("/static/passkeys.js", get(passkeys::script))
         .route("/admin/users", get(admin::users))
         .route("/admin/users/{id}", get(admin::user))
         .route("/admin/users/{id}/enforcement", post(admin::enforcement))

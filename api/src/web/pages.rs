@@ -37,6 +37,9 @@ pub fn notice_text(code: Option<&str>) -> Option<String> {
         "enforcement-saved" => "Saved.",
         "two-factor-reset" => "The user's two-factor authentication was reset.",
         "impersonation-ended" => "You are back in your own account.",
+        "passkey-added" => "The passkey was added.",
+        "passkey-renamed" => "The passkey was renamed.",
+        "passkey-removed" => "The passkey was removed.",
         _ => return None,
     };
     Some(text.to_string())

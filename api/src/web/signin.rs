@@ -175,6 +175,7 @@ struct CodePage {
     offers_totp: bool,
     offers_email: bool,
     offers_recovery: bool,
+    offers_passkey: bool,
     /// The method picked (radio button checked).
     method: SecondFactorMethod,
     remember: bool,
@@ -203,7 +204,12 @@ fn code_form(
             .methods
             .iter()
             .copied()
-            .find(|m| *m != SecondFactorMethod::RecoveryCode)
+            .find(|m| {
+                !matches!(
+                    m,
+                    SecondFactorMethod::RecoveryCode | SecondFactorMethod::Passkey
+                )
+            })
             .unwrap_or(SecondFactorMethod::Totp)
     };
     let page = CodePage {
@@ -211,6 +217,7 @@ fn code_form(
         offers_totp: challenge.offers(SecondFactorMethod::Totp),
         offers_email: challenge.offers(SecondFactorMethod::Email),
         offers_recovery: challenge.offers(SecondFactorMethod::RecoveryCode),
+        offers_passkey: challenge.offers(SecondFactorMethod::Passkey),
         method,
         remember: state.remember,
         remember_hours: web.remember_hours,
@@ -396,4 +403,125 @@ pub async fn sign_out(State(web): State<Web>, visitor: Visitor) -> Result<Reply,
         .cookie(cookies::clear(cookies::SESSION, visitor.secure))
         .cookie(cookies::clear(cookies::ADMIN_SESSION, visitor.secure))
         .cookie(cookies::clear(cookies::CHALLENGE, visitor.secure)))
+}
+
+/// The API's answer as JSON, for the pages' script.
+fn json_answer(answer: Answer) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        answer.status,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        answer.body.to_string(),
+    )
+        .into_response()
+}
+
+fn credential_json(text: &str) -> Result<serde_json::Value, PageError> {
+    serde_json::from_str(text).map_err(|_| PageError::BadForm("the credential is not JSON".into()))
+}
+
+/// `POST /login/code/passkey/options` ("Use a passkey"):
+/// `POST /api/v1/login/challenges/{id}/passkey`, as JSON for the script.
+pub async fn passkey_step_options(
+    State(web): State<Web>,
+    visitor: Visitor,
+) -> Result<axum::response::Response, PageError> {
+    let Some(challenge) = Challenge::from_visitor(&visitor) else {
+        return Err(PageError::BadForm("no sign-in is under way".into()));
+    };
+    let path = format!("/login/challenges/{}/passkey", challenge.id);
+    let answer = web
+        .api
+        .call(&visitor, Method::POST, &path, None, None)
+        .await?;
+    Ok(json_answer(answer))
+}
+
+#[derive(Deserialize)]
+pub struct PasskeyStepForm {
+    /// The browser's `AuthenticationResponseJSON`, as text.
+    credential: String,
+    /// A checkbox: present when ticked.
+    remember_device: Option<String>,
+}
+
+/// `POST /login/code/passkey`: `POST /api/v1/login/challenges/{id}/verify`
+/// with `method: passkey`. Signed in: the session (and device) cookies and
+/// a redirect home, which the script follows; refused: the API's JSON.
+pub async fn passkey_step(
+    State(web): State<Web>,
+    visitor: Visitor,
+    request: Result<Form<PasskeyStepForm>, FormRejection>,
+) -> Result<axum::response::Response, PageError> {
+    use axum::response::IntoResponse;
+    let request = form(request)?;
+    let Some(challenge) = Challenge::from_visitor(&visitor) else {
+        return Err(PageError::BadForm("no sign-in is under way".into()));
+    };
+    let body = json!({
+        "method": "passkey",
+        "credential": credential_json(&request.credential)?,
+        "remember_device": request.remember_device.is_some(),
+    });
+    let path = format!("/login/challenges/{}/verify", challenge.id);
+    let answer = web
+        .api
+        .call(&visitor, Method::POST, &path, None, Some(&body))
+        .await?;
+    if !answer.is_success() {
+        return Ok(json_answer(answer));
+    }
+    let done: Authenticated = answer.parse()?;
+    let mut reply = start_session(&visitor, &done.session_token, "/home");
+    if let (Some(token), Some(until)) = (done.device_token, done.device_expires_at) {
+        let max_age = (until - web.clock.now()).num_seconds();
+        reply = reply.cookie(cookies::set(
+            cookies::DEVICE,
+            &token,
+            Some(max_age),
+            visitor.secure,
+        ));
+    }
+    Ok(reply.into_response())
+}
+
+/// `POST /login/passkey/options` ("Sign in with a passkey"):
+/// `POST /api/v1/login/passkey`, as JSON for the script.
+pub async fn passkey_sign_in_options(
+    State(web): State<Web>,
+    visitor: Visitor,
+) -> Result<axum::response::Response, PageError> {
+    let answer = web
+        .api
+        .call(&visitor, Method::POST, "/login/passkey", None, None)
+        .await?;
+    Ok(json_answer(answer))
+}
+
+#[derive(Deserialize)]
+pub struct PasskeySignInForm {
+    challenge_id: Uuid,
+    /// The browser's `AuthenticationResponseJSON`, as text.
+    credential: String,
+}
+
+/// `POST /login/passkey`: `POST /api/v1/login/passkey/{challenge_id}`.
+pub async fn passkey_sign_in(
+    State(web): State<Web>,
+    visitor: Visitor,
+    request: Result<Form<PasskeySignInForm>, FormRejection>,
+) -> Result<axum::response::Response, PageError> {
+    use axum::response::IntoResponse;
+    let request = form(request)?;
+    let body = json!({ "credential": credential_json(&request.credential)? });
+    let path = format!("/login/passkey/{}", request.challenge_id);
+    let answer = web
+        .api
+        .call(&visitor, Method::POST, &path, None, Some(&body))
+        .await?;
+    if !answer.is_success() {
+        return Ok(json_answer(answer));
+    }
+    let done: Authenticated = answer.parse()?;
+    Ok(start_session(&visitor, &done.session_token, "/home").into_response())
 }
