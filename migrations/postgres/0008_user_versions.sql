@@ -16,7 +16,7 @@ CREATE TABLE user_versions (
     enabled_at        timestamptz,
     registered_at     timestamptz NOT NULL,
     totp_status       text        NOT NULL,
-    passkeys          integer     NOT NULL,
+    passkeys          bigint      NOT NULL,
     PRIMARY KEY (user_id, position)
 );
 CREATE INDEX user_versions_valid_from ON user_versions (valid_from);
