@@ -397,8 +397,10 @@ async fn bulk_rebuild_gives_the_live_projectors_rows_on_sqlite() {
     rebuild_equals_the_live_projector(Db::Sqlite(support::memory_store().await)).await;
 }
 
-#[tokio::test]
-async fn bulk_rebuild_gives_the_live_projectors_rows_on_postgres() {
+/// A fresh PostgreSQL database, migrated, for `body`; dropped afterwards.
+async fn on_a_fresh_postgres_database<F: std::future::Future<Output = ()>>(
+    body: impl FnOnce(Db) -> F,
+) {
     let server = std::env::var("TWOFOLD_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_string());
     let mut admin = PgConnection::connect(&format!("{server}/postgres"))
@@ -413,12 +415,17 @@ async fn bulk_rebuild_gives_the_live_projectors_rows_on_postgres() {
         .await
         .unwrap();
     twofold_store::migrate(&db).await.unwrap();
-    rebuild_equals_the_live_projector(db.clone()).await;
+    body(db.clone()).await;
     db.close().await;
     sqlx::query(&format!("DROP DATABASE {name}"))
         .execute(&mut admin)
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn bulk_rebuild_gives_the_live_projectors_rows_on_postgres() {
+    on_a_fresh_postgres_database(rebuild_equals_the_live_projector).await;
 }
 
 /// The directory and the report's counts as `models` answer them, as text,
@@ -445,7 +452,7 @@ async fn directory_and_counts(
                 user.role,
                 user.two_factor_status,
                 user.enforced,
-                user.enabled_at
+                user.enabled_at.map(|at| at.timestamp_micros())
             )
         })
         .collect();
@@ -459,73 +466,79 @@ async fn directory_and_counts(
     )
 }
 
-/// For random histories and random instants, what `as_of` answers (from
-/// the versions the live projector wrote) equals a fold, from nothing, of
-/// the events up to that instant: a rebuild of a store holding only them.
 #[tokio::test]
-async fn as_of_answers_equal_a_fold_of_the_events_up_to_that_instant() {
+async fn as_of_answers_equal_a_fold_of_the_events_up_to_that_instant_on_sqlite() {
     for seed in 1..=4 {
-        let db = Db::Sqlite(support::memory_store().await);
-        let projector = Projector::new(db.clone()).await.unwrap();
-        let start = Utc.with_ymd_and_hms(2030, 1, 2, 3, 4, 5).unwrap();
-        let mut history = History {
-            db: db.clone(),
-            now: start,
-            users: vec![],
-            log: vec![],
-        };
-        let mut dice = Dice(seed);
-        for round in 0..8 {
-            for index in 0..16 {
-                if round == 0 {
-                    history.register(index).await;
-                } else if dice.roll(2) == 0 {
-                    history.step(index, &mut dice).await;
-                }
+        as_of_equals_a_fold_up_to_the_instant(Db::Sqlite(support::memory_store().await), seed)
+            .await;
+    }
+}
+
+#[tokio::test]
+async fn as_of_answers_equal_a_fold_of_the_events_up_to_that_instant_on_postgres() {
+    for seed in 1..=2 {
+        on_a_fresh_postgres_database(|db| as_of_equals_a_fold_up_to_the_instant(db, seed)).await;
+    }
+}
+
+/// For a random history (`seed`) and random instants, what `as_of`
+/// answers (from the versions the live projector wrote on `db`) equals a
+/// fold, from nothing, of the events up to that instant: a rebuild of a
+/// (SQLite) store holding only them.
+async fn as_of_equals_a_fold_up_to_the_instant(db: Db, seed: u64) {
+    let projector = Projector::new(db.clone()).await.unwrap();
+    let start = Utc.with_ymd_and_hms(2030, 1, 2, 3, 4, 5).unwrap();
+    let mut history = History {
+        db: db.clone(),
+        now: start,
+        users: vec![],
+        log: vec![],
+    };
+    let mut dice = Dice(seed);
+    for round in 0..8 {
+        for index in 0..16 {
+            if round == 0 {
+                history.register(index).await;
+            } else if dice.roll(2) == 0 {
+                history.step(index, &mut dice).await;
             }
-            projector.catch_up().await.unwrap();
         }
-        let live = ReadModels::new(db.clone());
-        let span = (history.now - start).num_seconds();
-        for _ in 0..6 {
-            let at = start + Duration::seconds(dice.roll(span as u64 + 120) as i64 - 60);
-            let copy = Db::Sqlite(support::memory_store().await);
-            let upto: Vec<_> = history
-                .log
+        projector.catch_up().await.unwrap();
+    }
+    let live = ReadModels::new(db.clone());
+    let span = (history.now - start).num_seconds();
+    for _ in 0..6 {
+        let at = start + Duration::seconds(dice.roll(span as u64 + 120) as i64 - 60);
+        let copy = Db::Sqlite(support::memory_store().await);
+        let upto: Vec<_> = history
+            .log
+            .iter()
+            .filter(|logged| logged.5 <= at)
+            .map(|(stream, sequence, kind, payload, metadata, _)| {
+                twofold_store::event_row(stream, *sequence, kind, payload.clone(), metadata.clone())
+            })
+            .collect();
+        let mut tx = copy.begin_write().await.unwrap();
+        tx.load("events", &twofold_store::EVENT_COLUMNS, upto, false)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        Projector::new(copy.clone())
+            .await
+            .unwrap()
+            .rebuild(|_| {})
+            .await
+            .unwrap();
+        let folded = directory_and_counts(&ReadModels::new(copy), None).await;
+        let answered = directory_and_counts(&live, Some(at)).await;
+        assert_eq!(answered, folded, "seed {seed}, as of {at}");
+        if let Some(user) = history.users.first() {
+            let one = live.directory_entry_as_of(user.id, at).await.unwrap();
+            let listed = answered
+                .0
                 .iter()
-                .filter(|logged| logged.5 <= at)
-                .map(|(stream, sequence, kind, payload, metadata, _)| {
-                    twofold_store::event_row(
-                        stream,
-                        *sequence,
-                        kind,
-                        payload.clone(),
-                        metadata.clone(),
-                    )
-                })
-                .collect();
-            let mut tx = copy.begin_write().await.unwrap();
-            tx.load("events", &twofold_store::EVENT_COLUMNS, upto, false)
-                .await
-                .unwrap();
-            tx.commit().await.unwrap();
-            Projector::new(copy.clone())
-                .await
-                .unwrap()
-                .rebuild(|_| {})
-                .await
-                .unwrap();
-            let folded = directory_and_counts(&ReadModels::new(copy), None).await;
-            let answered = directory_and_counts(&live, Some(at)).await;
-            assert_eq!(answered, folded, "seed {seed}, as of {at}");
-            if let Some(user) = history.users.first() {
-                let one = live.directory_entry_as_of(user.id, at).await.unwrap();
-                let listed = answered
-                    .0
-                    .iter()
-                    .find(|row| row.starts_with(&user.id.to_string()));
-                assert_eq!(one.is_some(), listed.is_some(), "seed {seed}, as of {at}");
-            }
+                .find(|row| row.starts_with(&user.id.to_string()));
+            assert_eq!(one.is_some(), listed.is_some(), "seed {seed}, as of {at}");
         }
     }
 }
