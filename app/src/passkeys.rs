@@ -17,7 +17,7 @@ use twofold_domain::passkey::{
     passkey_name, CeremonyState, Passkey, PasskeyCredential, PasskeyRefusal, VerifiedAssertion,
     VerifiedRegistration,
 };
-use twofold_domain::{policy, NewDevice, TokenHash, User, UserCommand, UserEvent};
+use twofold_domain::{policy, User, UserCommand, UserEvent};
 use uuid::Uuid;
 use webauthn_rs_core::error::WebauthnError;
 use webauthn_rs_core::proto::{
@@ -27,7 +27,8 @@ use webauthn_rs_core::proto::{
 };
 use webauthn_rs_core::WebauthnCore;
 
-use crate::{secrets, App, AppError, RequestOrigin, SecondFactorPassed, Session, Written};
+use crate::sign_in::second_factor_answer;
+use crate::{App, AppError, RequestOrigin, SecondFactorPassed, Session, Written};
 
 /// Who the passkeys are for: the service as people reach it.
 #[derive(Clone, Debug)]
@@ -570,13 +571,7 @@ impl App {
         state.set_allowed_credentials(library_credentials(&loaded.user)?);
         let verdict = self.judge_assertion(assertion_response(credential), &state)?;
         let (token, session) = self.new_session(self.settings.session_lifetime);
-        let device_token = remember_device.then(secrets::new_token);
-        let device = device_token.as_ref().map(|token| NewDevice {
-            device_id: Uuid::new_v4(),
-            token_hash: TokenHash::of(token),
-            expires_at: now + self.settings.remember_device,
-            user_agent: origin.user_agent.clone(),
-        });
+        let (device_token, device) = self.device_to_remember(remember_device, origin, now);
         let metadata = self.metadata(origin, Some(loaded.id));
         let committed = self
             .execute(
@@ -591,27 +586,7 @@ impl App {
                 },
             )
             .await?;
-        let rejected = committed.find(|event| match event {
-            UserEvent::SecondFactorRejected {
-                attempts_remaining, ..
-            } => Some(*attempts_remaining),
-            _ => None,
-        });
-        if let Some(attempts_remaining) = rejected {
-            return Err(AppError::InvalidCode { attempts_remaining });
-        }
-        let remembered = committed.find(|event| match event {
-            UserEvent::DeviceRemembered { expires_at, .. } => Some(*expires_at),
-            _ => None,
-        });
-        Ok(Written::new(
-            SecondFactorPassed {
-                session_token: token,
-                expires_at: session.expires_at,
-                device: remembered.and_then(|until| device_token.map(|token| (token, until))),
-            },
-            &committed,
-        ))
+        second_factor_answer(&committed, token, session.expires_at, device_token)
     }
 
     /// The library's verdict on an assertion against `state`.

@@ -10,7 +10,7 @@ use twofold_domain::{
     Email, NewDevice, NewSession, SecondFactorMethod, TokenHash, User, UserCommand, UserEvent,
     Username,
 };
-use twofold_store::Loaded;
+use twofold_store::{Committed, Loaded};
 use uuid::Uuid;
 
 use crate::mail::OutgoingMail;
@@ -296,13 +296,7 @@ impl App {
         };
         let now = self.now();
         let (token, session) = self.new_session(self.settings.session_lifetime);
-        let device_token = remember_device.then(secrets::new_token);
-        let device = device_token.as_ref().map(|token| NewDevice {
-            device_id: Uuid::new_v4(),
-            token_hash: TokenHash::of(token),
-            expires_at: now + self.settings.remember_device,
-            user_agent: origin.user_agent.clone(),
-        });
+        let (device_token, device) = self.device_to_remember(remember_device, origin, now);
         let metadata = self.metadata(origin, Some(user_id));
         let committed = self
             .execute(
@@ -320,27 +314,25 @@ impl App {
                 },
             )
             .await?;
-        let rejected = committed.find(|event| match event {
-            UserEvent::SecondFactorRejected {
-                attempts_remaining, ..
-            } => Some(*attempts_remaining),
-            _ => None,
+        second_factor_answer(&committed, token, session.expires_at, device_token)
+    }
+
+    /// "Remember this device" when asked for: its token (for the caller)
+    /// and the device the command stores (its hash only).
+    pub(crate) fn device_to_remember(
+        &self,
+        remember: bool,
+        origin: &RequestOrigin,
+        now: DateTime<Utc>,
+    ) -> (Option<String>, Option<NewDevice>) {
+        let token = remember.then(secrets::new_token);
+        let device = token.as_ref().map(|token| NewDevice {
+            device_id: Uuid::new_v4(),
+            token_hash: TokenHash::of(token),
+            expires_at: now + self.settings.remember_device,
+            user_agent: origin.user_agent.clone(),
         });
-        if let Some(attempts_remaining) = rejected {
-            return Err(AppError::InvalidCode { attempts_remaining });
-        }
-        let remembered = committed.find(|event| match event {
-            UserEvent::DeviceRemembered { expires_at, .. } => Some(*expires_at),
-            _ => None,
-        });
-        Ok(Written::new(
-            SecondFactorPassed {
-                session_token: token,
-                expires_at: session.expires_at,
-                device: remembered.and_then(|until| device_token.map(|token| (token, until))),
-            },
-            &committed,
-        ))
+        (token, device)
     }
 
     /// Sign out: the token stops working at once (a "Login as" session ends).
@@ -368,4 +360,36 @@ impl App {
             .await?;
         Ok(Written::new((), &committed))
     }
+}
+
+/// What the second step answers from the events its command stored: 401
+/// `invalid_code` with the attempts left when refused, else the session and
+/// the remembered device's token (when one was remembered).
+pub(crate) fn second_factor_answer(
+    committed: &Committed,
+    session_token: String,
+    expires_at: DateTime<Utc>,
+    device_token: Option<String>,
+) -> Result<Written<SecondFactorPassed>, AppError> {
+    let rejected = committed.find(|event| match event {
+        UserEvent::SecondFactorRejected {
+            attempts_remaining, ..
+        } => Some(attempts_remaining.to_owned()),
+        _ => None,
+    });
+    if let Some(attempts_remaining) = rejected {
+        return Err(AppError::InvalidCode { attempts_remaining });
+    }
+    let remembered = committed.find(|event| match event {
+        UserEvent::DeviceRemembered { expires_at, .. } => Some(expires_at.to_owned()),
+        _ => None,
+    });
+    Ok(Written::new(
+        SecondFactorPassed {
+            session_token,
+            expires_at,
+            device: remembered.and_then(|until| device_token.map(|token| (token, until))),
+        },
+        committed,
+    ))
 }
