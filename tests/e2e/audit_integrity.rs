@@ -41,13 +41,6 @@ macro_rules! on_database {
     };
 }
 
-/// SQL straight on the database, as someone with access and no business there.
-async fn tamper(app: &TestApp, sql: &str) {
-    on_database!(app, conn => {
-        sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
-    });
-}
-
 fn password(username: &str) -> String {
     format!("{username}-password")
 }
@@ -237,26 +230,21 @@ async fn verify_reports_an_edit_of_any_shown_audit_column_at_its_row(backend: Ba
             "occurred_at = occurred_at + interval '1 microsecond'",
         ));
     }
-    tamper(&app, "CREATE TABLE audit_kept AS SELECT * FROM audit_log").await;
+    app.tamper("CREATE TABLE audit_kept AS SELECT * FROM audit_log")
+        .await;
     for (row, edit) in edits {
-        tamper(
-            &app,
-            &format!(
-                "UPDATE audit_log SET {edit} WHERE position = {}",
-                row.position
-            ),
-        )
+        app.tamper(&format!(
+            "UPDATE audit_log SET {edit} WHERE position = {}",
+            row.position
+        ))
         .await;
         assert_row_changed(&app, &root, row, edit).await;
         // Back as it was, for the next edit.
-        tamper(
-            &app,
-            &format!(
-                "DELETE FROM audit_log WHERE id = (SELECT id FROM audit_kept WHERE position = {0});
+        app.tamper(&format!(
+            "DELETE FROM audit_log WHERE id = (SELECT id FROM audit_kept WHERE position = {0});
                  INSERT INTO audit_log SELECT * FROM audit_kept WHERE position = {0};",
-                row.position
-            ),
-        )
+            row.position
+        ))
         .await;
     }
     assert_eq!(
@@ -394,7 +382,7 @@ async fn write_challenge_ids_the_old_way(app: &TestApp) -> Vec<i64> {
         });
         positions.push(position);
     }
-    tamper(app, "DELETE FROM data_migrations").await;
+    app.tamper("DELETE FROM data_migrations").await;
     positions
 }
 
@@ -459,14 +447,11 @@ async fn the_upgrade_runs_at_start_and_keeps_an_earlier_edit_evident(backend: Ba
     write_challenge_ids_the_old_way(&app).await;
     // Someone edited one of the old rows before the upgrade.
     let edited = row_of(&app, "SecondFactorRejected").await;
-    tamper(
-        &app,
-        &format!(
-            "UPDATE audit_log SET data = replace(data, '\"totp\"', '\"recovery_code\"')
+    app.tamper(&format!(
+        "UPDATE audit_log SET data = replace(data, '\"totp\"', '\"recovery_code\"')
               WHERE position = {}",
-            edited.position
-        ),
-    )
+        edited.position
+    ))
     .await;
 
     // A second server on the same database: its start runs the upgrade.

@@ -11,7 +11,6 @@ use std::process::Output;
 
 use reqwest::StatusCode;
 use serde_json::Value;
-use sqlx::Connection;
 
 use crate::helpers::{binary, default_settings, spawn_app, spawn_app_configured, Backend, TestApp};
 use crate::on_both_backends;
@@ -29,24 +28,6 @@ on_both_backends!(
     a_rebuild_keeps_the_checkpoints_and_they_still_verify,
     without_a_signing_key_the_public_key_is_not_found,
 );
-
-/// SQL straight on the database, as someone with access and no business there.
-async fn tamper(app: &TestApp, sql: &str) {
-    match app.backend {
-        Backend::Sqlite => {
-            let mut conn = sqlx::SqliteConnection::connect(&app.database_url)
-                .await
-                .unwrap();
-            sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
-        }
-        Backend::Postgres => {
-            let mut conn = sqlx::PgConnection::connect(&app.database_url)
-                .await
-                .unwrap();
-            sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
-        }
-    }
-}
 
 fn twofold(args: &[&str]) -> Output {
     std::process::Command::new(binary())
@@ -250,14 +231,11 @@ async fn cutting_the_newest_events_and_moving_the_checkpoint_back_fails_verify_w
                                        ORDER BY transaction_id DESC, position DESC LIMIT 1)"
         }
     };
-    tamper(
-        &app,
-        &format!(
-            "DELETE FROM events WHERE position > {kept};
+    app.tamper(&format!(
+        "DELETE FROM events WHERE position > {kept};
              DELETE FROM audit_log WHERE position > {kept};
              {move_back};"
-        ),
-    )
+    ))
     .await;
     assert_only_the_checkpoint_sees_it(&app, &checkpoint, "checkpoint_not_reached").await;
     app.stop().await;
@@ -287,15 +265,12 @@ async fn a_cut_that_also_deletes_the_checkpoints_is_caught_by_a_copy_kept_elsewh
                  (SELECT transaction_id, position FROM events WHERE position = {kept})"
         ),
     };
-    tamper(
-        &app,
-        &format!(
-            "DELETE FROM events WHERE position > {kept};
+    app.tamper(&format!(
+        "DELETE FROM events WHERE position > {kept};
              DELETE FROM audit_log WHERE position > {kept};
              DELETE FROM audit_checkpoints WHERE position > {kept};
              {move_back};"
-        ),
-    )
+    ))
     .await;
     let key = public_key_file(&app).await;
     let (success, report, _) = verify(&app, &[&key]);
@@ -353,7 +328,7 @@ async fn an_edited_history_rebuilt_to_agree_with_itself_fails_its_checkpoint(bac
               WHERE event_type = 'UserRegistered'"
         }
     };
-    tamper(&app, edit).await;
+    app.tamper(edit).await;
     rebuild(&app);
     assert_only_the_checkpoint_sees_it(&app, &checkpoint, "checkpoint_head_differs").await;
     app.stop().await;
@@ -380,7 +355,7 @@ async fn a_reordered_history_rebuilt_to_agree_with_itself_fails_its_checkpoint(b
                     (({ann_registered}, {bob_registered}), ({bob_registered}, {ann_registered}))"
         ),
     };
-    tamper(&app, &swap).await;
+    app.tamper(&swap).await;
     rebuild(&app);
     assert_only_the_checkpoint_sees_it(&app, &checkpoint, "checkpoint_head_differs").await;
     app.stop().await;
@@ -403,14 +378,11 @@ async fn a_cut_history_grown_back_past_a_checkpoint_fails_it(backend: Backend) {
              SELECT setval(pg_get_serial_sequence('events', 'position'), {kept})"
         ),
     };
-    tamper(
-        &app,
-        &format!(
-            "DELETE FROM events WHERE position > {kept};
+    app.tamper(&format!(
+        "DELETE FROM events WHERE position > {kept};
              DELETE FROM audit_log WHERE position > {kept};
              {move_back};"
-        ),
-    )
+    ))
     .await;
     // The service started again on the cut store writes past the position.
     let database_url = app.database_url.clone();
@@ -436,17 +408,14 @@ async fn a_forged_or_foreign_checkpoint_is_reported(backend: Backend) {
 
     // Someone with database access claims another head at a new position,
     // reusing a real signature.
-    tamper(
-        &app,
-        &format!(
-            "INSERT INTO audit_checkpoints (position, head, signed_at, key_id, signature)
+    app.tamper(&format!(
+        "INSERT INTO audit_checkpoints (position, head, signed_at, key_id, signature)
              VALUES ({newest}, '{}', '{}', '{}', '{}')",
-            "00".repeat(32),
-            honest["signed_at"].as_str().unwrap(),
-            honest["key_id"].as_str().unwrap(),
-            honest["signature"].as_str().unwrap(),
-        ),
-    )
+        "00".repeat(32),
+        honest["signed_at"].as_str().unwrap(),
+        honest["key_id"].as_str().unwrap(),
+        honest["signature"].as_str().unwrap(),
+    ))
     .await;
     let forged = serde_json::json!({ "position": newest, "signed_at": honest["signed_at"] });
     let (_, report, _) = verify(&app, &[&key]);
@@ -457,11 +426,8 @@ async fn a_forged_or_foreign_checkpoint_is_reported(backend: Backend) {
     assert_eq!(report["first_mismatch"]["position"], forged["position"]);
 
     // Signed, but by a key the auditor does not hold.
-    tamper(
-        &app,
-        "DELETE FROM audit_checkpoints WHERE head LIKE '0000%'",
-    )
-    .await;
+    app.tamper("DELETE FROM audit_checkpoints WHERE head LIKE '0000%'")
+        .await;
     let other = app.dir.path().join("other.key");
     let foreign = twofold(&[
         "audit",

@@ -344,6 +344,25 @@ impl TestApp {
     }
 
     /// Rows in the events table: what a test checks was or wasn't stored.
+    /// Runs SQL straight on the test database (several statements allowed),
+    /// as someone with database access and no business there would.
+    pub async fn tamper(&self, sql: &str) {
+        match self.backend {
+            Backend::Sqlite => {
+                let mut conn = sqlx::SqliteConnection::connect(&self.database_url)
+                    .await
+                    .unwrap();
+                sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+            }
+            Backend::Postgres => {
+                let mut conn = sqlx::PgConnection::connect(&self.database_url)
+                    .await
+                    .unwrap();
+                sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+            }
+        }
+    }
+
     pub async fn event_count(&self) -> i64 {
         self.scalar("SELECT count(*) FROM events").await
     }

@@ -56,25 +56,6 @@ async fn set_enforced(app: &TestApp, root: &str, user_id: &str, enforce: bool) {
     assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
 }
 
-/// Runs SQL straight on the test database (several statements allowed),
-/// as someone with database access and no business there would.
-async fn tamper(app: &TestApp, sql: &str) {
-    match app.backend {
-        Backend::Sqlite => {
-            let mut conn = sqlx::SqliteConnection::connect(&app.database_url)
-                .await
-                .unwrap();
-            sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
-        }
-        Backend::Postgres => {
-            let mut conn = sqlx::PgConnection::connect(&app.database_url)
-                .await
-                .unwrap();
-            sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
-        }
-    }
-}
-
 /// A query's rows as text (each row one column of text).
 async fn texts(app: &TestApp, sql: &str) -> Vec<String> {
     match app.backend {
@@ -747,7 +728,7 @@ async fn verify_detects_an_edited_payload(backend: Backend) {
             "UPDATE events SET payload = replace(payload::text, 'bob@example.com', 'eve@example.com')::jsonb"
         }
     };
-    tamper(&s.app, sql).await;
+    s.app.tamper(sql).await;
     let mismatch = assert_detected(&s, &["content_changed"]).await;
     assert_eq!(mismatch["user_id"], s.bob.as_str());
     assert_eq!(mismatch["sequence"], 2);
@@ -758,11 +739,9 @@ async fn verify_detects_an_edited_payload(backend: Backend) {
 async fn verify_detects_a_deleted_event(backend: Backend) {
     let s = store(backend).await;
     let position = position_of(&s.app, &s.ann, 2).await;
-    tamper(
-        &s.app,
-        &format!("DELETE FROM events WHERE position = {position}"),
-    )
-    .await;
+    s.app
+        .tamper(&format!("DELETE FROM events WHERE position = {position}"))
+        .await;
     let mismatch = assert_detected(&s, &["event_missing"]).await;
     assert_eq!(mismatch["position"], position);
     assert_eq!(mismatch["user_id"], s.ann.as_str());
@@ -799,7 +778,7 @@ async fn verify_detects_an_event_inserted_below_the_checkpoint(backend: Backend)
         ),
         Backend::Postgres => insert,
     };
-    tamper(&s.app, &sql).await;
+    s.app.tamper(&sql).await;
     let mismatch = assert_detected(&s, &["event_not_in_trail"]).await;
     assert_eq!(mismatch["user_id"], s.ann.as_str());
     assert_eq!(mismatch["sequence"], 99);
@@ -811,9 +790,7 @@ async fn verify_detects_a_renumbered_stream(backend: Backend) {
     // Make room at sequence 2 of ann's stream and slip an event in there,
     // the way one would forge "it was always like this".
     let moved = position_of(&s.app, &s.ann, 2).await;
-    tamper(
-        &s.app,
-        &format!(
+    s.app.tamper(&format!(
             "BEGIN;
              UPDATE events SET sequence = sequence + 1000 WHERE aggregate_id = '{ann}' AND sequence >= 2;
              UPDATE events SET sequence = sequence - 999 WHERE aggregate_id = '{ann}' AND sequence >= 1002;
@@ -855,7 +832,7 @@ async fn verify_detects_reordered_events(backend: Backend) {
               WHERE (e.position, o.position) IN (({first}, {second}), ({second}, {first}))"
         ),
     };
-    tamper(&s.app, &sql).await;
+    s.app.tamper(&sql).await;
     let mismatch = assert_detected(&s, &["event_changed", "order_changed"]).await;
     let at = mismatch["position"].as_i64().unwrap();
     assert!(at == first || at == second, "{mismatch}");
